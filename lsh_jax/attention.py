@@ -1,0 +1,177 @@
+"""Public entry points: LSH self-attention and its dense reference.
+
+`lsh_attention` = hash (§1) -> sort (§2) -> chunked attention (§3) ->
+undo the sort (§4) -> combine rounds (§5), for one head of one sequence.
+Each step is written for one round and `vmap`ped over the R rounds; use
+`jax.vmap` again for heads and batch. Arguments are validated in Python,
+before tracing; the computation is one jit-compiled function per static
+configuration.
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from lsh_jax import chunked
+from lsh_jax import combine
+from lsh_jax import hashing
+from lsh_jax import masks
+from lsh_jax import sorting
+from lsh_jax import validation
+
+_STATIC = ('chunk_len', 'n_chunks_before', 'n_chunks_after', 'causal',
+           'attention_dropout')
+
+
+def dropout_multiplier(rng, rate, chunk_len, window_len, dtype):
+  """The attention-dropout multiplier shared by every chunk and round.
+
+  One `bernoulli(rng, 1 - rate, [C, W * C])` draw, as Trax's `attend` makes
+  it, scaled by 1 / (1 - rate).
+
+  Returns:
+    float[C, W * C].
+  """
+  keep_prob = 1.0 - rate
+  keep = jax.random.bernoulli(rng, keep_prob, (chunk_len, window_len))
+  return keep.astype(dtype) / jnp.asarray(keep_prob, dtype)
+
+
+def _attend_buckets(q, v, buckets, mask, dropout_rng, *, chunk_len,
+                    n_chunks_before, n_chunks_after, causal,
+                    attention_dropout):
+  """Steps 2-5 for given buckets int[R, L]; returns float[L, Dv]."""
+  sticker, undo = sorting.sort_buckets(buckets)  # [R, L] each
+  # Every round permutes the same q and v.
+  sort_round = jax.vmap(sorting.permute, in_axes=(None, 0, 0))
+  sq, sv = sort_round(q, sticker, undo), sort_round(v, sticker, undo)
+  s_valid = None if mask is None else mask[sticker]  # [R, L]
+
+  multiplier = None
+  if attention_dropout > 0.0:
+    window_len = chunk_len * (1 + n_chunks_before + n_chunks_after)
+    multiplier = dropout_multiplier(dropout_rng, attention_dropout, chunk_len,
+                                    window_len, q.dtype)
+  halo = functools.partial(chunked.add_halo, chunk_len=chunk_len,
+                           n_chunks_before=n_chunks_before,
+                           n_chunks_after=n_chunks_after)
+  attend_round = functools.partial(
+      chunked.chunked_attend, n_chunks_before=n_chunks_before,
+      n_chunks_after=n_chunks_after, causal=causal,
+      dropout_multiplier=multiplier)
+  so, slse = jax.vmap(attend_round)(
+      sq, sticker, halo(chunked.normalize_keys(sq)), halo(sv), halo(sticker),
+      None if s_valid is None else halo(s_valid))  # [R, L, Dv], [R, L]
+
+  o = jax.vmap(sorting.undo_sort)(so, undo, sticker)
+  lse = jax.vmap(sorting.undo_sort)(slse, undo, sticker)
+  return combine.combine_rounds(o, lse)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC + ('n_buckets', 'n_hashes'))
+def _lsh_attention(q, v, rng, mask, dropout_rng, *, n_buckets, n_hashes,
+                   **static):
+  rotations = hashing.random_rotations(rng, q.shape[-1], n_buckets, n_hashes)
+  buckets = hashing.hash_with_rotations(q, rotations, n_buckets, mask)
+  return _attend_buckets(q, v, buckets, mask, dropout_rng, **static)
+
+
+_lsh_attention_from_buckets = jax.jit(_attend_buckets, static_argnames=_STATIC)
+
+
+def lsh_attention(q, v, rng, *, n_buckets, n_hashes, chunk_len,
+                  n_chunks_before=1, n_chunks_after=0, causal=False,
+                  mask=None, attention_dropout=0.0, dropout_rng=None):
+  """LSH self-attention for one head of one sequence (SPEC.md).
+
+  Args:
+    q: float[L, D] shared queries/keys.
+    v: float[L, Dv] values.
+    rng: PRNG key for the hash rotations (`random_rotations`).
+    n_buckets: even int, sequence of even factors, or None for
+      `auto_n_buckets(L, chunk_len)`.
+    n_hashes: number of hash rounds R >= 1.
+    chunk_len: C; L must be a multiple of C.
+    n_chunks_before: key chunks before each query chunk (default 1).
+    n_chunks_after: key chunks after each query chunk (default 0).
+    causal: a query does not see later positions.
+    mask: bool[L], True for real tokens, or None.
+    attention_dropout: rate in [0, 1) applied to the attention
+      probabilities.
+    dropout_rng: PRNG key for attention dropout; required if the rate > 0.
+
+  Returns:
+    float[L, Dv]. Differentiable in `q` and `v` (the hash takes no gradient).
+  """
+  rate = validation.check_attention_args(
+      q, v, mask, chunk_len, n_chunks_before, n_chunks_after,
+      attention_dropout, dropout_rng)
+  if n_buckets is None:
+    n_buckets = hashing.auto_n_buckets(q.shape[0], chunk_len)
+  return _lsh_attention(
+      q, v, rng, mask, dropout_rng,
+      n_buckets=validation.check_n_buckets(n_buckets),
+      n_hashes=validation.check_positive_int('n_hashes', n_hashes),
+      chunk_len=chunk_len, n_chunks_before=n_chunks_before,
+      n_chunks_after=n_chunks_after, causal=bool(causal),
+      attention_dropout=rate)
+
+
+def lsh_attention_from_buckets(q, v, buckets, *, chunk_len, n_chunks_before=1,
+                               n_chunks_after=0, causal=False, mask=None,
+                               attention_dropout=0.0, dropout_rng=None):
+  """LSH self-attention given precomputed buckets (e.g. a layer's state).
+
+  Args:
+    q, v, chunk_len, n_chunks_before, n_chunks_after, causal, mask,
+      attention_dropout, dropout_rng: as in `lsh_attention`.
+    buckets: int[R, L] bucket ids per round. Round offsets may be present or
+      not: only the order within each round matters.
+
+  Returns:
+    float[L, Dv].
+  """
+  rate = validation.check_attention_args(
+      q, v, mask, chunk_len, n_chunks_before, n_chunks_after,
+      attention_dropout, dropout_rng)
+  shape = jnp.shape(buckets)
+  if len(shape) != 2 or shape[1] != q.shape[0] or shape[0] < 1:
+    raise ValueError(f'buckets must have shape [n_hashes, {q.shape[0]}], got '
+                     f'{tuple(shape)}')
+  if not jnp.issubdtype(jnp.result_type(buckets), jnp.integer):
+    raise ValueError(f'buckets must be integers, got '
+                     f'{jnp.result_type(buckets)}')
+  return _lsh_attention_from_buckets(
+      q, v, buckets, mask, dropout_rng, chunk_len=chunk_len,
+      n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
+      causal=bool(causal), attention_dropout=rate)
+
+
+@functools.partial(jax.jit, static_argnames=('causal',))
+def _full_attention(q, v, mask, *, causal):
+  keys = chunked.normalize_keys(q)
+  positions = jnp.arange(q.shape[0], dtype=jnp.int32)
+  dots = masks.mask_logits(q @ keys.T, positions, positions, mask,
+                           causal=causal)
+  return jax.nn.softmax(dots, axis=-1) @ v
+
+
+def full_attention(q, v, *, causal=False, mask=None):
+  """Dense shared-QK attention with the same conventions as `lsh_attention`.
+
+  Length-normalised keys scaled by 1/sqrt(D), exclude-self, causal and
+  padding masks. O(L^2) memory: the exact reference.
+
+  Args:
+    q: float[L, D]; v: float[L, Dv]; mask: bool[L] or None.
+
+  Returns:
+    float[L, Dv].
+  """
+  validation.check_matrix('q', q)
+  validation.check_matrix('v', v)
+  if v.shape[0] != q.shape[0]:
+    raise ValueError(f'v must have the same length as q ({q.shape[0]}), got '
+                     f'shape {tuple(v.shape)}')
+  validation.check_mask(mask, q.shape[0])
+  return _full_attention(q, v, mask, causal=bool(causal))

@@ -1,0 +1,124 @@
+"""Chunked attention over sorted tokens, one hash round (SPEC.md §3).
+
+Each round's sorted sequence is cut into N = L / C chunks of C tokens.
+Chunk c of round h has flat index f = h * N + c on the axis of all R * N
+chunks and attends to the key chunks f - before, ..., f, ..., f + after,
+each taken modulo R * N: windows wrap into the neighbouring rounds, exactly
+as Trax's `look_adjacent` over the flat chunk axis.
+
+So one round needs its own chunks plus a halo: the `before` chunks that
+precede it and the `after` chunks that follow it on the flat axis, which
+belong to other rounds. `add_halo` gathers them for all rounds at once;
+`chunked_attend` then works on one round and is vmapped over rounds. A
+window is a static slice of the round's extended chunks, so the adjacent
+keys are never copied W times.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lsh_jax import masks
+
+
+def normalize_keys(sq):
+  """Shared-QK keys: unit RMS, then scaled by 1/sqrt(D).
+
+  Args:
+    sq: float[..., L, D] sorted queries.
+
+  Returns:
+    float[..., L, D] keys.
+  """
+  variance = jnp.mean(sq**2, axis=-1, keepdims=True)
+  keys = sq / jnp.sqrt(variance + 1e-6)
+  return keys / jnp.sqrt(jnp.asarray(sq.shape[-1], sq.dtype))
+
+
+def halo_chunk_ids(n_rounds, n_chunks, n_chunks_before, n_chunks_after):
+  """Flat chunk ids of each round's halo (static, NumPy).
+
+  Returns:
+    (before int[R, n_chunks_before], after int[R, n_chunks_after]): round h
+    is preceded by flat chunks h*N - before, ..., h*N - 1 and followed by
+    (h+1)*N, ..., (h+1)*N + after - 1, all modulo R * N.
+  """
+  starts = np.arange(n_rounds)[:, None] * n_chunks
+  total = n_rounds * n_chunks
+  before = (starts + np.arange(-n_chunks_before, 0)[None, :]) % total
+  after = (starts + n_chunks + np.arange(n_chunks_after)[None, :]) % total
+  return before, after
+
+
+def add_halo(x, chunk_len, n_chunks_before, n_chunks_after):
+  """Chunks every round and adds its halo from the neighbouring chunks.
+
+  Args:
+    x: [R, L, ...] per-round sorted keys, values, positions or mask.
+
+  Returns:
+    [R, before + N + after, C, ...]: round h's extended chunks; flat chunk
+    h*N + c - before sits at index c.
+  """
+  n_rounds, length = x.shape[:2]
+  n_chunks = length // chunk_len
+  chunks = x.reshape(n_rounds, n_chunks, chunk_len, *x.shape[2:])
+  if n_chunks_before == 0 and n_chunks_after == 0:
+    return chunks
+  flat = chunks.reshape(n_rounds * n_chunks, *chunks.shape[2:])
+  ids_before, ids_after = halo_chunk_ids(n_rounds, n_chunks, n_chunks_before,
+                                         n_chunks_after)
+  return jnp.concatenate([flat[ids_before], chunks, flat[ids_after]], axis=1)
+
+
+def chunked_attend(sq, q_pos, k_ext, v_ext, pos_ext, valid_ext=None, *,
+                   n_chunks_before=1, n_chunks_after=0, causal=False,
+                   dropout_multiplier=None):
+  """Attention within chunks and their neighbours, one hash round.
+
+  With E = before + N + after extended chunks (see `add_halo`):
+
+  Args:
+    sq: float[L, D] this round's sorted queries, L = N * C.
+    q_pos: int32[L] their original positions (the round's `sticker`).
+    k_ext: float[E, C, D] sorted keys (`normalize_keys`) of the round's
+      extended chunks.
+    v_ext: float[E, C, Dv] sorted values of the extended chunks.
+    pos_ext: int32[E, C] original positions of the extended chunks.
+    valid_ext: bool[E, C] padding mask of the extended chunks, or None.
+    n_chunks_before: key chunks before each query chunk.
+    n_chunks_after: key chunks after each query chunk.
+    causal: mask keys at later positions.
+    dropout_multiplier: float[C, W * C] (keep / keep_prob) applied to the
+      probabilities of every chunk, or None.
+
+  Returns:
+    (so float[L, Dv], slse float[L]): outputs and log-sum-exp normalisers
+    in the round's sorted order.
+  """
+  chunk_len = k_ext.shape[1]
+  n_chunks = sq.shape[0] // chunk_len
+  n_windows = 1 + n_chunks_before + n_chunks_after
+  q = sq.reshape(n_chunks, chunk_len, sq.shape[-1])  # [N, C, D]
+
+  def window(x):
+    # Query chunk c sees extended chunks c, ..., c + W - 1 (in that order).
+    return jnp.concatenate([x[w:w + n_chunks] for w in range(n_windows)],
+                           axis=1)
+
+  k_pos = window(pos_ext)  # [N, W*C]
+  k_valid = None if valid_ext is None else window(valid_ext)
+  dots = jnp.concatenate(
+      [jnp.einsum('ncd,nkd->nck', q, k_ext[w:w + n_chunks])
+       for w in range(n_windows)], axis=-1)  # [N, C, W*C]
+  dots = masks.mask_logits(dots, q_pos.reshape(n_chunks, chunk_len), k_pos,
+                           k_valid, causal=causal)
+  lse = jax.nn.logsumexp(dots, axis=-1, keepdims=True)  # [N, C, 1]
+  probs = jnp.exp(dots - lse)
+  if dropout_multiplier is not None:
+    # Dropout comes after the normaliser: lse describes the undropped mass.
+    probs = probs * dropout_multiplier
+  so = sum(
+      jnp.einsum('nck,nkd->ncd', probs[..., w * chunk_len:(w + 1) * chunk_len],
+                 v_ext[w:w + n_chunks])
+      for w in range(n_windows))  # [N, C, Dv]
+  return so.reshape(sq.shape[0], -1), lse.reshape(sq.shape[0])

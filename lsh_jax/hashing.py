@@ -1,0 +1,124 @@
+"""Angular LSH: random rotations and bucket ids (SPEC.md §1).
+
+One hash round is `_hash_round`; `hash_vectors` vmaps it over the rounds'
+slices of one rotation array, drawn with the same shape and key as Trax's
+`hash_vecs` so that the same key gives the same buckets.
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+
+from lsh_jax import validation
+
+
+def bucket_factors(n_buckets):
+  """The bucket factors of `n_buckets` (an even int or a sequence of them)."""
+  if isinstance(n_buckets, (list, tuple)):
+    return tuple(int(f) for f in n_buckets)
+  return (int(n_buckets),)
+
+
+def n_buckets_total(n_buckets):
+  """Number of bucket ids per round, not counting the padding id."""
+  return math.prod(bucket_factors(n_buckets))
+
+
+def auto_n_buckets(length, chunk_len):
+  """Trax's automatic bucket count for a sequence of `length` tokens.
+
+  About two buckets per chunk, so that a bucket fits in a chunk on average;
+  above 128 buckets the count is factorised into two factors to keep the
+  rotation matrix small.
+
+  Returns:
+    An even int, or a tuple of two even ints.
+  """
+  n = 2 * max(1, length // chunk_len)
+  if n <= 128:
+    return n
+  first = 2**math.ceil(math.log2(math.sqrt(n)))
+  return (first, 2 * (n // (2 * first)))
+
+
+def random_rotations(rng, depth, n_buckets, n_hashes):
+  """Draws the random rotations: float32[D, R, sum(factors) // 2].
+
+  The shape and order of this draw are part of the contract (SPEC.md §1).
+  """
+  rot_size = sum(bucket_factors(n_buckets))
+  return jax.random.normal(rng, (depth, n_hashes, rot_size // 2), jnp.float32)
+
+
+def _signed_argmax(rotated):
+  """argmax(concat([r, -r], -1), -1) without building the concatenation.
+
+  Ties resolve as argmax over the concatenation would: the first occurrence,
+  so the `r` half wins a tie with the `-r` half.
+  """
+  half = rotated.shape[-1]
+  take_positive = jnp.max(rotated, -1) >= -jnp.min(rotated, -1)
+  return jnp.where(take_positive, jnp.argmax(rotated, -1),
+                   half + jnp.argmin(rotated, -1))
+
+
+def _hash_round(vecs, rotation, factors):
+  """Buckets of one round: vecs [L, D], rotation [D, sum(factors) // 2] -> [L]."""
+  rotated = vecs @ rotation  # [L, sum(factors) // 2]
+  buckets = jnp.zeros(vecs.shape[:1], jnp.int32)
+  start, stride = 0, 1
+  for factor in factors:
+    part = rotated[:, start:start + factor // 2]
+    buckets = buckets + stride * _signed_argmax(part).astype(jnp.int32)
+    start += factor // 2
+    stride *= factor
+  return buckets
+
+
+def hash_with_rotations(vecs, rotations, n_buckets, mask=None):
+  """Bucket ids for given rotations.
+
+  Args:
+    vecs: float[L, D] vectors to hash (the shared queries/keys).
+    rotations: float[D, R, sum(factors) // 2], see `random_rotations`.
+    n_buckets: an even int, or a sequence of even factors.
+    mask: bool[L], True for real tokens, or None.
+
+  Returns:
+    int32[R, L] bucket ids without round offsets; padding tokens get the
+    extra id `prod(factors)`.
+  """
+  factors = bucket_factors(n_buckets)
+  vecs = jax.lax.stop_gradient(vecs)
+  hash_round = lambda rotation: _hash_round(vecs, rotation, factors)
+  buckets = jax.vmap(hash_round, in_axes=1)(rotations)  # [R, L]
+  if mask is not None:
+    buckets = jnp.where(mask[None, :], buckets, n_buckets_total(n_buckets))
+  return buckets
+
+
+def hash_vectors(vecs, rng, n_buckets, n_hashes, mask=None):
+  """Hashes `vecs` into buckets, `n_hashes` independent rounds.
+
+  Args:
+    vecs: float[L, D].
+    rng: a PRNG key; the rotations are `random_rotations(rng, D, ...)`.
+    n_buckets: an even int, a sequence of even factors, or None (automatic,
+      see `auto_n_buckets`).
+    n_hashes: number of rounds R >= 1.
+    mask: bool[L], True for real tokens, or None.
+
+  Returns:
+    int32[R, L] bucket ids, no round offsets; padding tokens get the id
+    `prod(factors)`.
+  """
+  validation.check_matrix('vecs', vecs)
+  length, depth = vecs.shape
+  if n_buckets is None:
+    raise ValueError('hash_vectors needs n_buckets; for the automatic choice '
+                     'pass auto_n_buckets(length, chunk_len)')
+  n_buckets = validation.check_n_buckets(n_buckets)
+  validation.check_positive_int('n_hashes', n_hashes)
+  validation.check_mask(mask, length)
+  rotations = random_rotations(rng, depth, n_buckets, n_hashes)
+  return hash_with_rotations(vecs, rotations, n_buckets, mask)

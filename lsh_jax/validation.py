@@ -1,0 +1,117 @@
+"""Argument checks that run before tracing.
+
+Every public entry point calls these on static facts (shapes, dtypes, Python
+numbers), so a bad argument gives a `ValueError` that names the argument and
+what was expected instead of a reshape or tracer error from deep inside XLA.
+They also work on tracers, since shapes and dtypes are static under `jit`
+and `vmap`.
+"""
+import operator
+
+import jax.numpy as jnp
+import numpy as np
+
+
+def _as_int(name, value):
+  if isinstance(value, bool):
+    raise ValueError(f'{name} must be an int, got the bool {value!r}')
+  try:
+    return operator.index(value)
+  except TypeError:
+    raise ValueError(
+        f'{name} must be an int, got {type(value).__name__} {value!r}'
+    ) from None
+
+
+def check_positive_int(name, value):
+  value = _as_int(name, value)
+  if value < 1:
+    raise ValueError(f'{name} must be >= 1, got {value}')
+  return value
+
+
+def check_non_negative_int(name, value):
+  value = _as_int(name, value)
+  if value < 0:
+    raise ValueError(f'{name} must be >= 0, got {value}')
+  return value
+
+
+def check_n_buckets(n_buckets):
+  """Returns `n_buckets` as an int or a tuple of ints (hashable, for jit)."""
+  if isinstance(n_buckets, (list, tuple)):
+    if not n_buckets:
+      raise ValueError('n_buckets must be an even int or a non-empty list of '
+                       'even ints, got an empty list')
+    factors = tuple(_as_int('n_buckets factor', f) for f in n_buckets)
+    for factor in factors:
+      if factor < 2 or factor % 2:
+        raise ValueError(f'every n_buckets factor must be an even int >= 2, '
+                         f'got {list(factors)}')
+    return factors
+  value = _as_int('n_buckets', n_buckets)
+  if value < 2 or value % 2:
+    raise ValueError(f'n_buckets must be an even int >= 2, got {value}')
+  return value
+
+
+def check_matrix(name, array, *, floating=True):
+  """Checks a [length, depth] array."""
+  shape = np.shape(array)
+  if len(shape) != 2:
+    raise ValueError(f'{name} must be a 2-D array [length, depth], got shape '
+                     f'{tuple(shape)}; use jax.vmap for batches and heads')
+  dtype = jnp.result_type(array)
+  if floating and not jnp.issubdtype(dtype, jnp.floating):
+    raise ValueError(f'{name} must have a floating dtype, got {dtype}')
+  if shape[0] < 1 or shape[1] < 1:
+    raise ValueError(f'{name} must have length and depth >= 1, got shape '
+                     f'{tuple(shape)}')
+
+
+def check_mask(mask, length):
+  if mask is None:
+    return
+  shape = np.shape(mask)
+  if tuple(shape) != (length,):
+    raise ValueError(f'mask must have shape ({length},) to match q, got '
+                     f'{tuple(shape)}')
+  dtype = jnp.result_type(mask)
+  if dtype != jnp.bool_:
+    raise ValueError(f'mask must be boolean (True = real token), got {dtype}')
+
+
+def check_chunking(length, chunk_len, n_chunks_before, n_chunks_after):
+  chunk_len = check_positive_int('chunk_len', chunk_len)
+  check_non_negative_int('n_chunks_before', n_chunks_before)
+  check_non_negative_int('n_chunks_after', n_chunks_after)
+  if length % chunk_len:
+    raise ValueError(f'the length of q ({length}) must be a multiple of '
+                     f'chunk_len ({chunk_len})')
+
+
+def check_dropout(rate, rng):
+  try:
+    rate = float(rate)
+  except TypeError:
+    raise ValueError(f'attention_dropout must be a float in [0, 1), got '
+                     f'{rate!r}') from None
+  if not 0.0 <= rate < 1.0:
+    raise ValueError(f'attention_dropout must be in [0, 1), got {rate}')
+  if rate > 0.0 and rng is None:
+    raise ValueError('dropout_rng is required when attention_dropout > 0')
+  return rate
+
+
+def check_attention_args(q, v, mask, chunk_len, n_chunks_before,
+                         n_chunks_after, attention_dropout, dropout_rng):
+  """Checks the arguments shared by every LSH entry point."""
+  check_matrix('q', q)
+  check_matrix('v', v)
+  length = np.shape(q)[0]
+  if np.shape(v)[0] != length:
+    raise ValueError(f'v must have the same length as q ({length}), got '
+                     f'shape {tuple(np.shape(v))}')
+  check_mask(mask, length)
+  check_chunking(length, chunk_len, n_chunks_before, n_chunks_after)
+  return check_dropout(attention_dropout, dropout_rng)
