@@ -1,0 +1,39 @@
+"""Shared test set-up: quiet TensorFlow, hypothesis profiles, JAX fixtures."""
+import os
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+
+import hypothesis  # noqa: E402
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+# jax's own test profile: reproducible in CI, no deadline (the first example
+# of a shape pays for compilation), no example database on disk.
+hypothesis.settings.register_profile(
+    'ci', derandomize=True, deadline=None, database=None, max_examples=40,
+    suppress_health_check=[hypothesis.HealthCheck.too_slow])
+# `make fuzz`: the long campaign, same determinism.
+hypothesis.settings.register_profile(
+    'fuzz', derandomize=True, deadline=None, database=None,
+    max_examples=int(os.environ.get('LSH_FUZZ_EXAMPLES', '2000')),
+    suppress_health_check=list(hypothesis.HealthCheck))
+hypothesis.settings.load_profile(os.environ.get('HYPOTHESIS_PROFILE', 'ci'))
+
+
+@pytest.fixture
+def old_threefry():
+  """Reproduces random draws of older JAX (the lab's published numbers).
+
+  Only tests flip this flag, and they restore it: the library never does.
+  """
+  previous = jax.config.jax_threefry_partitionable
+  jax.config.update('jax_threefry_partitionable', False)
+  yield
+  jax.config.update('jax_threefry_partitionable', previous)
+
+
+@pytest.fixture(scope='session')
+def trax_ea():
+  """Trax 1.4.1's efficient_attention module (imported once, ~15 s)."""
+  from trax.layers.research import efficient_attention
+  return efficient_attention
