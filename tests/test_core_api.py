@@ -1,0 +1,193 @@
+"""The public API's contract: errors, jit/vmap/grad composition, no retrace.
+
+Expected values here are independent derivations: a loop over examples for
+vmap, finite differences for gradients, the inverse permutation for sorting.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax import test_util as jtu
+
+import lsh_jax
+from lsh_jax import attention
+from lsh_jax import sorting
+from helpers import random_qv
+
+KW = dict(n_buckets=4, n_hashes=2, chunk_len=4)
+KEY = jax.random.PRNGKey(0)
+
+
+def _qv(length=16, d_qk=3, d_v=5):
+  return random_qv(0, length, d_qk, d_v)
+
+
+@pytest.mark.parametrize('change,match', [
+    (dict(chunk_len=5), r'length of q \(16\) must be a multiple of chunk_len'),
+    (dict(chunk_len=0), r'chunk_len must be >= 1, got 0'),
+    (dict(n_buckets=3), r'n_buckets must be an even int >= 2, got 3'),
+    (dict(n_buckets=[4, 3]), r'every n_buckets factor must be an even int'),
+    (dict(n_buckets=[]), r'non-empty list'),
+    (dict(n_buckets=4.5), r'n_buckets must be an int'),
+    (dict(n_hashes=0), r'n_hashes must be >= 1, got 0'),
+    (dict(n_hashes=True), r'n_hashes must be an int, got the bool'),
+    (dict(n_chunks_before=-1), r'n_chunks_before must be >= 0, got -1'),
+    (dict(n_chunks_after=-2), r'n_chunks_after must be >= 0, got -2'),
+    (dict(mask=jnp.ones(15, bool)), r'mask must have shape \(16,\) to match q'),
+    (dict(mask=jnp.ones(16, jnp.int32)), r'mask must be boolean'),
+    (dict(attention_dropout=1.0), r'attention_dropout must be in \[0, 1\)'),
+    (dict(attention_dropout=0.1), r'dropout_rng is required'),
+])
+def test_bad_arguments_raise_clear_errors(change, match):
+  q, v = _qv()
+  kwargs = dict(KW, **change)
+  with pytest.raises(ValueError, match=match):
+    lsh_jax.lsh_attention(q, v, KEY, **kwargs)
+
+
+@pytest.mark.parametrize('q_shape,v_shape,match', [
+    ((2, 16, 3), (16, 5), r'q must be a 2-D array \[length, depth\], got '
+     r'shape \(2, 16, 3\)'),
+    ((16,), (16, 5), r'q must be a 2-D array'),
+    ((16, 3), (12, 5), r'v must have the same length as q \(16\), got shape '
+     r'\(12, 5\)'),
+    ((16, 3), (16,), r'v must be a 2-D array'),
+])
+def test_bad_shapes_raise_clear_errors(q_shape, v_shape, match):
+  with pytest.raises(ValueError, match=match):
+    lsh_jax.lsh_attention(jnp.ones(q_shape), jnp.ones(v_shape), KEY, **KW)
+
+
+def test_integer_inputs_are_rejected():
+  with pytest.raises(ValueError, match='q must have a floating dtype, got '
+                     'int32'):
+    lsh_jax.lsh_attention(jnp.ones((16, 3), jnp.int32), jnp.ones((16, 5)),
+                          KEY, **KW)
+
+
+def test_errors_surface_before_tracing_under_jit_and_vmap():
+  q, v = _qv()
+  bad = jax.jit(lambda q, v: lsh_jax.lsh_attention(q, v, KEY, n_buckets=4,
+                                                   n_hashes=2, chunk_len=5))
+  with pytest.raises(ValueError, match='multiple of chunk_len'):
+    bad(q, v)
+  with pytest.raises(ValueError, match='mask must have shape'):
+    jax.vmap(lambda q, v: lsh_jax.lsh_attention(
+        q, v, KEY, mask=jnp.ones(3, bool), **KW))(q[None], v[None])
+
+
+def test_buckets_argument_is_checked():
+  q, v = _qv()
+  with pytest.raises(ValueError, match=r'buckets must have shape '
+                     r'\[n_hashes, 16\], got \(32,\)'):
+    lsh_jax.lsh_attention_from_buckets(q, v, jnp.zeros(32, jnp.int32),
+                                       chunk_len=4)
+  with pytest.raises(ValueError, match='buckets must be integers'):
+    lsh_jax.lsh_attention_from_buckets(q, v, jnp.zeros((2, 16)), chunk_len=4)
+
+
+def test_hash_vectors_checks_its_arguments():
+  with pytest.raises(ValueError, match='vecs must be a 2-D array'):
+    lsh_jax.hash_vectors(jnp.ones(5), KEY, 4, 2)
+  with pytest.raises(ValueError, match='needs n_buckets'):
+    lsh_jax.hash_vectors(jnp.ones((5, 2)), KEY, None, 2)
+
+
+def test_from_buckets_equals_lsh_attention():
+  q, v = _qv()
+  buckets = lsh_jax.hash_vectors(q, KEY, 4, 2)
+  offsets = 4 * jnp.arange(2)[:, None]  # Trax-style offsets change nothing
+  for b in (buckets, buckets + offsets):
+    got = lsh_jax.lsh_attention_from_buckets(q, v, b, chunk_len=4)
+    np.testing.assert_array_equal(got, lsh_jax.lsh_attention(q, v, KEY, **KW))
+
+
+def test_vmap_over_batch_and_heads_equals_a_loop():
+  batch, heads, length = 2, 3, 16
+  keys = jax.random.split(KEY, 3)
+  q = jax.random.normal(keys[0], (batch, heads, length, 3))
+  v = jax.random.normal(keys[1], (batch, heads, length, 5))
+  rngs = jax.random.split(keys[2], batch * heads).reshape(batch, heads, 2)
+  attend = lambda q, v, r: lsh_jax.lsh_attention(q, v, r, causal=True, **KW)
+  got = jax.jit(jax.vmap(jax.vmap(attend)))(q, v, rngs)
+  for b in range(batch):
+    for h in range(heads):
+      np.testing.assert_allclose(got[b, h], attend(q[b, h], v[b, h],
+                                                   rngs[b, h]),
+                                 rtol=1e-6, atol=1e-6)
+
+
+def test_same_key_is_deterministic_jit_or_not():
+  q, v = _qv()
+  first = lsh_jax.lsh_attention(q, v, KEY, **KW)
+  np.testing.assert_array_equal(first, lsh_jax.lsh_attention(q, v, KEY, **KW))
+  with jax.disable_jit():
+    eager = lsh_jax.lsh_attention(q, v, KEY, **KW)
+  np.testing.assert_allclose(eager, first, rtol=1e-6, atol=1e-6)
+  other = lsh_jax.hash_vectors(q, jax.random.PRNGKey(1), 4, 2)
+  assert not np.array_equal(other, lsh_jax.hash_vectors(q, KEY, 4, 2))
+
+
+def test_second_call_with_same_shapes_does_not_retrace(monkeypatch):
+  traces = []
+  real = attention._attend_buckets
+
+  def counting(*args, **kwargs):
+    traces.append(1)
+    return real(*args, **kwargs)
+
+  monkeypatch.setattr(attention, '_attend_buckets', counting)
+  jax.clear_caches()
+  q, v = random_qv(1, 24, 7, 2)  # shapes no other test uses
+  lsh_jax.lsh_attention(q, v, KEY, n_buckets=4, n_hashes=3, chunk_len=8)
+  q2, v2 = random_qv(2, 24, 7, 2)
+  lsh_jax.lsh_attention(q2, v2, jax.random.PRNGKey(5), n_buckets=4,
+                        n_hashes=3, chunk_len=8)
+  assert len(traces) == 1
+  lsh_jax.lsh_attention(q2, v2, KEY, n_buckets=4, n_hashes=2, chunk_len=8)
+  assert len(traces) == 2  # a new static setting compiles once more
+
+
+@pytest.mark.parametrize('causal,padded', [(False, False), (True, True)])
+def test_gradients_match_finite_differences(causal, padded):
+  q, v = _qv()
+  mask = jnp.arange(16) % 5 != 2 if padded else None
+  f = lambda q, v: lsh_jax.lsh_attention(
+      q, v, KEY, n_buckets=4, n_hashes=3, chunk_len=4, n_chunks_after=1,
+      causal=causal, mask=mask)
+  # A finite-difference step that moved a token to another bucket would
+  # break the comparison loudly; eps is far below these inputs' margins.
+  jtu.check_grads(f, (q, v), order=1, modes=['rev'], eps=1e-3, atol=2e-2,
+                  rtol=2e-2)
+
+
+def test_undo_sort_gradient_is_a_gather_not_a_scatter():
+  x = jax.random.normal(KEY, (16, 3))
+  sticker, undo = lsh_jax.sort_buckets(lsh_jax.hash_vectors(x, KEY, 4, 1))
+  loss = lambda x: jnp.sum(jnp.sin(sorting.undo_sort(x, undo[0], sticker[0])))
+  hlo = jax.jit(jax.grad(loss)).lower(x).as_text()
+  assert 'scatter' not in hlo and 'gather' in hlo
+  expected = jnp.cos(x[undo[0]])[sticker[0]]  # chain rule by hand
+  np.testing.assert_allclose(jax.grad(loss)(x), expected, rtol=1e-6)
+
+
+def test_sort_buckets_orders_by_bucket_then_position():
+  buckets = jnp.array([[2, 0, 2, 1, 0, 1], [1, 1, 1, 0, 0, 0]])
+  sticker, undo = lsh_jax.sort_buckets(buckets)
+  # By hand: stable order of positions by bucket.
+  np.testing.assert_array_equal(sticker, [[1, 4, 3, 5, 0, 2],
+                                          [3, 4, 5, 0, 1, 2]])
+  for h in range(2):
+    np.testing.assert_array_equal(np.asarray(sticker[h])[np.asarray(undo[h])],
+                                  np.arange(6))
+
+
+def test_full_attention_checks_and_matches_softmax_by_hand():
+  q, v = _qv(8, 2, 3)
+  keys = q / jnp.sqrt(jnp.mean(q**2, -1, keepdims=True) + 1e-6) / jnp.sqrt(2.)
+  dots = q @ keys.T - 1e5 * jnp.eye(8)
+  expected = jax.nn.softmax(dots, -1) @ v
+  np.testing.assert_allclose(lsh_jax.full_attention(q, v), expected,
+                             rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match='v must have the same length as q'):
+    lsh_jax.full_attention(q, v[:4])
