@@ -17,7 +17,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) -m lsh_jax.demo
+	$(PY) examples/compare_with_oracle.py
 
 test: install
 	$(PY) -m pytest -q tests
