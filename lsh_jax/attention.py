@@ -20,7 +20,11 @@ from lsh_jax import sorting
 from lsh_jax import validation
 
 _STATIC = ('chunk_len', 'n_chunks_before', 'n_chunks_after', 'causal',
-           'attention_dropout')
+           'attention_dropout', 'n_ids')
+# Logits processed per step of the chunk loop, summed over rounds: small
+# enough to stay in the L2/L3 cache while masks, exp and the value matmul
+# read them (PERF_NOTES: one huge score tensor runs ~15x slower per chunk).
+_BLOCK_LOGITS = 2**17
 
 
 def dropout_multiplier(rng, rate, chunk_len, window_len, dtype):
@@ -37,11 +41,18 @@ def dropout_multiplier(rng, rate, chunk_len, window_len, dtype):
   return keep.astype(dtype) / jnp.asarray(keep_prob, dtype)
 
 
+def chunks_per_block(n_rounds, n_chunks, logits_per_chunk):
+  """The largest divisor of n_chunks whose logits fit `_BLOCK_LOGITS`."""
+  target = max(1, _BLOCK_LOGITS // (n_rounds * logits_per_chunk))
+  return max(b for b in range(1, min(target, n_chunks) + 1)
+             if n_chunks % b == 0)
+
+
 def _attend_buckets(q, v, buckets, mask, dropout_rng, *, chunk_len,
                     n_chunks_before, n_chunks_after, causal,
-                    attention_dropout):
+                    attention_dropout, n_ids=None):
   """Steps 2-5 for given buckets int[R, L]; returns float[L, Dv]."""
-  sticker, undo = sorting.sort_buckets(buckets)  # [R, L] each
+  sticker, undo = sorting.sort_buckets(buckets, n_ids=n_ids)  # [R, L] each
   # Every round permutes the same q and v.
   sort_round = jax.vmap(sorting.permute, in_axes=(None, 0, 0))
   sq, sv = sort_round(q, sticker, undo), sort_round(v, sticker, undo)
@@ -73,7 +84,9 @@ def _lsh_attention(q, v, rng, mask, dropout_rng, *, n_buckets, n_hashes,
                    **static):
   rotations = hashing.random_rotations(rng, q.shape[-1], n_buckets, n_hashes)
   buckets = hashing.hash_with_rotations(q, rotations, n_buckets, mask)
-  return _attend_buckets(q, v, buckets, mask, dropout_rng, **static)
+  n_ids = hashing.n_buckets_total(n_buckets) + 1  # + the padding id
+  return _attend_buckets(q, v, buckets, mask, dropout_rng, n_ids=n_ids,
+                         **static)
 
 
 _lsh_attention_from_buckets = jax.jit(_attend_buckets, static_argnames=_STATIC)

@@ -13,6 +13,8 @@ belong to other rounds. `add_halo` gathers them for all rounds at once;
 window is a static slice of the round's extended chunks, so the adjacent
 keys are never copied W times.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -70,9 +72,37 @@ def add_halo(x, chunk_len, n_chunks_before, n_chunks_after):
   return jnp.concatenate([flat[ids_before], chunks, flat[ids_after]], axis=1)
 
 
+def _attend_chunks(q, q_pos, k_ext, v_ext, pos_ext, valid_ext, *, n_windows,
+                   causal, dropout_multiplier):
+  """B query chunks against their windows: q [B, C, D], k_ext [B+W-1, C, D]."""
+  n_chunks, chunk_len = q_pos.shape
+
+  def window(x):
+    # Query chunk c sees extended chunks c, ..., c + W - 1 (in that order).
+    return jnp.concatenate([x[w:w + n_chunks] for w in range(n_windows)],
+                           axis=1)
+
+  k_pos = window(pos_ext)  # [B, W*C]
+  k_valid = None if valid_ext is None else window(valid_ext)
+  dots = jnp.concatenate(
+      [jnp.einsum('ncd,nkd->nck', q, k_ext[w:w + n_chunks])
+       for w in range(n_windows)], axis=-1)  # [B, C, W*C]
+  dots = masks.mask_logits(dots, q_pos, k_pos, k_valid, causal=causal)
+  lse = jax.nn.logsumexp(dots, axis=-1, keepdims=True)  # [B, C, 1]
+  probs = jnp.exp(dots - lse)
+  if dropout_multiplier is not None:
+    # Dropout comes after the normaliser: lse describes the undropped mass.
+    probs = probs * dropout_multiplier
+  so = sum(
+      jnp.einsum('nck,nkd->ncd', probs[..., w * chunk_len:(w + 1) * chunk_len],
+                 v_ext[w:w + n_chunks])
+      for w in range(n_windows))  # [B, C, Dv]
+  return so, lse[..., 0]
+
+
 def chunked_attend(sq, q_pos, k_ext, v_ext, pos_ext, valid_ext=None, *,
                    n_chunks_before=1, n_chunks_after=0, causal=False,
-                   dropout_multiplier=None):
+                   dropout_multiplier=None, chunks_per_block=None):
   """Attention within chunks and their neighbours, one hash round.
 
   With E = before + N + after extended chunks (see `add_halo`):
@@ -90,6 +120,9 @@ def chunked_attend(sq, q_pos, k_ext, v_ext, pos_ext, valid_ext=None, *,
     causal: mask keys at later positions.
     dropout_multiplier: float[C, W * C] (keep / keep_prob) applied to the
       probabilities of every chunk, or None.
+    chunks_per_block: a divisor B of N, or None for all N at once. Query
+      chunks are processed B at a time (a `lax.map`), so the [B, C, W*C]
+      logits stay cache-sized; results do not depend on it.
 
   Returns:
     (so float[L, Dv], slse float[L]): outputs and log-sum-exp normalisers
@@ -99,26 +132,25 @@ def chunked_attend(sq, q_pos, k_ext, v_ext, pos_ext, valid_ext=None, *,
   n_chunks = sq.shape[0] // chunk_len
   n_windows = 1 + n_chunks_before + n_chunks_after
   q = sq.reshape(n_chunks, chunk_len, sq.shape[-1])  # [N, C, D]
+  q_pos = q_pos.reshape(n_chunks, chunk_len)  # [N, C]
+  attend = functools.partial(_attend_chunks, n_windows=n_windows,
+                             causal=causal,
+                             dropout_multiplier=dropout_multiplier)
+  block = chunks_per_block or n_chunks
+  if block >= n_chunks:
+    so, lse = attend(q, q_pos, k_ext, v_ext, pos_ext, valid_ext)
+  else:
+    if n_chunks % block:
+      raise ValueError(f'chunks_per_block ({block}) must divide the number '
+                       f'of chunks per round ({n_chunks})')
 
-  def window(x):
-    # Query chunk c sees extended chunks c, ..., c + W - 1 (in that order).
-    return jnp.concatenate([x[w:w + n_chunks] for w in range(n_windows)],
-                           axis=1)
+    def one_block(start):
+      take = lambda x, size: (None if x is None else
+                              jax.lax.dynamic_slice_in_dim(x, start, size))
+      span = block + n_windows - 1
+      return attend(take(q, block), take(q_pos, block), take(k_ext, span),
+                    take(v_ext, span), take(pos_ext, span),
+                    take(valid_ext, span))
 
-  k_pos = window(pos_ext)  # [N, W*C]
-  k_valid = None if valid_ext is None else window(valid_ext)
-  dots = jnp.concatenate(
-      [jnp.einsum('ncd,nkd->nck', q, k_ext[w:w + n_chunks])
-       for w in range(n_windows)], axis=-1)  # [N, C, W*C]
-  dots = masks.mask_logits(dots, q_pos.reshape(n_chunks, chunk_len), k_pos,
-                           k_valid, causal=causal)
-  lse = jax.nn.logsumexp(dots, axis=-1, keepdims=True)  # [N, C, 1]
-  probs = jnp.exp(dots - lse)
-  if dropout_multiplier is not None:
-    # Dropout comes after the normaliser: lse describes the undropped mass.
-    probs = probs * dropout_multiplier
-  so = sum(
-      jnp.einsum('nck,nkd->ncd', probs[..., w * chunk_len:(w + 1) * chunk_len],
-                 v_ext[w:w + n_chunks])
-      for w in range(n_windows))  # [N, C, Dv]
+    so, lse = jax.lax.map(one_block, jnp.arange(0, n_chunks, block))
   return so.reshape(sq.shape[0], -1), lse.reshape(sq.shape[0])

@@ -9,29 +9,46 @@ import jax
 import jax.numpy as jnp
 
 
-def _sort_round(buckets):
+_INT32_MAX = 2**31 - 1
+
+
+def _inverse(perm):
+  """The inverse of a permutation int32[L]."""
+  positions = jnp.arange(perm.shape[0], dtype=jnp.int32)
+  return jnp.zeros_like(perm).at[perm].set(positions, unique_indices=True)
+
+
+def _sort_round(buckets, n_ids):
   """One round: int[L] buckets -> (sticker int32[L], undo_sort int32[L])."""
-  # A stable sort by bucket is a sort by the key (bucket, position); unlike
-  # Trax's `L * bucket + position` key it cannot overflow int32 at long L.
-  sticker = jnp.argsort(buckets, stable=True).astype(jnp.int32)
-  positions = jnp.arange(buckets.shape[0], dtype=jnp.int32)
-  undo_sort = jnp.zeros_like(sticker).at[sticker].set(
-      positions, unique_indices=True)
-  return sticker, undo_sort
+  length = buckets.shape[0]
+  if n_ids is not None and n_ids * length <= _INT32_MAX:
+    # The key L * bucket + position is unique, so sorting keys alone (no
+    # index payload, no stability needed) gives the (bucket, position)
+    # order; XLA sorts one int32 operand ~4x faster than an argsort.
+    positions = jnp.arange(length, dtype=jnp.int32)
+    keys = jnp.sort(buckets.astype(jnp.int32) * length + positions)
+    sticker = keys % length
+  else:
+    # Keys could overflow int32: a stable argsort by bucket gives the same
+    # (bucket, position) order.
+    sticker = jnp.argsort(buckets, stable=True).astype(jnp.int32)
+  return sticker, _inverse(sticker)
 
 
-def sort_buckets(buckets):
+def sort_buckets(buckets, *, n_ids=None):
   """Per round, positions in (bucket, position) order and the inverse.
 
   Args:
     buckets: int[R, L] bucket ids (with or without round offsets).
+    n_ids: a static bound on the bucket ids (all ids < n_ids), or None.
+      Only speed depends on it: with a bound, one packed int32 key is sorted.
 
   Returns:
     (sticker, undo_sort), both int32[R, L]: `sticker[h, i]` is the position
     in sorted slot i of round h; `undo_sort[h]` is the inverse permutation.
   """
   buckets = jax.lax.stop_gradient(jnp.asarray(buckets))
-  return jax.vmap(_sort_round)(buckets)
+  return jax.vmap(lambda b: _sort_round(b, n_ids))(buckets)
 
 
 @jax.custom_vjp

@@ -3,6 +3,8 @@
 Expected values here are independent derivations: a loop over examples for
 vmap, finite differences for gradients, the inverse permutation for sorting.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -191,3 +193,29 @@ def test_full_attention_checks_and_matches_softmax_by_hand():
                              rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match='v must have the same length as q'):
     lsh_jax.full_attention(q, v[:4])
+
+
+@pytest.mark.parametrize('before,after,causal', [(1, 0, False), (2, 1, True)])
+def test_chunk_blocks_do_not_change_results(before, after, causal):
+  """Processing query chunks B at a time (lax.map) equals all at once."""
+  from lsh_jax import chunked
+  n_rounds, length, chunk_len = 3, 96, 8  # 12 chunks per round
+  q, v = _qv(length, 3, 5)
+  buckets = lsh_jax.hash_vectors(q, KEY, 6, n_rounds)
+  sticker, undo = lsh_jax.sort_buckets(buckets)
+  sq, sv = q[sticker], v[sticker]
+  valid = (sticker % 5 != 1)
+  halo = lambda x: chunked.add_halo(x, chunk_len, before, after)
+  args = (sq, sticker, halo(chunked.normalize_keys(sq)), halo(sv),
+          halo(sticker), halo(valid))
+  results = []
+  for block in (None, 1, 3, 12):
+    attend = functools.partial(chunked.chunked_attend, n_chunks_before=before,
+                               n_chunks_after=after, causal=causal,
+                               chunks_per_block=block)
+    results.append(jax.jit(jax.vmap(attend))(*args))
+  for so, slse in results[1:]:
+    np.testing.assert_allclose(so, results[0][0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(slse, results[0][1], rtol=1e-6, atol=1e-6)
+  with pytest.raises(ValueError, match=r'chunks_per_block \(5\) must divide'):
+    chunked.chunked_attend(*(a[0] for a in args), chunks_per_block=5)
