@@ -6,8 +6,9 @@ Shape glossary used in every docstring:
   NB  buckets per round          C   chunk length (chunk_len)
   N   chunks per round (L / C)   W   chunks in a window (1 + before + after)
 
-The pipeline (SPEC.md): `hash_vectors` -> `sort_buckets` -> `chunked_attend`
-(one round, vmapped over rounds) -> `undo_sort` -> `combine_rounds`;
+The pipeline (SPEC.md): `hash_vectors` -> `sort_buckets` -> `attend_round`
+(one round: sort, `chunked_attend`, `undo_sort`; vmapped over rounds) ->
+`combine_rounds`;
 `lsh_attention` runs it all for one head. `lsh_jax.oracle` is the NumPy
 reference; `lsh_jax.trax_layer` (imports Trax) is the drop-in Trax layer.
 This module imports neither Trax nor TensorFlow.
@@ -23,11 +24,12 @@ from lsh_jax.hashing import auto_n_buckets
 from lsh_jax.hashing import hash_vectors
 from lsh_jax.hashing import hash_with_rotations
 from lsh_jax.hashing import random_rotations
+from lsh_jax.rounds import attend_round
 from lsh_jax.sorting import sort_buckets
 from lsh_jax.sorting import undo_sort
 
 __all__ = [
-    'auto_n_buckets', 'chunked_attend', 'combine_rounds', 'full_attention',
+    'attend_round', 'auto_n_buckets', 'chunked_attend', 'combine_rounds', 'full_attention',
     'hash_vectors', 'hash_with_rotations', 'lsh_attention',
     'lsh_attention_from_buckets', 'normalize_keys', 'random_rotations',
     'round_weights', 'sort_buckets', 'undo_sort',

@@ -16,11 +16,12 @@ from lsh_jax import chunked
 from lsh_jax import combine
 from lsh_jax import hashing
 from lsh_jax import masks
+from lsh_jax import rounds
 from lsh_jax import sorting
 from lsh_jax import validation
 
 _STATIC = ('chunk_len', 'n_chunks_before', 'n_chunks_after', 'causal',
-           'attention_dropout', 'n_ids')
+           'attention_dropout', 'sequential_rounds', 'n_ids')
 # Logits processed per step of the chunk loop, summed over rounds: small
 # enough to stay in the L2/L3 cache while masks, exp and the value matmul
 # read them (PERF_NOTES: one huge score tensor runs ~15x slower per chunk).
@@ -50,32 +51,30 @@ def chunks_per_block(n_rounds, n_chunks, logits_per_chunk):
 
 def _attend_buckets(q, v, buckets, mask, dropout_rng, *, chunk_len,
                     n_chunks_before, n_chunks_after, causal,
-                    attention_dropout, n_ids=None):
+                    attention_dropout, sequential_rounds, n_ids=None):
   """Steps 2-5 for given buckets int[R, L]; returns float[L, Dv]."""
+  n_rounds = buckets.shape[0]
   sticker, undo = sorting.sort_buckets(buckets, n_ids=n_ids)  # [R, L] each
-  # Every round permutes the same q and v.
-  sort_round = jax.vmap(sorting.permute, in_axes=(None, 0, 0))
-  sq, sv = sort_round(q, sticker, undo), sort_round(v, sticker, undo)
-  s_valid = None if mask is None else mask[sticker]  # [R, L]
-
   multiplier = None
+  window_len = chunk_len * (1 + n_chunks_before + n_chunks_after)
   if attention_dropout > 0.0:
-    window_len = chunk_len * (1 + n_chunks_before + n_chunks_after)
     multiplier = dropout_multiplier(dropout_rng, attention_dropout, chunk_len,
                                     window_len, q.dtype)
-  halo = functools.partial(chunked.add_halo, chunk_len=chunk_len,
-                           n_chunks_before=n_chunks_before,
-                           n_chunks_after=n_chunks_after)
-  attend_round = functools.partial(
-      chunked.chunked_attend, n_chunks_before=n_chunks_before,
-      n_chunks_after=n_chunks_after, causal=causal,
-      dropout_multiplier=multiplier)
-  so, slse = jax.vmap(attend_round)(
-      sq, sticker, halo(chunked.normalize_keys(sq)), halo(sv), halo(sticker),
-      None if s_valid is None else halo(s_valid))  # [R, L, Dv], [R, L]
-
-  o = jax.vmap(sorting.undo_sort)(so, undo, sticker)
-  lse = jax.vmap(sorting.undo_sort)(slse, undo, sticker)
+  one_round = functools.partial(
+      rounds.attend_round, q=q, keys=chunked.normalize_keys(q), v=v,
+      mask=mask, sticker=sticker, undo=undo, chunk_len=chunk_len,
+      n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
+      causal=causal, dropout_multiplier=multiplier,
+      chunks_per_block=chunks_per_block(
+          1 if sequential_rounds else n_rounds, q.shape[0] // chunk_len,
+          chunk_len * window_len))
+  round_ids = jnp.arange(n_rounds, dtype=jnp.int32)
+  if sequential_rounds:
+    # One round at a time, recomputed in the backward pass: memory of one
+    # round's intermediates instead of R.
+    o, lse = jax.lax.map(jax.checkpoint(one_round), round_ids)
+  else:
+    o, lse = jax.vmap(one_round)(round_ids)  # [R, L, Dv], [R, L]
   return combine.combine_rounds(o, lse)
 
 
@@ -94,7 +93,8 @@ _lsh_attention_from_buckets = jax.jit(_attend_buckets, static_argnames=_STATIC)
 
 def lsh_attention(q, v, rng, *, n_buckets, n_hashes, chunk_len,
                   n_chunks_before=1, n_chunks_after=0, causal=False,
-                  mask=None, attention_dropout=0.0, dropout_rng=None):
+                  mask=None, attention_dropout=0.0, dropout_rng=None,
+                  sequential_rounds=False):
   """LSH self-attention for one head of one sequence (SPEC.md).
 
   Args:
@@ -112,6 +112,9 @@ def lsh_attention(q, v, rng, *, n_buckets, n_hashes, chunk_len,
     attention_dropout: rate in [0, 1) applied to the attention
       probabilities.
     dropout_rng: PRNG key for attention dropout; required if the rate > 0.
+    sequential_rounds: run the rounds one after another (`lax.map`) and
+      recompute each in the backward pass, instead of all at once (`vmap`):
+      peak memory of one round for very long inputs, same results.
 
   Returns:
     float[L, Dv]. Differentiable in `q` and `v` (the hash takes no gradient).
@@ -127,17 +130,19 @@ def lsh_attention(q, v, rng, *, n_buckets, n_hashes, chunk_len,
       n_hashes=validation.check_positive_int('n_hashes', n_hashes),
       chunk_len=chunk_len, n_chunks_before=n_chunks_before,
       n_chunks_after=n_chunks_after, causal=bool(causal),
-      attention_dropout=rate)
+      attention_dropout=rate, sequential_rounds=bool(sequential_rounds))
 
 
 def lsh_attention_from_buckets(q, v, buckets, *, chunk_len, n_chunks_before=1,
                                n_chunks_after=0, causal=False, mask=None,
-                               attention_dropout=0.0, dropout_rng=None):
+                               attention_dropout=0.0, dropout_rng=None,
+                               sequential_rounds=False):
   """LSH self-attention given precomputed buckets (e.g. a layer's state).
 
   Args:
     q, v, chunk_len, n_chunks_before, n_chunks_after, causal, mask,
-      attention_dropout, dropout_rng: as in `lsh_attention`.
+      attention_dropout, dropout_rng, sequential_rounds: as in
+      `lsh_attention`.
     buckets: int[R, L] bucket ids per round. Round offsets may be present or
       not: only the order within each round matters.
 
@@ -157,7 +162,8 @@ def lsh_attention_from_buckets(q, v, buckets, *, chunk_len, n_chunks_before=1,
   return _lsh_attention_from_buckets(
       q, v, buckets, mask, dropout_rng, chunk_len=chunk_len,
       n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
-      causal=bool(causal), attention_dropout=rate)
+      causal=bool(causal), attention_dropout=rate,
+      sequential_rounds=bool(sequential_rounds))
 
 
 @functools.partial(jax.jit, static_argnames=('causal',))

@@ -8,16 +8,14 @@ as Trax's `look_adjacent` over the flat chunk axis.
 
 So one round needs its own chunks plus a halo: the `before` chunks that
 precede it and the `after` chunks that follow it on the flat axis, which
-belong to other rounds. `add_halo` gathers them for all rounds at once;
-`chunked_attend` then works on one round and is vmapped over rounds. A
-window is a static slice of the round's extended chunks, so the adjacent
-keys are never copied W times.
+belong to other rounds (`halo_chunk_ids`). `chunked_attend` works on one
+round's extended chunks; a window is a static slice of them, so the
+adjacent keys are never copied W times.
 """
 import functools
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from lsh_jax import masks
 
@@ -36,40 +34,26 @@ def normalize_keys(sq):
   return keys / jnp.sqrt(jnp.asarray(sq.shape[-1], sq.dtype))
 
 
-def halo_chunk_ids(n_rounds, n_chunks, n_chunks_before, n_chunks_after):
-  """Flat chunk ids of each round's halo (static, NumPy).
-
-  Returns:
-    (before int[R, n_chunks_before], after int[R, n_chunks_after]): round h
-    is preceded by flat chunks h*N - before, ..., h*N - 1 and followed by
-    (h+1)*N, ..., (h+1)*N + after - 1, all modulo R * N.
-  """
-  starts = np.arange(n_rounds)[:, None] * n_chunks
-  total = n_rounds * n_chunks
-  before = (starts + np.arange(-n_chunks_before, 0)[None, :]) % total
-  after = (starts + n_chunks + np.arange(n_chunks_after)[None, :]) % total
-  return before, after
-
-
-def add_halo(x, chunk_len, n_chunks_before, n_chunks_after):
-  """Chunks every round and adds its halo from the neighbouring chunks.
+def halo_chunk_ids(round_index, n_rounds, n_chunks, n_chunks_before,
+                   n_chunks_after):
+  """Flat chunk ids of one round's halo.
 
   Args:
-    x: [R, L, ...] per-round sorted keys, values, positions or mask.
+    round_index: int32 scalar h (may be traced).
+    n_rounds, n_chunks: R and N (static).
+    n_chunks_before, n_chunks_after: the window (static).
 
   Returns:
-    [R, before + N + after, C, ...]: round h's extended chunks; flat chunk
-    h*N + c - before sits at index c.
+    (before int32[before], after int32[after]): round h is preceded on the
+    flat chunk axis by chunks h*N - before, ..., h*N - 1 and followed by
+    (h+1)*N, ..., (h+1)*N + after - 1, all modulo R * N.
   """
-  n_rounds, length = x.shape[:2]
-  n_chunks = length // chunk_len
-  chunks = x.reshape(n_rounds, n_chunks, chunk_len, *x.shape[2:])
-  if n_chunks_before == 0 and n_chunks_after == 0:
-    return chunks
-  flat = chunks.reshape(n_rounds * n_chunks, *chunks.shape[2:])
-  ids_before, ids_after = halo_chunk_ids(n_rounds, n_chunks, n_chunks_before,
-                                         n_chunks_after)
-  return jnp.concatenate([flat[ids_before], chunks, flat[ids_after]], axis=1)
+  start = round_index * n_chunks
+  total = n_rounds * n_chunks
+  before = (start + jnp.arange(-n_chunks_before, 0, dtype=jnp.int32)) % total
+  after = (start + n_chunks + jnp.arange(n_chunks_after, dtype=jnp.int32)
+           ) % total
+  return before, after
 
 
 def _attend_chunks(q, q_pos, k_ext, v_ext, pos_ext, valid_ext, *, n_windows,
@@ -105,7 +89,8 @@ def chunked_attend(sq, q_pos, k_ext, v_ext, pos_ext, valid_ext=None, *,
                    dropout_multiplier=None, chunks_per_block=None):
   """Attention within chunks and their neighbours, one hash round.
 
-  With E = before + N + after extended chunks (see `add_halo`):
+  With E = before + N + after extended chunks: the round's halo before,
+  its own N chunks, its halo after (see `lsh_jax.rounds`):
 
   Args:
     sq: float[L, D] this round's sorted queries, L = N * C.

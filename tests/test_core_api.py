@@ -199,23 +199,38 @@ def test_full_attention_checks_and_matches_softmax_by_hand():
 def test_chunk_blocks_do_not_change_results(before, after, causal):
   """Processing query chunks B at a time (lax.map) equals all at once."""
   from lsh_jax import chunked
-  n_rounds, length, chunk_len = 3, 96, 8  # 12 chunks per round
+  from lsh_jax import rounds
+  n_rounds, length = 3, 96  # 12 chunks of 8 per round
   q, v = _qv(length, 3, 5)
-  buckets = lsh_jax.hash_vectors(q, KEY, 6, n_rounds)
-  sticker, undo = lsh_jax.sort_buckets(buckets)
-  sq, sv = q[sticker], v[sticker]
-  valid = (sticker % 5 != 1)
-  halo = lambda x: chunked.add_halo(x, chunk_len, before, after)
-  args = (sq, sticker, halo(chunked.normalize_keys(sq)), halo(sv),
-          halo(sticker), halo(valid))
+  sticker, undo = lsh_jax.sort_buckets(lsh_jax.hash_vectors(q, KEY, 6,
+                                                            n_rounds))
   results = []
   for block in (None, 1, 3, 12):
-    attend = functools.partial(chunked.chunked_attend, n_chunks_before=before,
-                               n_chunks_after=after, causal=causal,
-                               chunks_per_block=block)
-    results.append(jax.jit(jax.vmap(attend))(*args))
-  for so, slse in results[1:]:
-    np.testing.assert_allclose(so, results[0][0], rtol=1e-6, atol=1e-6)
-    np.testing.assert_allclose(slse, results[0][1], rtol=1e-6, atol=1e-6)
+    one_round = functools.partial(
+        rounds.attend_round, q=q, keys=chunked.normalize_keys(q), v=v,
+        mask=jnp.arange(length) % 5 != 1, sticker=sticker, undo=undo,
+        chunk_len=8, n_chunks_before=before, n_chunks_after=after,
+        causal=causal, chunks_per_block=block)
+    results.append(jax.jit(jax.vmap(one_round))(jnp.arange(n_rounds)))
+  for o, lse in results[1:]:
+    np.testing.assert_allclose(o, results[0][0], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(lse, results[0][1], rtol=1e-6, atol=1e-6)
   with pytest.raises(ValueError, match=r'chunks_per_block \(5\) must divide'):
-    chunked.chunked_attend(*(a[0] for a in args), chunks_per_block=5)
+    one_round(0, chunks_per_block=5)
+
+
+@pytest.mark.parametrize('causal,padded', [(False, False), (True, True)])
+def test_sequential_rounds_give_the_same_results(causal, padded):
+  """lax.map over rounds (memory-bounded) equals vmap, values and grads."""
+  q, v = _qv(32, 3, 5)
+  kwargs = dict(n_buckets=4, n_hashes=3, chunk_len=8, n_chunks_before=1,
+                n_chunks_after=1, causal=causal,
+                mask=jnp.arange(32) % 6 != 2 if padded else None)
+  loss = lambda q, v, seq: jnp.sum(jnp.sin(lsh_jax.lsh_attention(
+      q, v, KEY, sequential_rounds=seq, **kwargs)))
+  np.testing.assert_allclose(
+      lsh_jax.lsh_attention(q, v, KEY, sequential_rounds=True, **kwargs),
+      lsh_jax.lsh_attention(q, v, KEY, **kwargs), rtol=1e-6, atol=1e-6)
+  for a, b in zip(jax.grad(loss, argnums=(0, 1))(q, v, True),
+                  jax.grad(loss, argnums=(0, 1))(q, v, False)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
