@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test fuzz bench clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ demo: install
 
 test: install
 	$(PY) -m pytest -q tests
+
+# The long hypothesis campaign against the oracle (fixed seed: derandomized).
+fuzz: install
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q tests/test_core_oracle.py
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis

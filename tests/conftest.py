@@ -10,7 +10,7 @@ import pytest  # noqa: E402
 # jax's own test profile: reproducible in CI, no deadline (the first example
 # of a shape pays for compilation), no example database on disk.
 hypothesis.settings.register_profile(
-    'ci', derandomize=True, deadline=None, database=None, max_examples=40,
+    'ci', derandomize=True, deadline=None, database=None, max_examples=30,
     suppress_health_check=[hypothesis.HealthCheck.too_slow])
 # `make fuzz`: the long campaign, same determinism.
 hypothesis.settings.register_profile(
