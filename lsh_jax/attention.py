@@ -136,7 +136,7 @@ def lsh_attention(q, v, rng, *, n_buckets, n_hashes, chunk_len,
 def lsh_attention_from_buckets(q, v, buckets, *, chunk_len, n_chunks_before=1,
                                n_chunks_after=0, causal=False, mask=None,
                                attention_dropout=0.0, dropout_rng=None,
-                               sequential_rounds=False):
+                               sequential_rounds=False, n_ids=None):
   """LSH self-attention given precomputed buckets (e.g. a layer's state).
 
   Args:
@@ -145,6 +145,8 @@ def lsh_attention_from_buckets(q, v, buckets, *, chunk_len, n_chunks_before=1,
       `lsh_attention`.
     buckets: int[R, L] bucket ids per round. Round offsets may be present or
       not: only the order within each round matters.
+    n_ids: a static bound, all bucket ids < n_ids, or None. Only speed
+      depends on it: with a bound the sort uses one packed int32 key.
 
   Returns:
     float[L, Dv].
@@ -163,26 +165,35 @@ def lsh_attention_from_buckets(q, v, buckets, *, chunk_len, n_chunks_before=1,
       q, v, buckets, mask, dropout_rng, chunk_len=chunk_len,
       n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
       causal=bool(causal), attention_dropout=rate,
-      sequential_rounds=bool(sequential_rounds))
+      sequential_rounds=bool(sequential_rounds),
+      n_ids=None if n_ids is None else validation.check_positive_int(
+          'n_ids', n_ids))
 
 
 @functools.partial(jax.jit, static_argnames=('causal',))
-def _full_attention(q, v, mask, *, causal):
-  keys = chunked.normalize_keys(q)
+def _full_attention(q, k, v, mask, *, causal):
   positions = jnp.arange(q.shape[0], dtype=jnp.int32)
-  dots = masks.mask_logits(q @ keys.T, positions, positions, mask,
-                           causal=causal)
+  if k is None:  # shared QK: normalised keys, a token avoids itself
+    dots = masks.mask_logits(q @ chunked.normalize_keys(q).T, positions,
+                             positions, mask, causal=causal)
+  else:
+    dots = q @ (k / jnp.sqrt(jnp.asarray(k.shape[-1], k.dtype))).T
+    dots = masks.mask_logits(dots, positions, positions, mask, causal=causal,
+                             exclude_self=False)
   return jax.nn.softmax(dots, axis=-1) @ v
 
 
-def full_attention(q, v, *, causal=False, mask=None):
-  """Dense shared-QK attention with the same conventions as `lsh_attention`.
+def full_attention(q, v, *, k=None, causal=False, mask=None):
+  """Dense attention with the same conventions as `lsh_attention`.
 
-  Length-normalised keys scaled by 1/sqrt(D), exclude-self, causal and
-  padding masks. O(L^2) memory: the exact reference.
+  With shared QK (`k=None`): length-normalised keys scaled by 1/sqrt(D) and
+  the exclude-self mask. With separate keys `k`: keys `k / sqrt(D)` and no
+  exclude-self mask (Trax's `attend` with `share_qk=False`). Causal and
+  padding masks either way. O(L^2) memory: the exact reference.
 
   Args:
-    q: float[L, D]; v: float[L, Dv]; mask: bool[L] or None.
+    q: float[L, D]; v: float[L, Dv]; k: float[L, D] or None;
+    mask: bool[L] or None.
 
   Returns:
     float[L, Dv].
@@ -192,5 +203,10 @@ def full_attention(q, v, *, causal=False, mask=None):
   if v.shape[0] != q.shape[0]:
     raise ValueError(f'v must have the same length as q ({q.shape[0]}), got '
                      f'shape {tuple(v.shape)}')
+  if k is not None:
+    validation.check_matrix('k', k)
+    if k.shape != q.shape:
+      raise ValueError(f'k must have the shape of q {tuple(q.shape)}, got '
+                       f'{tuple(k.shape)}')
   validation.check_mask(mask, q.shape[0])
-  return _full_attention(q, v, mask, causal=bool(causal))
+  return _full_attention(q, k, v, mask, causal=bool(causal))

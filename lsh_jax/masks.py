@@ -16,7 +16,8 @@ SELF_PENALTY = 1e5
 PADDING_PENALTY = 1e9
 
 
-def mask_logits(dots, q_pos, kv_pos, kv_valid=None, *, causal):
+def mask_logits(dots, q_pos, kv_pos, kv_valid=None, *, causal,
+                exclude_self=True):
   """Applies causal, exclude-self and padding masks.
 
   Args:
@@ -25,6 +26,7 @@ def mask_logits(dots, q_pos, kv_pos, kv_valid=None, *, causal):
     kv_pos: int[..., K] original positions of the keys.
     kv_valid: bool[..., K], True for real tokens, or None (no padding).
     causal: whether a query may not see later positions.
+    exclude_self: whether a token avoids itself (always, with shared QK).
 
   Returns:
     float[..., Q, K], the masked logits.
@@ -33,7 +35,8 @@ def mask_logits(dots, q_pos, kv_pos, kv_valid=None, *, causal):
   kv_pos = kv_pos[..., None, :]
   if causal:
     dots = dots - CAUSAL_PENALTY * (q_pos < kv_pos).astype(dots.dtype)
-  dots = dots - SELF_PENALTY * (q_pos == kv_pos).astype(dots.dtype)
+  if exclude_self:
+    dots = dots - SELF_PENALTY * (q_pos == kv_pos).astype(dots.dtype)
   if kv_valid is not None:
     dots = dots - PADDING_PENALTY * jnp.logical_not(
         kv_valid[..., None, :]).astype(dots.dtype)

@@ -234,3 +234,25 @@ def test_sequential_rounds_give_the_same_results(causal, padded):
   for a, b in zip(jax.grad(loss, argnums=(0, 1))(q, v, True),
                   jax.grad(loss, argnums=(0, 1))(q, v, False)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_full_attention_with_separate_keys_matches_softmax_by_hand():
+  """Separate keys: k / sqrt(D), no normalisation, no exclude-self."""
+  q, v = _qv(8, 2, 3)
+  k = jax.random.normal(jax.random.PRNGKey(9), (8, 2))
+  dots = q @ k.T / jnp.sqrt(2.) - 1e9 * jnp.triu(jnp.ones((8, 8)), 1)
+  expected = jax.nn.softmax(dots, -1) @ v
+  np.testing.assert_allclose(lsh_jax.full_attention(q, v, k=k, causal=True),
+                             expected, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match=r'k must have the shape of q'):
+    lsh_jax.full_attention(q, v, k=k[:, :1])
+
+
+def test_from_buckets_bound_changes_nothing_but_speed():
+  q, v = _qv()
+  buckets = lsh_jax.hash_vectors(q, KEY, 4, 2)
+  np.testing.assert_array_equal(
+      lsh_jax.lsh_attention_from_buckets(q, v, buckets, chunk_len=4, n_ids=4),
+      lsh_jax.lsh_attention_from_buckets(q, v, buckets, chunk_len=4))
+  with pytest.raises(ValueError, match='n_ids must be >= 1'):
+    lsh_jax.lsh_attention_from_buckets(q, v, buckets, chunk_len=4, n_ids=0)
