@@ -1,0 +1,155 @@
+"""Runs a one-head, one-example attention function over a batch: `vmap`.
+
+Pure JAX (no Trax import); the batching behind `lsh_jax.trax_layer`.
+
+Shapes: B batch, H heads, L length, Dm model depth, P = B * H (example, head)
+pairs, numbered p = example * H + head as in Trax's layer state. A *block*
+is E examples x N heads computed at once (E * N = Trax's `n_parallel_heads`,
+all P pairs by default).
+
+`head_fn(x [L, Dm], mask [L] or None, w_h, s_h) -> (out [L, Dm], new_s_h)`
+computes one head of one example. `forward_and_or_backward` vmaps it over
+the N heads and E examples of a block and sums the heads. Blocks run one
+after another in a `lax.fori_loop` (one block: no loop). With `output_grad`
+it returns gradients too, taking each block's vjp right after recomputing
+its forward pass, so no block's intermediates outlive it (Trax's [FW-BW-1]
+order): the memory of one block, not of the whole batch.
+"""
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+
+def block_shape(batch, n_heads, n_parallel_heads):
+  """(E, N): examples and heads per block for Trax's `n_parallel_heads`.
+
+  None, 0 or anything >= B * H gives one block with every pair. Otherwise
+  a block holds whole examples (a multiple of H pairs) or a divisor of H
+  heads of one example, as in Trax.
+  """
+  total = batch * n_heads
+  size = total
+  if n_parallel_heads and n_parallel_heads < total:
+    size = n_parallel_heads
+  if size >= n_heads:
+    if size % n_heads or batch % (size // n_heads):
+      raise ValueError(
+          f'n_parallel_heads={n_parallel_heads} with n_heads={n_heads} needs a '
+          f'batch size that is a multiple of {size // n_heads}, got {batch}')
+    return size // n_heads, n_heads
+  if n_heads % size:
+    raise ValueError(f'n_parallel_heads={n_parallel_heads} must divide '
+                     f'n_heads={n_heads} when it is smaller')
+  return 1, size
+
+
+def _slice(tree, start, size):
+  return jax.tree_util.tree_map(
+      lambda a: lax.dynamic_slice_in_dim(a, start, size, axis=0), tree)
+
+
+def _add_at(tree, start, update):
+  """tree[start:start + len(update)] += update, for every leaf."""
+  def add(a, u):
+    old = lax.dynamic_slice_in_dim(a, start, u.shape[0], axis=0)
+    return lax.dynamic_update_slice_in_dim(a, old + u, start, axis=0)
+  return jax.tree_util.tree_map(add, tree, update)
+
+
+def _set_at(tree, start, update):
+  return jax.tree_util.tree_map(
+      lambda a, u: lax.dynamic_update_slice_in_dim(a, u, start, axis=0),
+      tree, update)
+
+
+def _block_forward(head_fn, x_blk, mask_blk, w_blk, s_blk):
+  """One block: x [E, L, Dm], w leaves [N, ...], s leaves [E, N, ...].
+
+  Returns (out [E, L, Dm] summed over the N heads, new_s leaves [E, N, ...]).
+  """
+  def one_example(x_e, mask_e, s_e):
+    heads = jax.vmap(lambda w_h, s_h: head_fn(x_e, mask_e, w_h, s_h))
+    out, new_s = heads(w_blk, s_e)  # [N, L, Dm]
+    return jnp.sum(out, axis=0), new_s
+  if mask_blk is None:
+    return jax.vmap(lambda x_e, s_e: one_example(x_e, None, s_e))(
+        x_blk, s_blk)
+  return jax.vmap(one_example)(x_blk, mask_blk, s_blk)
+
+
+def forward_and_or_backward(head_fn, x, mask, weights, state, *, n_heads,
+                            n_parallel_heads=None, output_grad=None,
+                            update_state=True):
+  """Batched forward pass and/or backward pass of `head_fn`.
+
+  Args:
+    head_fn: the one-head function (module docstring).
+    x: float[B, L, Dm] activations.
+    mask: bool[B, L] (True = real token) or None.
+    weights: pytree, every leaf [H, ...] (one slice per head).
+    state: pytree, every leaf [P, ...] (one slice per pair).
+    n_heads: H.
+    n_parallel_heads: pairs per block (see `block_shape`).
+    output_grad: float[B, L, Dm] cotangent of the output, or None.
+    update_state: return the new state (else `state` is returned as is).
+
+  Returns:
+    (out [B, L, Dm], new_state, x_grad [B, L, Dm] or None, weights_grad or
+    None).
+  """
+  batch = x.shape[0]
+  n_ex, n_hd = block_shape(batch, n_heads, n_parallel_heads)
+  size = n_ex * n_hd
+
+  def run_block(i):
+    first = i * size
+    example, head = first // n_heads, first % n_heads
+    x_blk = _slice(x, example, n_ex)
+    mask_blk = None if mask is None else _slice(mask, example, n_ex)
+    s_blk = jax.tree_util.tree_map(
+        lambda s: s.reshape((n_ex, n_hd) + s.shape[1:]),
+        _slice(state, first, size))
+    forward = lambda x_blk, w_blk: _block_forward(head_fn, x_blk, mask_blk,
+                                                  w_blk, s_blk)
+    w_blk = _slice(weights, head, n_hd)
+    if output_grad is None:
+      out, new_s = forward(x_blk, w_blk)
+      grads = None
+    else:
+      out, vjp_fn, new_s = jax.vjp(forward, x_blk, w_blk, has_aux=True)
+      grads = vjp_fn(_slice(output_grad, example, n_ex))
+    new_s = jax.tree_util.tree_map(
+        lambda s: s.reshape((size,) + s.shape[2:]), new_s)
+    return (example, head, first), out, new_s, grads
+
+  n_blocks = batch * n_heads // size
+  if n_blocks == 1:
+    _, out, new_s, grads = run_block(0)
+    x_grad, w_grad = (None, None) if grads is None else grads
+    return out, (new_s if update_state else state), x_grad, w_grad
+
+  zeros = lambda tree: jax.tree_util.tree_map(jnp.zeros_like, tree)
+  # The new state may differ in shape from the old one (buckets follow L).
+  new_state_shape = jax.eval_shape(lambda: run_block(0)[2])
+  carry = dict(
+      out=jnp.zeros(x.shape, x.dtype),
+      state=jax.tree_util.tree_map(
+          lambda s: jnp.zeros((batch * n_heads,) + s.shape[1:], s.dtype),
+          new_state_shape) if update_state else None,
+      grads=None if output_grad is None else (zeros(x), zeros(weights)))
+
+  def body(i, carry):
+    (example, head, first), out, new_s, grads = run_block(i)
+    carry = dict(carry, out=_add_at(carry['out'], example, out))
+    if update_state:
+      carry['state'] = _set_at(carry['state'], first, new_s)
+    if grads is not None:
+      x_grad, w_grad = carry['grads']
+      carry['grads'] = (_add_at(x_grad, example, grads[0]),
+                        _add_at(w_grad, head, grads[1]))
+    return carry
+
+  carry = lax.fori_loop(0, n_blocks, body, carry)
+  x_grad, w_grad = (None, None) if output_grad is None else carry['grads']
+  return (carry['out'], carry['state'] if update_state else state, x_grad,
+          w_grad)

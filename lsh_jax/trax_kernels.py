@@ -1,0 +1,196 @@
+"""The Trax layers' computation as pure JAX functions (no Trax import).
+
+Shapes: B batch, H heads, L length, Dm model depth, D = d_qk, Dv = d_v.
+Weights per head, as Trax stores them (leading axis H):
+  LSH and shared-QK dense: (w_q [Dm, D], w_v [Dm, Dv], w_o [Dv, Dm]),
+    with bias also (b_q [D], b_v [Dv]);
+  dense, separate keys: (w_q, w_k [Dm, D], w_v, w_o), with bias also
+    (b_q, b_k, b_v).
+LSH state per (example, head) pair (leading axis B * H): (buckets
+int32[R * Lb], hash key uint32[2]), where buckets are Trax's flat ids with
+round offsets, `bucket + h * ids_per_round`, zero-padded to
+Lb = max_length_for_buckets (or L). The dense layer has no state.
+
+`lsh_head` and `dense_head` compute one head of one example with lsh_jax's
+functions; `run` vmaps them over heads and batch (`trax_heads`) under one
+`jax.jit`.
+"""
+import dataclasses
+import functools
+from typing import Optional, Tuple, Union
+
+import jax
+import jax.numpy as jnp
+
+import lsh_jax
+from lsh_jax import attention
+from lsh_jax import hashing
+from lsh_jax import masks
+from lsh_jax import trax_heads
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """A layer's static configuration (hashable: a `jit` static argument)."""
+  kind: str  # 'lsh' or 'dense'
+  n_heads: int
+  causal: bool
+  chunk_len: Optional[int]
+  n_chunks_before: int
+  n_chunks_after: int
+  bias: bool
+  attention_dropout: float
+  output_dropout: float
+  n_parallel_heads: Optional[int]
+  share_qk: bool = True
+  n_hashes: int = 1
+  n_buckets: Union[int, Tuple[int, ...], None] = None
+  max_length_for_buckets: Optional[int] = None
+
+
+def _project(x, weights, spec):
+  """x [L, Dm] -> (q [L, D], k [L, D] or None, v [L, Dv], w_o [Dv, Dm])."""
+  names = ('q', 'v') if spec.share_qk else ('q', 'k', 'v')
+  kernels = dict(zip(names, weights))
+  w_o = weights[len(names)]
+  projected = {name: x @ kernel for name, kernel in kernels.items()}
+  if spec.bias:
+    biases = weights[len(names) + 1:]
+    projected = {name: projected[name] + b for name, b in zip(names, biases)}
+  return projected['q'], projected.get('k'), projected['v'], w_o
+
+
+def buckets_and_offsets(spec, length, masked):
+  """n_buckets (resolved if automatic) and Trax's round offsets int32[R, 1]."""
+  n_buckets = spec.n_buckets
+  if n_buckets is None:
+    n_buckets = lsh_jax.auto_n_buckets(length, spec.chunk_len)
+  ids_per_round = hashing.n_buckets_total(n_buckets) + int(masked)
+  return n_buckets, ids_per_round * jnp.arange(
+      spec.n_hashes, dtype=jnp.int32)[:, None]
+
+
+def lsh_head(x, mask, weights, state, *, spec, attend_rng, update_state):
+  """One head of `LSHSelfAttention` on one example.
+
+  With `update_state`, hashes with a key split from the state's key and
+  returns the new state (Trax's order: the first half is stored, the second
+  hashes); otherwise reads the buckets back from `state` (the backward pass).
+
+  Returns:
+    (out [L, Dm] before output dropout, new state).
+  """
+  q, _, v, w_o = _project(x, weights, spec)
+  length = x.shape[0]
+  n_rounds = spec.n_hashes
+  n_buckets, offsets = buckets_and_offsets(spec, length, mask is not None)
+  if update_state:
+    stored_key, hash_key = jax.random.split(state[1])
+    buckets = lsh_jax.hash_vectors(q, hash_key, n_buckets, n_rounds, mask)
+    flat = (buckets + offsets).reshape(-1)
+    if spec.max_length_for_buckets:
+      pad = n_rounds * (spec.max_length_for_buckets - length)
+      flat = jnp.concatenate([flat, jnp.zeros(pad, jnp.int32)])
+    state = (flat, stored_key)
+  else:
+    buckets = state[0][:n_rounds * length].reshape(n_rounds, length) - offsets
+  o = lsh_jax.lsh_attention_from_buckets(
+      q, v, buckets, chunk_len=spec.chunk_len,
+      n_chunks_before=spec.n_chunks_before,
+      n_chunks_after=spec.n_chunks_after, causal=spec.causal, mask=mask,
+      attention_dropout=spec.attention_dropout, dropout_rng=attend_rng)
+  return o @ w_o, state
+
+
+def _separate_keys_attention(q, k, v, *, causal, mask, dropout_multiplier):
+  """Dense attention with separate keys: Trax's `attend(q, k, v)`.
+
+  Keys are only scaled by 1/sqrt(D) (no length normalisation) and a token
+  may attend to itself. Used by `SelfAttention(share_qk=False)` until
+  `lsh_jax.full_attention` takes separate keys.
+  """
+  dots = q @ (k / jnp.sqrt(jnp.asarray(k.shape[-1], k.dtype))).T  # [L, L]
+  positions = jnp.arange(q.shape[0])
+  if causal:
+    dots = dots - masks.CAUSAL_PENALTY * (
+        positions[:, None] < positions[None, :]).astype(dots.dtype)
+  if mask is not None:
+    dots = dots - masks.PADDING_PENALTY * jnp.logical_not(
+        mask[None, :]).astype(dots.dtype)
+  probs = jnp.exp(dots - jax.nn.logsumexp(dots, axis=-1, keepdims=True))
+  if dropout_multiplier is not None:
+    probs = probs * dropout_multiplier
+  return probs @ v
+
+
+def dense_head(x, mask, weights, state, *, spec, attend_rng, update_state):
+  """One head of the dense `SelfAttention` on one example.
+
+  Shared QK: `lsh_jax.full_attention`; with chunks or attention dropout,
+  `lsh_attention_from_buckets` with every token in bucket 0 (one round, the
+  sort is the identity, so only the chunk windows limit attention).
+
+  Returns:
+    (out [L, Dm] before output dropout, state unchanged).
+  """
+  del update_state
+  q, k, v, w_o = _project(x, weights, spec)
+  length = x.shape[0]
+  if k is not None:
+    multiplier = None
+    if spec.attention_dropout:
+      multiplier = attention.dropout_multiplier(
+          attend_rng, spec.attention_dropout, length, length, q.dtype)
+    o = _separate_keys_attention(q, k, v, causal=spec.causal, mask=mask,
+                                 dropout_multiplier=multiplier)
+  elif spec.chunk_len is None and not spec.attention_dropout:
+    o = lsh_jax.full_attention(q, v, causal=spec.causal, mask=mask)
+  else:
+    chunked = spec.chunk_len is not None
+    o = lsh_jax.lsh_attention_from_buckets(
+        q, v, jnp.zeros((1, length), jnp.int32),
+        chunk_len=spec.chunk_len if chunked else length,
+        n_chunks_before=spec.n_chunks_before if chunked else 0,
+        n_chunks_after=spec.n_chunks_after if chunked else 0,
+        causal=spec.causal, mask=mask,
+        attention_dropout=spec.attention_dropout, dropout_rng=attend_rng)
+  return o @ w_o, state
+
+
+_HEADS = {'lsh': lsh_head, 'dense': dense_head}
+
+
+@functools.partial(jax.jit, static_argnames=('spec', 'update_state'))
+def run(x, mask, weights, state, rng, output_grad=None, *, spec,
+        update_state=True):
+  """The layer on a batch: forward pass, and backward pass if asked.
+
+  Args:
+    x: float[B, L, Dm]; mask: bool[B, L] or None.
+    weights, state: as in the module docstring.
+    rng: the layer's key, shared by all examples and heads: split into the
+      attention-dropout key and the output-dropout key, as Trax does.
+    output_grad: float[B, L, Dm] or None.
+    spec: `Spec`.
+    update_state: hash anew (forward) or use the state's buckets (backward).
+
+  Returns:
+    (out [B, L, Dm], new_state, x_grad or None, weights_grad or None).
+  """
+  attend_rng, output_rng = jax.random.split(rng)
+  head_fn = functools.partial(_HEADS[spec.kind], spec=spec,
+                              attend_rng=attend_rng, update_state=update_state)
+  multiplier = None
+  if spec.output_dropout:
+    keep_prob = 1.0 - spec.output_dropout
+    keep = jax.random.bernoulli(output_rng, keep_prob, x.shape[-1:])
+    multiplier = keep.astype(x.dtype) / keep_prob  # [Dm], for every position
+    if output_grad is not None:
+      output_grad = output_grad * multiplier
+  out, new_state, x_grad, w_grad = trax_heads.forward_and_or_backward(
+      head_fn, x, mask, weights, state, n_heads=spec.n_heads,
+      n_parallel_heads=spec.n_parallel_heads, output_grad=output_grad,
+      update_state=update_state)
+  if multiplier is not None:
+    out = out * multiplier
+  return out, new_state, x_grad, w_grad
