@@ -26,5 +26,8 @@ test: install
 fuzz: install
 	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q tests/test_core_oracle.py
 
+bench: install  # the benchmark table (~25 min); BENCH_ARGS=--quick for a few minutes
+	$(PY) benchmarks/run.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis

@@ -1,0 +1,246 @@
+"""Benchmark driver: lsh_jax against Trax, the PyTorch peers and dense JAX.
+
+  make bench                                   # the default table (~25 min)
+  .venv/bin/python benchmarks/run.py --quick   # a few minutes
+  .venv/bin/python benchmarks/run.py --full    # adds 256K and 1M
+  .venv/bin/python benchmarks/run.py --lengths 4K,16K --hashes 4 \
+      --impls lsh_jax,trax --modes fwd --rounds 1
+
+Every case (impl, L, rounds, fwd/bwd) runs in a fresh process
+(`case.py`), so its peak memory is its own; the driver kills a case past
+`--timeout` or past `--mem-cap-gb` of resident memory and records why. The
+whole list of cases runs `--rounds` times, interleaved, and the table keeps
+each case's faster round (the machine is shared and noisy). Results go to
+`--out` (default benchmarks/results/, git-ignored): results.jsonl, table.md,
+bench.png.
+"""
+import argparse
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+import peers  # noqa: E402  (after the path tweak)
+import report  # noqa: E402
+
+LSH_IMPLS = ('lsh_jax', 'trax', 'hf', 'lucidrains')
+EXTRA_IMPLS = ('lsh_jax_seq',)  # not in the default list (see --full)
+DENSE_IMPLS = ('dense_blocked', 'dense_plain', 'dense_nn')
+TORCH_IMPLS = ('hf', 'lucidrains')
+DEFAULT_IMPLS = LSH_IMPLS + DENSE_IMPLS
+LM_IMPLS = ('reformerlm_lsh_jax', 'reformerlm_trax')
+
+
+def parse_length(text):
+  text = text.strip().upper()
+  scale = {'K': 1024, 'M': 1024**2}.get(text[-1:], 1)
+  return int(text.rstrip('KM')) * scale
+
+
+def static_skip(impl, length, n_hashes, mode):
+  """Cases not attempted, with the reason (stated in the table)."""
+  del n_hashes, mode
+  if impl == 'dense_nn' and length > 4096:
+    return ('3x slower than the plain dense at 1K-4K (PERF_NOTES); not run '
+            'beyond 4K to keep the run short')
+  if impl == 'dense_plain' and length > 16384:
+    return (f'[L, L] float32 logits alone are {length**2 * 4 / 2**30:.0f} GiB '
+            '(x2-3 with softmax/backward) > 24 GB')
+  if impl == 'dense_blocked' and length > 65536:
+    return ('O(L^2) time: ~16x the 64K case (minutes per call) > the '
+            'per-case limit')
+  return None
+
+
+class Runner:
+  """Runs cases in fresh processes; remembers which sizes already failed."""
+
+  def __init__(self, args, peers_python, peers_reason, log_path):
+    self.args = args
+    self.peers_python = peers_python
+    self.peers_reason = peers_reason
+    self.failed = {}  # (impl, mode) -> (length, n_hashes, reason)
+    self.log = open(log_path, 'a')
+
+  def skip_reason(self, impl, length, n_hashes, mode):
+    reason = static_skip(impl, length, n_hashes, mode)
+    if reason:
+      return reason
+    if impl in TORCH_IMPLS and not self.peers_python:
+      return self.peers_reason
+    prior = self.failed.get((impl, mode))
+    if prior and length >= prior[0] and n_hashes >= prior[1] and (
+        length, n_hashes) != prior[:2]:
+      return f'{prior[2]} at L={prior[0]:,} x {prior[1]}'
+    return None
+
+  def run(self, impl, length, n_hashes, mode):
+    base = dict(impl=impl, length=length, hashes=n_hashes, mode=mode)
+    reason = self.skip_reason(impl, length, n_hashes, mode)
+    if reason:
+      return dict(base, skip=reason)
+    a = self.args
+    python = self.peers_python if impl in TORCH_IMPLS else sys.executable
+    cmd = [python, os.path.join(HERE, 'case.py'), '--impl', impl,
+           '--length', str(length), '--hashes', str(n_hashes), '--mode', mode,
+           '--repeats', str(a.repeats), '--budget', str(a.budget)]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', OMP_WAIT_POLICY='PASSIVE')
+    self.log.write(f'\n$ {shlex.join(cmd)}\n')
+    self.log.flush()
+    t0 = time.time()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log,
+                            env=env, text=True)
+    killed, peak_seen = None, 0.0
+    while proc.poll() is None:
+      time.sleep(0.2)
+      rss = _rss_gb(proc.pid)
+      peak_seen = max(peak_seen, rss)
+      if rss > a.mem_cap_gb:
+        killed = f'over the {a.mem_cap_gb:g} GB memory cap'
+      elif time.time() - t0 > a.timeout:
+        killed = f'over the {a.timeout:g} s case limit'
+      if killed:
+        proc.kill()
+        break
+    out = proc.communicate()[0]
+    record = None
+    for line in out.splitlines():
+      if line.startswith('BENCH '):
+        record = json.loads(line[len('BENCH '):])
+    if record is None:
+      reason = killed or f'crashed (exit {proc.returncode}; see bench.log)'
+      if proc.returncode in (-9, 137) and not killed:
+        reason = 'killed by the OS (out of memory?)'
+      record = dict(base, skip=reason)
+      self.failed.setdefault((impl, mode), (length, n_hashes, reason))
+    record['wall_s'] = round(time.time() - t0, 2)
+    return record
+
+
+def _rss_gb(pid):
+  try:
+    with open(f'/proc/{pid}/status') as f:
+      for line in f:
+        if line.startswith('VmRSS:'):
+          return int(line.split()[1]) / 2**20
+  except OSError:
+    pass
+  return 0.0
+
+
+def machine_info():
+  info = {'python': platform.python_version(), 'cores': os.cpu_count()}
+  try:
+    with open('/proc/cpuinfo') as f:
+      info['cpu'] = next(l.split(':', 1)[1].strip() for l in f
+                         if l.startswith('model name'))
+    with open('/proc/meminfo') as f:
+      info['mem_gb'] = round(int(f.readline().split()[1]) / 2**20, 1)
+    info['load'] = os.getloadavg()
+  except (OSError, StopIteration):
+    pass
+  return info
+
+
+def case_list(args):
+  """One round's cases, grouped so the implementations run side by side."""
+  cases = [('matmul', 0, 0, 'fwd')]
+  for length in args.lengths:
+    for i, n_hashes in enumerate(args.hashes):
+      for mode in args.modes:
+        for impl in args.impls:
+          if impl in DENSE_IMPLS:
+            if i == 0:  # dense attention does not depend on the rounds
+              cases.append((impl, length, 0, mode))
+          else:
+            cases.append((impl, length, n_hashes, mode))
+  for length in args.lm_lengths:
+    for n_hashes in args.lm_hashes:
+      for impl in LM_IMPLS:
+        cases.append((impl, length, n_hashes, 'train'))
+  return cases
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(
+      description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument('--lengths', default='1K,4K,16K,64K')
+  p.add_argument('--hashes', default='1,4,8')
+  p.add_argument('--modes', default='fwd,bwd')
+  p.add_argument('--impls', default=','.join(DEFAULT_IMPLS),
+                 help=f'of {",".join(DEFAULT_IMPLS + EXTRA_IMPLS)}')
+  p.add_argument('--lm-lengths', default='4K',
+                 help="ReformerLM training-step lengths ('' for none)")
+  p.add_argument('--lm-hashes', default='4')
+  p.add_argument('--repeats', type=int, default=10,
+                 help='timed calls per case and round (fewer if slow)')
+  p.add_argument('--budget', type=float, default=4.0,
+                 help='seconds of timed calls per case and round')
+  p.add_argument('--rounds', type=int, default=1,
+                 help='interleaved passes over all cases; the faster is kept '
+                 '(2 doubles the ~25 min default)')
+  p.add_argument('--timeout', type=float, default=120.0)
+  p.add_argument('--mem-cap-gb', type=float, default=22.0)
+  p.add_argument('--quick', action='store_true',
+                 help='1K and 4K, 1 and 4 rounds, one pass: a few minutes')
+  p.add_argument('--full', action='store_true',
+                 help='add 256K and 1M, and lsh_jax with sequential rounds')
+  p.add_argument('--out', default=os.path.join(HERE, 'results'))
+  args = p.parse_args(argv)
+  if args.quick:
+    args.lengths, args.hashes, args.rounds, args.repeats = '1K,4K', '1,4', 1, 5
+    args.lm_lengths = '1K'
+  if args.full:
+    args.lengths += ',256K,1M'
+    args.impls += ',lsh_jax_seq'
+  args.lengths = [parse_length(x) for x in args.lengths.split(',') if x]
+  args.hashes = [int(x) for x in args.hashes.split(',') if x]
+  args.modes = [x for x in args.modes.split(',') if x]
+  args.impls = [x for x in args.impls.split(',') if x]
+  args.lm_lengths = [parse_length(x) for x in args.lm_lengths.split(',') if x]
+  args.lm_hashes = [int(x) for x in args.lm_hashes.split(',') if x]
+  os.makedirs(args.out, exist_ok=True)
+
+  peers_python, peers_reason = None, 'not requested'
+  if any(i in TORCH_IMPLS for i in args.impls):
+    peers_python, peers_reason = peers.ensure()
+    if peers_reason:
+      print(f'[bench] {peers_reason}; the PyTorch peers are skipped')
+  runner = Runner(args, peers_python, peers_reason,
+                  os.path.join(args.out, 'bench.log'))
+  meta = dict(machine=machine_info(), started=time.strftime('%Y-%m-%d %H:%M'),
+              command=shlex.join([os.path.relpath(sys.executable)] +
+                                 [os.path.relpath(sys.argv[0])] + sys.argv[1:]),
+              rounds=args.rounds)
+  cases = case_list(args)
+  records = []
+  jsonl = os.path.join(args.out, 'results.jsonl')
+  with open(jsonl, 'w') as f:
+    for rnd in range(args.rounds):
+      for n, case in enumerate(cases):
+        record = runner.run(*case)
+        record['round'] = rnd
+        records.append(record)
+        f.write(json.dumps(record) + '\n')
+        f.flush()
+        print(f'[bench] round {rnd + 1}/{args.rounds} case {n + 1}/'
+              f'{len(cases)}: {report.one_line(record)}', flush=True)
+  meta['machine']['load_end'] = os.getloadavg()
+  meta['finished'] = time.strftime('%Y-%m-%d %H:%M')
+  text = report.render(records, meta)
+  with open(os.path.join(args.out, 'table.md'), 'w') as f:
+    f.write(text)
+  print(text)
+  png = os.path.join(args.out, 'bench.png')
+  if report.plot(records, png):
+    print(f'[bench] plot: {os.path.relpath(png)}')
+
+
+if __name__ == '__main__':
+  main()
