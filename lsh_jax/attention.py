@@ -53,6 +53,10 @@ def _attend_buckets(q, v, buckets, mask, dropout_rng, *, chunk_len,
                     n_chunks_before, n_chunks_after, causal,
                     attention_dropout, sequential_rounds, n_ids=None):
   """Steps 2-5 for given buckets int[R, L]; returns float[L, Dv]."""
+  out_dtype = jnp.result_type(q, v)
+  # Half-precision inputs: logits near the -1e5 self mask, log-sum-exps and
+  # the round weights need float32's range and resolution.
+  q, v = _at_least_float32(q), _at_least_float32(v)
   n_rounds = buckets.shape[0]
   sticker, undo = sorting.sort_buckets(buckets, n_ids=n_ids)  # [R, L] each
   multiplier = None
@@ -75,14 +79,24 @@ def _attend_buckets(q, v, buckets, mask, dropout_rng, *, chunk_len,
     o, lse = jax.lax.map(jax.checkpoint(one_round), round_ids)
   else:
     o, lse = jax.vmap(one_round)(round_ids)  # [R, L, Dv], [R, L]
-  return combine.combine_rounds(o, lse)
+  out = combine.combine_rounds(o, lse)
+  if mask is not None:
+    # A padded query may see only padding, whose logits float32 cannot tell
+    # apart at -1e9; its output is unused anyway: make it a clean zero.
+    out = jnp.where(mask[:, None], out, 0)
+  return out.astype(out_dtype)
+
+
+def _at_least_float32(x):
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC + ('n_buckets', 'n_hashes'))
 def _lsh_attention(q, v, rng, mask, dropout_rng, *, n_buckets, n_hashes,
                    **static):
   rotations = hashing.random_rotations(rng, q.shape[-1], n_buckets, n_hashes)
-  buckets = hashing.hash_with_rotations(q, rotations, n_buckets, mask)
+  buckets = hashing.hash_with_rotations(_at_least_float32(q), rotations,
+                                        n_buckets, mask)
   n_ids = hashing.n_buckets_total(n_buckets) + 1  # + the padding id
   return _attend_buckets(q, v, buckets, mask, dropout_rng, n_ids=n_ids,
                          **static)
@@ -117,7 +131,9 @@ def lsh_attention(q, v, rng, *, n_buckets, n_hashes, chunk_len,
       peak memory of one round for very long inputs, same results.
 
   Returns:
-    float[L, Dv]. Differentiable in `q` and `v` (the hash takes no gradient).
+    float[L, Dv] in the inputs' dtype (half-precision inputs are computed
+    in float32); zeros at padded positions. Differentiable in `q` and `v`
+    (the hash takes no gradient).
   """
   rate = validation.check_attention_args(
       q, v, mask, chunk_len, n_chunks_before, n_chunks_after,
@@ -172,6 +188,9 @@ def lsh_attention_from_buckets(q, v, buckets, *, chunk_len, n_chunks_before=1,
 
 @functools.partial(jax.jit, static_argnames=('causal',))
 def _full_attention(q, k, v, mask, *, causal):
+  out_dtype = jnp.result_type(q, v)
+  q, v = _at_least_float32(q), _at_least_float32(v)
+  k = None if k is None else _at_least_float32(k)
   positions = jnp.arange(q.shape[0], dtype=jnp.int32)
   if k is None:  # shared QK: normalised keys, a token avoids itself
     dots = masks.mask_logits(q @ chunked.normalize_keys(q).T, positions,
@@ -180,7 +199,10 @@ def _full_attention(q, k, v, mask, *, causal):
     dots = q @ (k / jnp.sqrt(jnp.asarray(k.shape[-1], k.dtype))).T
     dots = masks.mask_logits(dots, positions, positions, mask, causal=causal,
                              exclude_self=False)
-  return jax.nn.softmax(dots, axis=-1) @ v
+  out = jax.nn.softmax(dots, axis=-1) @ v
+  if mask is not None:
+    out = jnp.where(mask[:, None], out, 0)
+  return out.astype(out_dtype)
 
 
 def full_attention(q, v, *, k=None, causal=False, mask=None):

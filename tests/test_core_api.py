@@ -256,3 +256,34 @@ def test_from_buckets_bound_changes_nothing_but_speed():
       lsh_jax.lsh_attention_from_buckets(q, v, buckets, chunk_len=4))
   with pytest.raises(ValueError, match='n_ids must be >= 1'):
     lsh_jax.lsh_attention_from_buckets(q, v, buckets, chunk_len=4, n_ids=0)
+
+
+@pytest.mark.parametrize('dtype,atol', [
+    # Half-precision outputs are rounded once at the end: bf16 keeps 8
+    # significant bits (~4e-3 relative), fp16 11 bits (~5e-4).
+    (jnp.bfloat16, 2e-2), (jnp.float16, 3e-3)])
+def test_half_precision_inputs_compute_in_float32(dtype, atol):
+  """Output dtype follows the inputs; the expected value is the float32
+  pipeline on the same (rounded) inputs."""
+  q, v = _qv(32, 4, 3)
+  q, v = q.astype(dtype), v.astype(dtype)
+  kwargs = dict(n_buckets=4, n_hashes=3, chunk_len=8, causal=True,
+                mask=jnp.arange(32) % 7 != 3)
+  got = lsh_jax.lsh_attention(q, v, KEY, **kwargs)
+  assert got.dtype == dtype
+  expected = lsh_jax.lsh_attention(q.astype(jnp.float32),
+                                   v.astype(jnp.float32), KEY, **kwargs)
+  np.testing.assert_allclose(got.astype(jnp.float32), expected, rtol=0,
+                             atol=atol)
+  grads = jax.grad(lambda q: jnp.sum(lsh_jax.lsh_attention(
+      q, v, KEY, **kwargs).astype(jnp.float32)))(q)
+  assert grads.dtype == dtype and bool(jnp.all(jnp.isfinite(grads)))
+
+
+def test_all_padding_gives_zeros_not_nan():
+  q, v = _qv()
+  mask = jnp.zeros(16, bool)
+  for f in (lambda q: lsh_jax.lsh_attention(q, v, KEY, mask=mask, **KW),
+            lambda q: lsh_jax.full_attention(q, v, mask=mask)):
+    np.testing.assert_array_equal(f(q), jnp.zeros((16, 5)))
+    assert bool(jnp.all(jnp.isfinite(jax.grad(lambda q: f(q).sum())(q))))
