@@ -60,14 +60,13 @@ def _project(x, weights, spec):
   return projected['q'], projected.get('k'), projected['v'], w_o
 
 
-def buckets_and_offsets(spec, length, masked):
-  """n_buckets (resolved if automatic) and Trax's round offsets int32[R, 1]."""
+def bucket_ids(spec, length, masked):
+  """(n_buckets, ids per round): automatic n_buckets resolved for `length`,
+  ids counting the padding id when `masked` (Trax's offset unit)."""
   n_buckets = spec.n_buckets
   if n_buckets is None:
     n_buckets = lsh_jax.auto_n_buckets(length, spec.chunk_len)
-  ids_per_round = hashing.n_buckets_total(n_buckets) + int(masked)
-  return n_buckets, ids_per_round * jnp.arange(
-      spec.n_hashes, dtype=jnp.int32)[:, None]
+  return n_buckets, hashing.n_buckets_total(n_buckets) + int(masked)
 
 
 def lsh_head(x, mask, weights, state, *, spec, attend_rng, update_state):
@@ -83,7 +82,8 @@ def lsh_head(x, mask, weights, state, *, spec, attend_rng, update_state):
   q, _, v, w_o = _project(x, weights, spec)
   length = x.shape[0]
   n_rounds = spec.n_hashes
-  n_buckets, offsets = buckets_and_offsets(spec, length, mask is not None)
+  n_buckets, n_ids = bucket_ids(spec, length, mask is not None)
+  offsets = n_ids * jnp.arange(n_rounds, dtype=jnp.int32)[:, None]  # [R, 1]
   if update_state:
     stored_key, hash_key = jax.random.split(state[1])
     buckets = lsh_jax.hash_vectors(q, hash_key, n_buckets, n_rounds, mask)
@@ -98,7 +98,8 @@ def lsh_head(x, mask, weights, state, *, spec, attend_rng, update_state):
       q, v, buckets, chunk_len=spec.chunk_len,
       n_chunks_before=spec.n_chunks_before,
       n_chunks_after=spec.n_chunks_after, causal=spec.causal, mask=mask,
-      attention_dropout=spec.attention_dropout, dropout_rng=attend_rng)
+      attention_dropout=spec.attention_dropout, dropout_rng=attend_rng,
+      n_ids=n_ids)
   return o @ w_o, state
 
 
@@ -106,8 +107,8 @@ def _separate_keys_attention(q, k, v, *, causal, mask, dropout_multiplier):
   """Dense attention with separate keys: Trax's `attend(q, k, v)`.
 
   Keys are only scaled by 1/sqrt(D) (no length normalisation) and a token
-  may attend to itself. Used by `SelfAttention(share_qk=False)` until
-  `lsh_jax.full_attention` takes separate keys.
+  may attend to itself. `lsh_jax.full_attention(q, v, k=k)` computes the
+  same but has no attention dropout; this is used only with dropout.
   """
   dots = q @ (k / jnp.sqrt(jnp.asarray(k.shape[-1], k.dtype))).T  # [L, L]
   positions = jnp.arange(q.shape[0])
@@ -126,9 +127,11 @@ def _separate_keys_attention(q, k, v, *, causal, mask, dropout_multiplier):
 def dense_head(x, mask, weights, state, *, spec, attend_rng, update_state):
   """One head of the dense `SelfAttention` on one example.
 
-  Shared QK: `lsh_jax.full_attention`; with chunks or attention dropout,
-  `lsh_attention_from_buckets` with every token in bucket 0 (one round, the
-  sort is the identity, so only the chunk windows limit attention).
+  `lsh_jax.full_attention` (shared QK or separate keys). With chunks or
+  attention dropout and shared QK, `lsh_attention_from_buckets` with every
+  token in bucket 0 (one round: the sort is the identity, so only the chunk
+  windows limit attention); separate keys with attention dropout,
+  `_separate_keys_attention`.
 
   Returns:
     (out [L, Dm] before output dropout, state unchanged).
@@ -136,15 +139,13 @@ def dense_head(x, mask, weights, state, *, spec, attend_rng, update_state):
   del update_state
   q, k, v, w_o = _project(x, weights, spec)
   length = x.shape[0]
-  if k is not None:
-    multiplier = None
-    if spec.attention_dropout:
-      multiplier = attention.dropout_multiplier(
-          attend_rng, spec.attention_dropout, length, length, q.dtype)
+  if spec.chunk_len is None and not spec.attention_dropout:
+    o = lsh_jax.full_attention(q, v, k=k, causal=spec.causal, mask=mask)
+  elif k is not None:
+    multiplier = attention.dropout_multiplier(
+        attend_rng, spec.attention_dropout, length, length, q.dtype)
     o = _separate_keys_attention(q, k, v, causal=spec.causal, mask=mask,
                                  dropout_multiplier=multiplier)
-  elif spec.chunk_len is None and not spec.attention_dropout:
-    o = lsh_jax.full_attention(q, v, causal=spec.causal, mask=mask)
   else:
     chunked = spec.chunk_len is not None
     o = lsh_jax.lsh_attention_from_buckets(

@@ -221,9 +221,10 @@ class LSHSelfAttention(_Computation,
 
   def hash_vectors(self, vecs, rng, mask=None):
     """Trax's flat bucket ids with round offsets: int32[R * L] (lsh_jax)."""
-    n_buckets, offsets = trax_kernels.buckets_and_offsets(
-        self._spec, vecs.shape[0], mask is not None)
+    n_buckets, n_ids = trax_kernels.bucket_ids(self._spec, vecs.shape[0],
+                                               mask is not None)
     buckets = lsh_jax.hash_vectors(vecs, rng, n_buckets, self._n_hashes, mask)
+    offsets = n_ids * jnp.arange(self._n_hashes, dtype=jnp.int32)[:, None]
     return (buckets + offsets).reshape(-1)
 
   def forward_unbatched(self, x, mask=None, *, weights, state, rng,

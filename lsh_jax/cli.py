@@ -1,0 +1,52 @@
+"""The `lsh-jax` command line: a thin dispatcher over subcommands.
+
+    lsh-jax train CONFIG [--output-dir DIR] [--steps N] [-b BINDING ...]
+    lsh-jax evaluate CONFIG CHECKPOINT [--n-hashes 1 2 4 8]
+    lsh-jax demo [--output-dir DIR]
+
+Each subcommand is a module of `lsh_jax.commands` with `HELP`,
+`add_arguments(parser)` and `run(args) -> int`, listed in `COMMANDS`; it
+imports heavy packages (Trax) only inside `run`, so `--help` and argument
+errors are instant. A `CommandError` from `run` (a missing file, a config
+that does not parse) is printed as one line on stderr, exit status 2.
+"""
+import argparse
+import importlib
+import sys
+
+from lsh_jax.commands import CommandError
+
+# name -> module; add `bench`, `explain`, `quality`, `sample` here.
+COMMANDS = {
+    'train': 'lsh_jax.commands.train',
+    'evaluate': 'lsh_jax.commands.evaluate',
+    'demo': 'lsh_jax.commands.demo',
+}
+
+
+def build_parser():
+  parser = argparse.ArgumentParser(
+      prog='lsh-jax', description='Reformer LSH self-attention in JAX.')
+  subparsers = parser.add_subparsers(dest='command', metavar='COMMAND',
+                                     required=True)
+  for name, module_name in COMMANDS.items():
+    module = importlib.import_module(module_name)
+    sub = subparsers.add_parser(name, help=module.HELP,
+                                description=module.__doc__)
+    module.add_arguments(sub)
+    sub.set_defaults(run=module.run)
+  return parser
+
+
+def main(argv=None):
+  """Runs `lsh-jax`; returns the exit status."""
+  args = build_parser().parse_args(argv)
+  try:
+    return args.run(args) or 0
+  except CommandError as error:
+    print(f'lsh-jax {args.command}: error: {error}', file=sys.stderr)
+    return 2
+
+
+if __name__ == '__main__':
+  sys.exit(main())

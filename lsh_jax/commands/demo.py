@@ -1,0 +1,55 @@
+"""The main job: train the CPU-sized copy model, then tabulate n_hashes.
+
+Trains configs/reformer_copy_cpu.gin (ReformerLM with lsh_jax's LSH layer,
+2 hash rounds) with Trax's training loop, saves the checkpoint in a run
+folder, evaluates it with n_hashes = 1, 2, 4, 8 and with dense attention,
+and prints the table with the wall time and the machine.
+"""
+import os
+import platform
+import time
+
+from lsh_jax import commands
+from lsh_jax.commands import evaluate
+from lsh_jax.commands import train
+
+HELP = 'train the CPU-sized copy model and print accuracy per n_hashes'
+CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), 'configs', 'reformer_copy_cpu.gin')
+
+
+def add_arguments(parser):
+  parser.add_argument('--config', default=CONFIG,
+                      help='default: configs/reformer_copy_cpu.gin')
+  parser.add_argument('--output-dir', default=None,
+                      help='run folder (default: runs/<config name>-<time>)')
+  parser.add_argument('--steps', type=commands.positive_int, default=None,
+                      help='training steps (default: the config\'s)')
+
+
+def machine():
+  import jax  # pylint: disable=import-outside-toplevel
+  return (f'{platform.processor() or platform.machine()}, '
+          f'{os.cpu_count()} CPU cores, JAX {jax.__version__} on '
+          f'{jax.default_backend()}')
+
+
+def run(args):
+  start = time.time()
+  loop = train.train(args.config, args.output_dir, args.steps, [])
+  trained = time.time()
+  checkpoint = os.path.join(loop.output_dir, 'model.pkl.gz')
+  length, results = evaluate.evaluate(args.config, checkpoint, [1, 2, 4, 8])
+  done = time.time()
+  from lsh_jax import copy_task  # already imported by train
+  copy_task.parse_config(args.config)
+  trained_with = copy_task._query('lsh_jax.LSHSelfAttention.n_hashes')  # pylint: disable=protected-access
+  print()
+  print(evaluate.format_table(length, results, trained_with))
+  print()
+  print(f'{loop.step} training steps; wall time: training {trained - start:.0f}'
+        f' s (with Trax import and compilation), evaluation '
+        f'{done - trained:.0f} s, total {done - start:.0f} s')
+  print(f'machine: {machine()}')
+  print(f'run folder: {loop.output_dir}')
+  return 0
