@@ -233,9 +233,15 @@ def render(records, meta):
       f'{m.get("mem_gb")} GB; load average {m.get("load", ("?",))[0]:.2f} at '
       f'start, {m.get("load_end", ("?",))[0]:.2f} at the end. '
       f'Python {m.get("python")}; {vtext}.',
-      f'Command: `{meta["command"]}` ({meta["started"]} to '
+      f'Command: `{meta["command"]}` at revision {meta.get("revision", "?")} '
+      f'({meta["started"]} to '
       f'{meta.get("finished", "?")}; each case in a fresh process, '
       f'{meta["rounds"]} interleaved round(s), the faster kept).',
+  ]
+  for run in meta.get('earlier', []):
+    out.append(f'Appended to: `{run["command"]}` at revision '
+               f'{run["revision"]} ({run["started"]} to {run["finished"]}).')
+  out += [
       f'Float32 {MATMUL_N}^3 matmul in JAX: {rate_text}.',
       '',
       'Settings: float32, batch 1, one head, d = 64, chunk 64, one chunk '

@@ -134,6 +134,15 @@ def _rss_gb(pid):
   return 0.0
 
 
+def _git_revision():
+  try:
+    return subprocess.run(['git', 'describe', '--always', '--dirty'],
+                          cwd=HERE, capture_output=True, text=True,
+                          timeout=10).stdout.strip() or '?'
+  except (OSError, subprocess.SubprocessError):
+    return '?'
+
+
 def machine_info():
   info = {'python': platform.python_version(), 'cores': os.cpu_count()}
   try:
@@ -150,8 +159,11 @@ def machine_info():
 
 def case_list(args):
   """One round's cases, grouped so the implementations run side by side."""
-  cases = [('matmul', 0, 0, 'fwd')]
+  cases = []
   for length in args.lengths:
+    # The matmul rate before each length: the machine's speed drifts (shared
+    # cores); the table uses the fastest of these.
+    cases.append(('matmul', 0, 0, 'fwd'))
     for i, n_hashes in enumerate(args.hashes):
       for mode in args.modes:
         for impl in args.impls:
@@ -192,6 +204,8 @@ def main(argv=None):
   p.add_argument('--full', action='store_true',
                  help='add 256K and 1M, and lsh_jax with sequential rounds')
   p.add_argument('--out', default=os.path.join(HERE, 'results'))
+  p.add_argument('--append', action='store_true',
+                 help="add to --out's earlier results (one table of both)")
   args = p.parse_args(argv)
   if args.quick:
     args.lengths, args.hashes, args.rounds, args.repeats = '1K,4K', '1,4', 1, 5
@@ -215,13 +229,22 @@ def main(argv=None):
   runner = Runner(args, peers_python, peers_reason,
                   os.path.join(args.out, 'bench.log'))
   meta = dict(machine=machine_info(), started=time.strftime('%Y-%m-%d %H:%M'),
+              revision=_git_revision(),
               command=shlex.join([os.path.relpath(sys.executable)] +
                                  [os.path.relpath(sys.argv[0])] + sys.argv[1:]),
               rounds=args.rounds)
   cases = case_list(args)
   records = []
   jsonl = os.path.join(args.out, 'results.jsonl')
-  with open(jsonl, 'w') as f:
+  runs_path = os.path.join(args.out, 'runs.json')
+  earlier = []
+  if args.append and os.path.exists(jsonl):
+    with open(jsonl) as f:
+      records = [json.loads(line) for line in f if line.strip()]
+    if os.path.exists(runs_path):
+      with open(runs_path) as f:
+        earlier = json.load(f)
+  with open(jsonl, 'a' if args.append else 'w') as f:
     for rnd in range(args.rounds):
       for n, case in enumerate(cases):
         record = runner.run(*case)
@@ -233,6 +256,10 @@ def main(argv=None):
               f'{len(cases)}: {report.one_line(record)}', flush=True)
   meta['machine']['load_end'] = os.getloadavg()
   meta['finished'] = time.strftime('%Y-%m-%d %H:%M')
+  meta['earlier'] = earlier
+  with open(runs_path, 'w') as f:
+    json.dump(earlier + [{k: meta[k] for k in ('command', 'started',
+                                                'finished', 'revision')}], f)
   text = report.render(records, meta)
   with open(os.path.join(args.out, 'table.md'), 'w') as f:
     f.write(text)
