@@ -1,0 +1,166 @@
+"""The effective attention matrix of LSH attention, and its candidate sets.
+
+`lsh_attention` never builds an [L, L] matrix: each round attends within
+chunks, and the rounds are combined by their log-sum-exps (SPEC.md §5).
+Because the output is linear in the values, the matrix it applies is the
+output for one-hot values: with `v = eye(L)`, row i of the output is row i
+of the effective matrix (each round's within-chunk probabilities scattered
+back to original positions, weighted by the round weights). So
+`attention_weights` runs the real pipeline, not a re-implementation, and
+`attention_weights(q, ...) @ v == lsh_attention(q, v, ...)`.
+
+`candidate_counts` says which keys each query's window held in each round,
+from the sort alone (NumPy, no attention computed): the support that the
+effective matrix may use.
+"""
+import jax.numpy as jnp
+import numpy as np
+
+from lsh_jax import attention
+from lsh_jax import validation
+
+# attention_weights refuses lengths whose float32 [L, L] matrix is larger:
+# 1 GiB, L up to 16384. The caller may raise it with `max_bytes`.
+DEFAULT_MAX_BYTES = 2**30
+# Value columns per `lsh_attention` call: every round holds an [L, block]
+# output, so the working memory stays about R * L * block * 4 bytes.
+_BLOCK_ELEMENTS = 2**24
+
+
+def _format_bytes(n_bytes):
+  for unit in ('bytes', 'KiB', 'MiB', 'GiB', 'TiB'):
+    if n_bytes < 1024 or unit == 'TiB':
+      return f'{n_bytes:.0f} {unit}' if unit == 'bytes' else (
+          f'{n_bytes:.1f} {unit}')
+    n_bytes /= 1024
+
+
+def check_dense_size(name, length, max_bytes, itemsize=4):
+  """Raises ValueError if a dense [length, length] matrix exceeds max_bytes."""
+  needed = length * length * itemsize
+  if needed > max_bytes:
+    raise ValueError(
+        f'{name} has length {length}: its dense [L, L] attention matrix '
+        f'would take {_format_bytes(needed)}, above max_bytes='
+        f'{_format_bytes(max_bytes)}. attention_weights is meant for small '
+        f'and medium lengths; use lsh_attention for long sequences, or pass '
+        f'a larger max_bytes')
+
+
+def attention_weights(q, rng, *, n_buckets, n_hashes, chunk_len,
+                      n_chunks_before=1, n_chunks_after=0, causal=False,
+                      mask=None, max_bytes=DEFAULT_MAX_BYTES):
+  """The [L, L] attention matrix that `lsh_attention` applies.
+
+  Row i holds, for every key position j, the probability that query i gives
+  key j after all rounds are combined: each round's within-chunk
+  probabilities, scattered back to original positions and weighted by the
+  round weights `softmax_h(lse)` of SPEC.md §5. So, for any values v,
+  `attention_weights(q, rng, ...) @ v` equals `lsh_attention(q, v, rng,
+  ...)` to float32 precision, and every valid row sums to 1.
+
+  Computed by running `lsh_attention` on one-hot values (the output is
+  linear in v), a block of columns at a time; memory and time are O(L^2):
+  meant for small and medium L (inspection, plots, tests), not for training.
+
+  Args:
+    q: float[L, D] shared queries/keys.
+    rng: PRNG key for the hash rotations, as in `lsh_attention`.
+    n_buckets, n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal,
+      mask: as in `lsh_attention` (no attention dropout: the matrix is the
+      deterministic one).
+    max_bytes: refuse lengths whose float32 [L, L] matrix is larger than
+      this (default 1 GiB, i.e. L <= 16384) with a ValueError.
+
+  Returns:
+    float[L, L] (float32, or wider if q is): rows are queries, columns keys.
+    Rows of padded queries (mask False) are zero. Float32 caveat (SPEC.md
+    §5): a query whose only unmasked candidate is itself (causal position
+    0) has logits near -1e5, and its row sums to 1 only within ~1e-2; every
+    other valid row sums to 1 within float32 rounding.
+  """
+  validation.check_matrix('q', q)
+  length = np.shape(q)[0]
+  check_dense_size('q', length, max_bytes)
+  dtype = jnp.promote_types(jnp.result_type(q), jnp.float32)
+  n_rounds = validation.check_positive_int('n_hashes', n_hashes)
+  block = max(1, min(length, _BLOCK_ELEMENTS // (n_rounds * length)))
+  columns = []
+  for start in range(0, length, block):
+    # One-hot values for columns start .. start + block - 1: the same shape
+    # every time (the last block may run past L), so one compilation.
+    eye = jnp.eye(length, block, k=-start, dtype=dtype)  # [L, block]
+    out = attention.lsh_attention(
+        q, eye, rng, n_buckets=n_buckets, n_hashes=n_hashes,
+        chunk_len=chunk_len, n_chunks_before=n_chunks_before,
+        n_chunks_after=n_chunks_after, causal=causal, mask=mask)
+    columns.append(out[:, :min(block, length - start)])
+  return columns[0] if len(columns) == 1 else jnp.concatenate(columns, 1)
+
+
+def window_positions(sticker, *, chunk_len, n_chunks_before, n_chunks_after):
+  """The key positions each sorted chunk's window holds (SPEC.md §3).
+
+  Args:
+    sticker: int[R, L] sorted positions per round (`sort_buckets`).
+    chunk_len: C.
+    n_chunks_before, n_chunks_after: the look-adjacent window.
+
+  Returns:
+    (query_pos int[R * N, C], key_pos int[R * N, W * C]): flat chunk f's
+    query positions and, in window order, the positions of the key chunks
+    f - before, ..., f + after (modulo R * N: windows wrap across rounds).
+  """
+  sticker = np.asarray(sticker)
+  n_rounds, length = sticker.shape
+  flat = sticker.reshape(-1, chunk_len)  # [R * N, C]
+  n_flat = flat.shape[0]
+  offsets = np.arange(-n_chunks_before, n_chunks_after + 1)  # [W]
+  window = (np.arange(n_flat)[:, None] + offsets[None, :]) % n_flat
+  return flat, flat[window].reshape(n_flat, -1)  # [R*N, W*C]
+
+
+def candidate_counts(sticker, *, chunk_len, n_chunks_before=1,
+                     n_chunks_after=0):
+  """How often each key sits in each query's window, per round.
+
+  Derived from the sort alone (no logits): entry [h, i, j] counts the copies
+  of position j in the window of query i's chunk in round h. A count of 2
+  happens when a window reaching into a neighbouring round holds j again.
+  Masks are not applied: causal and padding keys still count, and so does
+  the query itself (exclude-self is a penalty, not a removal).
+
+  Args:
+    sticker: int[R, L] sorted positions per round (`sort_buckets`).
+    chunk_len, n_chunks_before, n_chunks_after: the window.
+
+  Returns:
+    int32[R, L, L].
+  """
+  sticker = np.asarray(sticker)
+  n_rounds, length = sticker.shape
+  query_pos, key_pos = window_positions(
+      sticker, chunk_len=chunk_len, n_chunks_before=n_chunks_before,
+      n_chunks_after=n_chunks_after)
+  n_chunks = length // chunk_len
+  counts = np.zeros((n_rounds, length, length), np.int32)
+  rounds = np.repeat(np.arange(n_rounds), n_chunks)  # [R * N]
+  np.add.at(counts, (rounds[:, None, None], query_pos[:, :, None],
+                     key_pos[:, None, :]), 1)
+  return counts
+
+
+def candidate_union(sticker, *, chunk_len, n_chunks_before=1,
+                    n_chunks_after=0):
+  """Whether key j sat in query i's window in any round: bool[L, L].
+
+  `candidate_counts(...).sum(0) > 0` without the [R, L, L] counts.
+  """
+  sticker = np.asarray(sticker)
+  length = sticker.shape[1]
+  query_pos, key_pos = window_positions(
+      sticker, chunk_len=chunk_len, n_chunks_before=n_chunks_before,
+      n_chunks_after=n_chunks_after)
+  union = np.zeros((length, length), bool)
+  union[query_pos[:, :, None], key_pos[:, None, :]] = True
+  return union
