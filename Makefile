@@ -17,7 +17,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) examples/compare_with_oracle.py
+	$(PY) -m lsh_jax.cli demo
 
 test: install
 	$(PY) -m pytest -q tests

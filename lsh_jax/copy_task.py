@@ -13,7 +13,6 @@ the trained weights into the config's model with other `n_hashes` (and into
 dense attention) and measures copy accuracy: the paper's table.
 """
 import contextlib
-import functools
 import os
 import sys
 import time
@@ -123,20 +122,22 @@ def train(config, output_dir, *, steps=None, bindings=(), out=None):
     bindings = list(bindings) + [f'train.steps = {int(steps)}']
   parse_config(config, bindings)
   os.makedirs(output_dir, exist_ok=True)
-  progress = functools.partial(_Progress, out=out)
+  progress = []  # the callback instance the loop creates
+  make_progress = lambda loop: progress.append(_Progress(loop, out)) or (
+      progress[-1])
   log_path = os.path.join(output_dir, 'train_log.txt')
   with open(log_path, 'a') as log, contextlib.redirect_stdout(log), \
       warnings.catch_warnings():
     warnings.simplefilter('ignore')  # Trax's deprecation and gzip warnings
-    loop = trainer_lib.train(output_dir=output_dir, callbacks=[progress])
+    loop = trainer_lib.train(output_dir=output_dir,
+                             callbacks=[make_progress])
     loop.save_checkpoint('model')
-  for callback in loop._callbacks:  # pylint: disable=protected-access
-    if isinstance(callback, _Progress):
-      callback.report(loop.step)
+  if progress:
+    progress[-1].report(loop.step)
   return loop
 
 
-def _query(binding):
+def query(binding):
   """A bound value, with a macro (`%name`) evaluated."""
   value = gin.query_parameter(binding)
   if isinstance(value, gin.config.ConfigurableReference):
@@ -193,11 +194,11 @@ def copy_accuracy(model, batches):
 def copy_task_params():
   """(vocab_size, longest eval length) of the parsed config's copy task."""
   try:
-    return (int(_query('duplication_inputs.vocab_size')),
-            int(_query('duplication_inputs.length')))
+    return (int(query('duplication_inputs.vocab_size')),
+            int(query('duplication_inputs.length')))
   except ValueError:  # not bound: Trax's sequence_copy_inputs
-    return (int(_query('sequence_copy_inputs.vocab_size')),
-            2 * int(_query('sequence_copy_inputs.eval_max_length')))
+    return (int(query('sequence_copy_inputs.vocab_size')),
+            2 * int(query('sequence_copy_inputs.eval_max_length')))
 
 
 def evaluate_n_hashes(config, checkpoint, n_hashes_list=(1, 2, 4, 8), *,

@@ -49,13 +49,14 @@ def _check_rate(name, rate):
   try:
     rate = float(rate)
   except (TypeError, ValueError):
-    raise ValueError(f'{name} must be a float in [0, 1), got {rate!r}') from None
+    raise ValueError(
+        f'{name} must be a float in [0, 1), got {rate!r}') from None
   if not 0.0 <= rate < 1.0:
     raise ValueError(f'{name} must be in [0, 1), got {rate}')
   return rate
 
 
-def _check_common(*, n_heads, d_qk, d_v, causal, masked, mode, chunk_len,
+def _check_common(*, n_heads, d_qk, d_v, causal, mode, chunk_len,
                   n_chunks_before, n_chunks_after, attention_dropout,
                   output_dropout, n_parallel_heads):
   """Checks the arguments both layers share; returns the clean values."""
@@ -79,8 +80,9 @@ def _check_common(*, n_heads, d_qk, d_v, causal, masked, mode, chunk_len,
                        f'n_heads={n_heads}, got {n_parallel_heads}')
   train = mode == 'train'
   return dict(
-      n_heads=n_heads, causal=bool(causal), n_parallel_heads=n_parallel_heads or None,
-      chunk_len=chunk_len, n_chunks_before=n_chunks_before,
+      n_heads=n_heads, causal=bool(causal),
+      n_parallel_heads=n_parallel_heads or None, chunk_len=chunk_len,
+      n_chunks_before=n_chunks_before,
       n_chunks_after=n_chunks_after,
       attention_dropout=_check_rate('attention_dropout', attention_dropout)
       if train else 0.0,
@@ -181,8 +183,8 @@ class LSHSelfAttention(_Computation,
                max_length_for_buckets=None, bias=False, n_parallel_heads=1,
                use_python_loop=False, use_reference_code=False):
     common = _check_common(
-        n_heads=n_heads, d_qk=d_qk, d_v=d_v, causal=causal, masked=masked,
-        mode=mode, chunk_len=chunk_len, n_chunks_before=n_chunks_before,
+        n_heads=n_heads, d_qk=d_qk, d_v=d_v, causal=causal, mode=mode,
+        chunk_len=chunk_len, n_chunks_before=n_chunks_before,
         n_chunks_after=n_chunks_after, attention_dropout=attention_dropout,
         output_dropout=output_dropout, n_parallel_heads=n_parallel_heads)
     if chunk_len is None:
@@ -251,8 +253,8 @@ class SelfAttention(_Computation, efficient_attention.SelfAttention):
                n_parallel_heads=None, use_python_loop=False,
                use_reference_code=False):
     common = _check_common(
-        n_heads=n_heads, d_qk=d_qk, d_v=d_v, causal=causal, masked=masked,
-        mode=mode, chunk_len=chunk_len, n_chunks_before=n_chunks_before,
+        n_heads=n_heads, d_qk=d_qk, d_v=d_v, causal=causal, mode=mode,
+        chunk_len=chunk_len, n_chunks_before=n_chunks_before,
         n_chunks_after=n_chunks_after, attention_dropout=attention_dropout,
         output_dropout=output_dropout, n_parallel_heads=n_parallel_heads)
     if chunk_len is None and (n_chunks_before or n_chunks_after):

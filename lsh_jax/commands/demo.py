@@ -28,8 +28,16 @@ def add_arguments(parser):
 
 
 def machine():
+  """CPU model, core count, JAX version and backend."""
   import jax  # pylint: disable=import-outside-toplevel
-  return (f'{platform.processor() or platform.machine()}, '
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open('/proc/cpuinfo') as f:
+      cpu = next(line.split(':', 1)[1].strip() for line in f
+                 if line.startswith('model name'))
+  except (OSError, StopIteration):
+    pass
+  return (f'{cpu}, '
           f'{os.cpu_count()} CPU cores, JAX {jax.__version__} on '
           f'{jax.default_backend()}')
 
@@ -43,7 +51,7 @@ def run(args):
   done = time.time()
   from lsh_jax import copy_task  # already imported by train
   copy_task.parse_config(args.config)
-  trained_with = copy_task._query('lsh_jax.LSHSelfAttention.n_hashes')  # pylint: disable=protected-access
+  trained_with = copy_task.query('lsh_jax.LSHSelfAttention.n_hashes')
   print()
   print(evaluate.format_table(length, results, trained_with))
   print()

@@ -14,7 +14,8 @@ HELP = 'train a gin config (configs/*.gin) with Trax\'s training loop'
 
 
 def add_arguments(parser):
-  parser.add_argument('config', help='gin file, e.g. configs/reformer_copy_cpu.gin')
+  parser.add_argument('config',
+                      help='gin file, e.g. configs/reformer_copy_cpu.gin')
   parser.add_argument('--output-dir', default=None,
                       help='run folder (default: runs/<config name>-<time>)')
   parser.add_argument('--steps', type=commands.positive_int, default=None,
