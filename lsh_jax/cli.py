@@ -21,6 +21,8 @@ COMMANDS = {
     'train': 'lsh_jax.commands.train',
     'evaluate': 'lsh_jax.commands.evaluate',
     'demo': 'lsh_jax.commands.demo',
+    'explain': 'lsh_jax.explain',
+    'quality': 'lsh_jax.quality',
 }
 
 
