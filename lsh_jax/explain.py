@@ -195,7 +195,7 @@ def _rounds(q, v, khash, *, n_buckets, n_hashes, chunk_len, n_chunks_before,
 
   Returns:
     rotations [D, R, rot / 2], buckets [R, L], sticker [R, L], undo [R, L],
-    o [R, L, Dv], lse [R, L].
+    o [R, L, Dv], lse [R, L], and `lsh_attention`'s output [L, Dv].
   """
   rotations = lsh_jax.random_rotations(khash, q.shape[-1], n_buckets,
                                        n_hashes)
@@ -207,7 +207,12 @@ def _rounds(q, v, khash, *, n_buckets, n_hashes, chunk_len, n_chunks_before,
       n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
       causal=causal)
   o, lse = jax.vmap(one_round)(jnp.arange(n_hashes, dtype=jnp.int32))
-  return rotations, buckets, sticker, undo, o, lse
+  # The public entry point on the same inputs, for comparison.
+  public = lsh_jax.lsh_attention(
+      q, v, khash, n_buckets=n_buckets, n_hashes=n_hashes,
+      chunk_len=chunk_len, n_chunks_before=n_chunks_before,
+      n_chunks_after=n_chunks_after, causal=causal)
+  return rotations, buckets, sticker, undo, o, lse, public
 
 
 def walk(settings, out=None):
@@ -242,11 +247,13 @@ def walk(settings, out=None):
   # 1. Hash.
   p('')
   p('STEP 1  hash (SPEC.md §1): random rotations, argmax over [r, -r]')
-  rotations, buckets, sticker, undo, o, lse = (np.asarray(a) for a in _rounds(
+  arrays = _rounds(
       q, v, khash, n_buckets=validation.check_n_buckets(s.n_buckets),
       n_hashes=s.n_hashes, chunk_len=s.chunk_len,
       n_chunks_before=s.n_chunks_before, n_chunks_after=s.n_chunks_after,
-      causal=s.causal))
+      causal=s.causal)
+  rotations, buckets, sticker, undo, o, lse, public = (
+      np.asarray(a) for a in arrays)
   rotated = np.einsum('tf,fhb->htb', np.asarray(q), np.asarray(rotations))
   p(f'  rotations {list(rotations.shape)} = [D, R, sum(factors) / 2], '
     f'factors {list(factors)}')
@@ -334,10 +341,6 @@ def walk(settings, out=None):
   only_self = self_only(per_round, query)
   tolerance = SELF_ONLY_TOLERANCE if only_self else TOLERANCE
   passed = bool(error <= tolerance)
-  public = np.asarray(lsh_jax.lsh_attention(
-      q, v, khash, n_buckets=s.n_buckets, n_hashes=s.n_hashes,
-      chunk_len=s.chunk_len, n_chunks_before=s.n_chunks_before,
-      n_chunks_after=s.n_chunks_after, causal=s.causal))
   p('')
   p(f'STEP 5  combine the rounds (SPEC.md §5), query {query}: weights '
     f'w_h = softmax_h(lse_h), out = sum_h w_h o_h')

@@ -96,15 +96,26 @@ def full_probabilities(q, *, causal, mask=None):
   return np.exp(logits - oracle.logsumexp(logits, axis=-1, keepdims=True))
 
 
-@functools.partial(jax.jit, static_argnames=('n_buckets', 'n_hashes'))
-def _sticker(q, key, mask, *, n_buckets, n_hashes):
-  """The sorted positions `lsh_attention` uses: int32[R, L], one compile."""
-  rotations = lsh_jax.random_rotations(key, q.shape[-1], n_buckets, n_hashes)
+@functools.partial(jax.jit, static_argnames=(
+    'n_buckets', 'n_hashes', 'chunk_len', 'n_chunks_before', 'n_chunks_after',
+    'causal'))
+def _lsh_and_sticker(q, v, key, mask, *, n_buckets, **kwargs):
+  """`lsh_attention` and the sorted positions it used, one compilation.
+
+  Returns:
+    (out float[L, Dv], sticker int32[R, L]).
+  """
+  out = lsh_jax.lsh_attention(q, v, key, mask=mask, n_buckets=n_buckets,
+                              **kwargs)
+  rotations = lsh_jax.random_rotations(key, q.shape[-1], n_buckets,
+                                       kwargs['n_hashes'])
   buckets = lsh_jax.hash_with_rotations(q, rotations, n_buckets, mask)
-  return lsh_jax.sort_buckets(buckets)[0]
+  return out, lsh_jax.sort_buckets(buckets)[0]
 
 
 def _median_ms(fn, repeats):
+  """Median wall time of `repeats` calls, after one call that compiles."""
+  jax.block_until_ready(fn())
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
@@ -149,13 +160,11 @@ def measure(samples, *, n_hashes, chunk_len, n_buckets=None,
         else lsh_jax.auto_n_buckets(length, chunk_len))
     for seed in range(seeds):
       key = jax.random.PRNGKey(seed)
-      out = np.asarray(lsh_jax.lsh_attention(sample.q, sample.v, key,
-                                             mask=sample.mask, **kwargs),
-                       np.float64)
+      out, sticker = _lsh_and_sticker(sample.q, sample.v, key, sample.mask,
+                                      **dict(kwargs, n_buckets=buckets_arg))
+      out = np.asarray(out, np.float64)
       errors.append(np.linalg.norm((out - full)[valid]) /
                     np.linalg.norm(full[valid]))
-      sticker = _sticker(sample.q, key, sample.mask, n_buckets=buckets_arg,
-                         n_hashes=n_hashes)
       union = weights_lib.candidate_union(
           sticker, chunk_len=chunk_len, n_chunks_before=n_chunks_before,
           n_chunks_after=n_chunks_after)

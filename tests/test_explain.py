@@ -113,3 +113,9 @@ def test_importing_lsh_jax_and_these_modules_stays_light():
           'if m in sys.modules]\n'
           'assert not heavy, heavy')
   subprocess.run([sys.executable, '-c', code], check=True)
+
+
+def test_lsh_jax_command_line_dispatches_to_explain(capsys):
+  from lsh_jax import cli  # pylint: disable=import-outside-toplevel
+  assert cli.main(['explain', '--seed', '1']) == 0
+  assert 'PASS' in capsys.readouterr().out

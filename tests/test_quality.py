@@ -77,16 +77,16 @@ def test_command_prints_the_table_and_writes_the_plot(tmp_path, capsys):
   path = tmp_path / 'quality.png'
   argv = ['--length', str(LENGTH), '--depth', str(DEPTH), '--d-v', str(D_V),
           '--n-clusters', str(CLUSTERS), '--chunk-lens', str(CHUNK), '48',
-          '--n-hashes', '1', '2', '--seeds', '1', '--repeats', '1',
+          '--n-hashes', '2', '--seeds', '1', '--repeats', '1',
           '--run-dir', str(tmp_path / 'no_run'), '--plot', str(path)]
   assert quality.main(argv) == 0
   captured = capsys.readouterr()
   table = [line for line in captured.out.splitlines()
            if line.startswith('| clustered')]
-  assert len(table) == 3  # n_hashes 1 and 2 at chunk_len 16, dense
-  assert re.match(r'\| clustered L=128 \(8 clusters\) \| 16 \| 16 \| 1 \| '
+  assert len(table) == 2  # n_hashes 2 at chunk_len 16 (48 skipped), dense
+  assert re.match(r'\| clustered L=128 \(8 clusters\) \| 16 \| 16 \| 2 \| '
                   r'\d\.\d{3} \| \d+\.\d% \| \d+\.\d\d \|', table[0])
-  assert 'full attention' in table[2]
+  assert 'full attention' in table[1]
   assert 'skipping --run-dir' in captured.err
   assert 'config.gin not found' in captured.err
   data = path.read_bytes()
