@@ -230,8 +230,10 @@ def render(records, meta):
                if rate else 'not measured')
   out = [
       f'Machine: {m.get("cpu", "?")}, {m.get("cores")} cores, '
-      f'{m.get("mem_gb")} GB; load average {m.get("load", ("?",))[0]:.2f} at '
-      f'start, {m.get("load_end", ("?",))[0]:.2f} at the end. '
+      f'{m.get("mem_gb")} GB' + (
+          f'; load average {m["load"][0]:.2f} at start, '
+          f'{m["load_end"][0]:.2f} at the end' if 'load_end' in m else '')
+      + '. '
       f'Python {m.get("python")}; {vtext}.',
       f'Command: `{meta["command"]}` at revision {meta.get("revision", "?")} '
       f'({meta["started"]} to '

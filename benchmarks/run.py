@@ -47,8 +47,8 @@ def static_skip(impl, length, n_hashes, mode):
   """Cases not attempted, with the reason (stated in the table)."""
   del n_hashes, mode
   if impl == 'dense_nn' and length > 4096:
-    return ('3x slower than the plain dense at 1K-4K (PERF_NOTES); not run '
-            'beyond 4K to keep the run short')
+    return ('2-3x slower than the plain dense at 1K-4K (measured here); not '
+            'run beyond 4K to keep the run short')
   if impl == 'dense_plain' and length > 16384:
     return (f'[L, L] float32 logits alone are {length**2 * 4 / 2**30:.0f} GiB '
             '(x2-3 with softmax/backward) > 24 GB')
@@ -179,6 +179,20 @@ def case_list(args):
   return cases
 
 
+def report_only(out):
+  with open(os.path.join(out, 'results.jsonl')) as f:
+    records = [json.loads(line) for line in f if line.strip()]
+  with open(os.path.join(out, 'runs.json')) as f:
+    runs = json.load(f)
+  meta = dict(runs[-1], machine=machine_info(), rounds=1, earlier=runs[:-1])
+  meta['machine'].pop('load', None)
+  text = report.render(records, meta)
+  with open(os.path.join(out, 'table.md'), 'w') as f:
+    f.write(text)
+  print(text)
+  report.plot(records, os.path.join(out, 'bench.png'))
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -204,6 +218,8 @@ def main(argv=None):
   p.add_argument('--full', action='store_true',
                  help='add 256K and 1M, and lsh_jax with sequential rounds')
   p.add_argument('--out', default=os.path.join(HERE, 'results'))
+  p.add_argument('--report-only', action='store_true',
+                 help="re-render --out's table and plot; run nothing")
   p.add_argument('--append', action='store_true',
                  help="add to --out's earlier results (one table of both)")
   args = p.parse_args(argv)
@@ -220,6 +236,8 @@ def main(argv=None):
   args.lm_lengths = [parse_length(x) for x in args.lm_lengths.split(',') if x]
   args.lm_hashes = [int(x) for x in args.lm_hashes.split(',') if x]
   os.makedirs(args.out, exist_ok=True)
+  if args.report_only:
+    return report_only(args.out)
 
   peers_python, peers_reason = None, 'not requested'
   if any(i in TORCH_IMPLS for i in args.impls):
