@@ -282,6 +282,10 @@ def real_samples(run_dir, n_sequences=4, seed=0):
     raise RunDirError(f'cannot read {config}: {error}') from None
   model = gin.query_parameter('train.model').scoped_configurable_fn(
       mode='eval')
+  # Trax seeds each layer from Python's `random`; a fixed key makes the
+  # state (the LSH layers' hash keys) and so the later layers' inputs
+  # reproducible.
+  model.rng = jax.random.PRNGKey(seed)
   model.init_from_file(checkpoint, weights_only=True,
                        input_signature=shapes.ShapeDtype(
                            (n_sequences, length), jnp.int32))
