@@ -350,11 +350,15 @@ def walk(settings, out=None):
     p(f'  round {h}: candidates C_{h} = {sorted(per_round[h].tolist())}')
     p(f'           o_{h} = {_fmt(o[h, query])}  lse_{h} = {lse[h, query]:.4f}'
       f'  w_{h} = {weights[h, query]:.4f}')
-  p(f'  round weights softmax(lse) [R] = {_fmt(weights[:, query], 4)}')
-  p(f'  combined sum_h w_h o_h        = {_fmt(combined[query], 5)}')
-  p(f'  lsh_attention(q, v)[{query}]        = {_fmt(public[query], 5)}')
-  p(f'  direct attention over the union of C_h (float64; a key in k rounds '
-    f'counts k times) = {_fmt(direct, 5)}')
+  for label, value in [
+      ('round weights softmax(lse) [R]', _fmt(weights[:, query], 4)),
+      ('combined sum_h w_h o_h', _fmt(combined[query], 5)),
+      (f'lsh_attention(q, v)[{query}]', _fmt(public[query], 5))]:
+    p(f'  {label:<31}= {value}')
+  p(f'  {"direct over the union of C_h":<31}= {_fmt(direct, 5)}')
+  p('    (float64 attention over all rounds\' candidates at once: '
+    'sum_h sum_{j in C_h} exp(s_j) v_j / sum_h sum_{j in C_h} exp(s_j);\n'
+    '     a key found by k rounds counts k times, as in the combine)')
   note = (' (this query sees only itself: float32 caveat of SPEC.md §5)'
           if only_self else '')
   p(f'  check: max |combined - direct| = {error:.1e} '
