@@ -239,10 +239,11 @@ class LSHSelfAttention(_Computation,
 class SelfAttention(_Computation, efficient_attention.SelfAttention):
   """Dense self-attention, drop-in for `trax.layers.SelfAttention`.
 
-  Shared QK (`share_qk=True`) computes with `lsh_jax.full_attention` (with
-  chunks or attention dropout, one-bucket `lsh_attention_from_buckets`);
-  separate keys (Trax's default) with a dense function of the same
-  conventions, without chunking.
+  Computes with `lsh_jax.full_attention`, shared QK or separate keys
+  (Trax's default). Shared QK with chunks or attention dropout: one-bucket
+  `lsh_attention_from_buckets`. Separate keys with attention dropout: a
+  dense function of `trax_kernels` (full_attention has no dropout). Chunks
+  with separate keys: not implemented (ValueError).
   """
 
   def __init__(self, n_heads=2, d_qk=64, d_v=64, share_qk=False,

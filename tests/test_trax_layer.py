@@ -122,6 +122,32 @@ def test_lab_example_prints_the_lab_output(trax_env, old_threefry):
                              atol=OUT_ATOL)
 
 
+def test_per_head_methods_match_trax(trax_env):
+  """`hash_vectors` (flat ids with round offsets) and `forward_unbatched`
+  (one example, one head) give Trax's values; they are public methods of
+  Trax's layer that subclasses such as the lab's override."""
+  kwargs = dict(n_heads=1, d_qk=4, d_v=3, chunk_len=4, n_hashes=3,
+                n_buckets=[2, 4], causal=True, masked=True,
+                attention_dropout=0.2, output_dropout=0.1)
+  x = jax.random.normal(jax.random.PRNGKey(0), (1, 16, 5))
+  mask = jnp.arange(16) % 6 != 5
+  trax_layer, layer = init_pair(trax_env, 'LSHSelfAttention', kwargs,
+                                (x, mask[None]))
+  vecs, key = x[0, :, :4], jax.random.PRNGKey(8)
+  assert_trees_equal(layer.hash_vectors(vecs, key, mask),
+                     trax_layer.hash_vectors(vecs, key, mask))
+  weights = tuple(w[0] for w in layer.weights)
+  state = tuple(s[0] for s in layer.state)
+  call = lambda l: l.forward_unbatched(x[0], mask, weights=weights,
+                                       state=state, rng=jax.random.PRNGKey(2),
+                                       update_state=True)
+  (got, got_state), (expected, expected_state) = call(layer), call(trax_layer)
+  np.testing.assert_allclose(np.asarray(got)[np.asarray(mask)],
+                             np.asarray(expected)[np.asarray(mask)], rtol=0,
+                             atol=OUT_ATOL)
+  assert_trees_equal(got_state, expected_state)
+
+
 def test_constructor_matches_trax_signature(trax_env):
   from trax.layers.research import efficient_attention  # pylint: disable=import-outside-toplevel
   for name in ('LSHSelfAttention', 'SelfAttention'):
