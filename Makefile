@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: install demo test fuzz bench clean
+.PHONY: install demo test fuzz bench explain quality clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,15 @@ fuzz: install
 
 bench: install  # the benchmark table (~25 min); BENCH_ARGS=--quick for a few minutes
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
+
+# One small example through every step of SPEC.md, with its figure.
+explain: install
+	$(PY) -m lsh_jax.explain --plot runs/explain.png
+
+# LSH against full attention as n_hashes and chunk_len vary (~1-3 min);
+# QUALITY_ARGS=--run-dir runs/<run> adds a trained model's queries.
+quality: install
+	$(PY) -m lsh_jax.quality --plot runs/quality.png $(QUALITY_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis

@@ -9,7 +9,8 @@ Shape glossary used in every docstring:
 The pipeline (SPEC.md): `hash_vectors` -> `sort_buckets` -> `attend_round`
 (one round: sort, `chunked_attend`, `undo_sort`; vmapped over rounds) ->
 `combine_rounds`;
-`lsh_attention` runs it all for one head. `lsh_jax.oracle` is the NumPy
+`lsh_attention` runs it all for one head; `attention_weights` returns the
+effective [L, L] matrix it applies (small and medium L). `lsh_jax.oracle` is the NumPy
 reference; `lsh_jax.trax_layer` (imports Trax) is the drop-in Trax layer.
 This module imports neither Trax nor TensorFlow.
 """
@@ -27,9 +28,10 @@ from lsh_jax.hashing import random_rotations
 from lsh_jax.rounds import attend_round
 from lsh_jax.sorting import sort_buckets
 from lsh_jax.sorting import undo_sort
+from lsh_jax.weights import attention_weights
 
 __all__ = [
-    'attend_round', 'auto_n_buckets', 'chunked_attend', 'combine_rounds', 'full_attention',
+    'attend_round', 'attention_weights', 'auto_n_buckets', 'chunked_attend', 'combine_rounds', 'full_attention',
     'hash_vectors', 'hash_with_rotations', 'lsh_attention',
     'lsh_attention_from_buckets', 'normalize_keys', 'random_rotations',
     'round_weights', 'sort_buckets', 'undo_sort',

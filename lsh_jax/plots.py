@@ -5,6 +5,8 @@ pyplot, no display, no global backend switch, so they work headless and
 leave a caller's matplotlib state alone. `import lsh_jax` never imports
 this module.
 """
+import os
+
 import numpy as np
 
 
@@ -17,6 +19,9 @@ def _figure(width, height):
 
 
 def _save(figure, path):
+  folder = os.path.dirname(path)
+  if folder:  # `--plot runs/x.png` on a fresh clone: no runs/ yet
+    os.makedirs(folder, exist_ok=True)
   figure.savefig(path, format='png', dpi=100)
   return path
 
