@@ -3,6 +3,7 @@
     lsh-jax train CONFIG [--output-dir DIR] [--steps N] [-b BINDING ...]
     lsh-jax evaluate CONFIG CHECKPOINT [--n-hashes 1 2 4 8]
     lsh-jax demo [--output-dir DIR]
+    lsh-jax explain | quality | bench [...]
 
 Each subcommand is a module of `lsh_jax.commands` with `HELP`,
 `add_arguments(parser)` and `run(args) -> int`, listed in `COMMANDS`; it
@@ -16,13 +17,14 @@ import sys
 
 from lsh_jax.commands import CommandError
 
-# name -> module; add `bench`, `explain`, `quality`, `sample` here.
+# name -> module.
 COMMANDS = {
     'train': 'lsh_jax.commands.train',
     'evaluate': 'lsh_jax.commands.evaluate',
     'demo': 'lsh_jax.commands.demo',
     'explain': 'lsh_jax.explain',
     'quality': 'lsh_jax.quality',
+    'bench': 'lsh_jax.commands.bench',
 }
 
 
@@ -42,7 +44,15 @@ def build_parser():
 
 def main(argv=None):
   """Runs `lsh-jax`; returns the exit status."""
-  args = build_parser().parse_args(argv)
+  parser = build_parser()
+  args, extra = parser.parse_known_args(argv)
+  if extra:
+    # A command with PASSTHROUGH hands its unknown options on (bench ->
+    # benchmarks/run.py); argparse's REMAINDER cannot start with an option.
+    if not getattr(importlib.import_module(COMMANDS[args.command]),
+                   'PASSTHROUGH', False):
+      parser.error(f'unrecognized arguments: {" ".join(extra)}')
+    args.extra = extra
   try:
     return args.run(args) or 0
   except CommandError as error:
