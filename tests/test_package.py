@@ -1,5 +1,5 @@
-"""The package's public surface: every name in `__all__` resolves, and the
-re-exports are the functions their modules define (not copies)."""
+"""The package's public surface: every name in `__all__` resolves, the
+re-exports are the functions their modules define, and the CLI dispatches."""
 import pytest
 
 import lsh_jax
