@@ -13,6 +13,7 @@ from jax import test_util as jtu
 
 import lsh_jax
 from lsh_jax import attention
+from lsh_jax import hashing
 from lsh_jax import sorting
 from helpers import random_qv
 
@@ -287,3 +288,23 @@ def test_all_padding_gives_zeros_not_nan():
             lambda q: lsh_jax.full_attention(q, v, mask=mask)):
     np.testing.assert_array_equal(f(q), jnp.zeros((16, 5)))
     assert bool(jnp.all(jnp.isfinite(jax.grad(lambda q: f(q).sum())(q))))
+
+
+def test_hash_token_blocks_and_ties_match_argmax_of_the_concatenation():
+  """Long inputs hash in token blocks with plain reductions; same buckets.
+
+  Integer-valued q and rotations make exact ties common (also between r
+  and -r), where the first occurrence in concat([r, -r]) must win.
+  """
+  length, depth = 3 * hashing._TOKENS_PER_BLOCK, 4
+  q = jax.random.randint(jax.random.PRNGKey(3), (length, depth), -2, 3
+                         ).astype(jnp.float32)
+  rotations = jax.random.randint(jax.random.PRNGKey(4), (depth, 3, 5), -1, 2
+                                 ).astype(jnp.float32)
+  got = lsh_jax.hash_with_rotations(q, rotations, [4, 6])
+  rotated = jnp.einsum('tf,fhb->htb', q, rotations)  # [R, L, 5]
+  first = jnp.argmax(jnp.concatenate([rotated[..., :2], -rotated[..., :2]],
+                                     -1), -1)
+  second = jnp.argmax(jnp.concatenate([rotated[..., 2:], -rotated[..., 2:]],
+                                      -1), -1)
+  np.testing.assert_array_equal(got, first + 4 * second)
