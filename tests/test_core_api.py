@@ -237,6 +237,34 @@ def test_sequential_rounds_give_the_same_results(causal, padded):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_automatic_rounds_schedule(monkeypatch):
+  """None picks by R * L; sequential without remat gives the same results."""
+  schedule = attention.round_schedule
+  assert schedule(None, 4, 1024) == (False, False)
+  assert schedule(None, 4, 4096) == (True, False)
+  assert schedule(None, 1, 65536) == (False, False)
+  assert schedule(None, 8, 2**20) == (True, True)
+  assert schedule(True, 2, 8) == (True, True)
+  assert schedule(False, 8, 2**20) == (False, False)
+  q, v = _qv(32, 3, 5)
+  kwargs = dict(n_buckets=4, n_hashes=3, chunk_len=8, n_chunks_before=1,
+                n_chunks_after=1, causal=True)
+  loss = lambda q, v, seq: jnp.sum(jnp.sin(lsh_jax.lsh_attention(
+      q, v, KEY, sequential_rounds=seq, **kwargs)))
+  want = jax.grad(loss, argnums=(0, 1))(q, v, False)
+  # Here 96 token-rounds: lower the threshold to take the sequential,
+  # not rematerialised path, compiled afresh.
+  monkeypatch.setattr(attention, '_SEQUENTIAL_FROM', 1)
+  jax.clear_caches()
+  try:
+    assert schedule(None, 3, 32) == (True, False)
+    got = jax.grad(loss, argnums=(0, 1))(q, v, None)
+  finally:
+    jax.clear_caches()
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_full_attention_with_separate_keys_matches_softmax_by_hand():
   """Separate keys: k / sqrt(D), no normalisation, no exclude-self."""
   q, v = _qv(8, 2, 3)
