@@ -108,8 +108,8 @@ def _block_backward(q, q_pos, k_ext, v_ext, pos_ext, valid_ext, so, lse,
 
   With p = exp(dots - lse) and pd = p * multiplier: so = pd v, so
   dv = pd^T g, d(pd) = g v^T and dp = d(pd) * multiplier; the softmax gives
-  ddots = p * (dp - rowsum(p * dp) + g_lse), and rowsum(p * dp) =
-  rowsum(g * so) (FlashAttention's identity, dropout included).
+  ddots = p * dp + (g_lse - rowsum(p * dp)) * softmax(dots), where
+  softmax(dots) equals p up to the rounding of lse.
 
   Returns:
     dq [B, C, D], dk [W, B, C, D], dv [W, B, C, Dv]: dk[w] and dv[w] belong
@@ -119,15 +119,24 @@ def _block_backward(q, q_pos, k_ext, v_ext, pos_ext, valid_ext, so, lse,
   n_chunks = q.shape[0]
   dots = _block_logits(q, q_pos, k_ext, pos_ext, valid_ext,
                        n_windows=n_windows, causal=causal)
-  probs = jnp.exp(dots - lse[..., None])  # [B, C, W*C]
+  # Two normalisations, as autodiff of the forward sees them: `probs` =
+  # exp(dots - lse) as the forward used them, and the exact softmax through
+  # which lse itself depends on dots. They differ where float32 cannot
+  # resolve lse (a query that sees only copies of itself, logits near
+  # -1e5, SPEC.md §5); using each where autodiff would keeps the gradients
+  # equal to Trax's there too.
+  top = jnp.max(dots, axis=-1, keepdims=True)
+  weights = jnp.exp(dots - top)  # [B, C, W*C]
+  softmax = weights / jnp.sum(weights, axis=-1, keepdims=True)
+  probs = weights * jnp.exp(top - lse[..., None])
   dropped = probs if multiplier is None else probs * multiplier
   d_dropped = jnp.concatenate(
       [jnp.einsum('ncd,nkd->nck', g_so, v_ext[w:w + n_chunks])
        for w in range(n_windows)], axis=-1)
   if multiplier is not None:
     d_dropped = d_dropped * multiplier
-  delta = jnp.sum(g_so * so, axis=-1, keepdims=True)  # [B, C, 1]
-  d_dots = probs * (d_dropped - delta + g_lse[..., None])
+  delta = jnp.sum(probs * d_dropped, axis=-1, keepdims=True)  # [B, C, 1]
+  d_dots = probs * d_dropped + (g_lse[..., None] - delta) * softmax
   part = lambda x, w: x[..., w * chunk_len:(w + 1) * chunk_len]
   dq = sum(jnp.einsum('nck,nkd->ncd', part(d_dots, w), k_ext[w:w + n_chunks])
            for w in range(n_windows))
