@@ -13,11 +13,11 @@ round's extended chunks; a window is a static slice of them, so the
 adjacent keys are never copied W times.
 
 The backward pass is written by hand (`_attend_blocks`, a `custom_vjp`):
-it keeps only the inputs, `so` and `lse`, and recomputes each block's
+it keeps only the inputs and `lse`, and recomputes each block's
 probabilities from `lse`, as FlashAttention does. Autodiff would store every
 block's [B, C, W*C] logits and probabilities and scatter each block's key
-gradient into full-size buffers; this way the backward costs about twice
-the forward and its memory is that of the inputs.
+gradient into full-size buffers; this way the chunk attention's backward
+keeps no [B, C, W*C] arrays between the passes.
 """
 import functools
 
@@ -102,8 +102,8 @@ def _block_forward(q, q_pos, k_ext, v_ext, pos_ext, valid_ext, *, multiplier,
   return so, lse[..., 0]
 
 
-def _block_backward(q, q_pos, k_ext, v_ext, pos_ext, valid_ext, so, lse,
-                    g_so, g_lse, *, multiplier, n_windows, causal):
+def _block_backward(q, q_pos, k_ext, v_ext, pos_ext, valid_ext, lse, g_so,
+                    g_lse, *, multiplier, n_windows, causal):
   """One block's gradients, the probabilities recomputed from lse.
 
   With p = exp(dots - lse) and pd = p * multiplier: so = pd v, so
@@ -186,14 +186,14 @@ def _attend_blocks_fwd(q, q_pos, k_ext, v_ext, pos_ext, valid_ext, multiplier,
                        n_windows, causal, block):
   so, lse = _attend_blocks(q, q_pos, k_ext, v_ext, pos_ext, valid_ext,
                            multiplier, n_windows, causal, block)
-  # Only the inputs, so and lse: the backward recomputes the probabilities
+  # Only the inputs and lse: the backward recomputes the probabilities
   # block by block instead of keeping [N, C, W*C] of them per round.
   return (so, lse), (q, q_pos, k_ext, v_ext, pos_ext, valid_ext, multiplier,
-                     so, lse)
+                     lse)
 
 
 def _attend_blocks_bwd(n_windows, causal, block, residuals, grads):
-  q, q_pos, k_ext, v_ext, pos_ext, valid_ext, multiplier, so, lse = residuals
+  q, q_pos, k_ext, v_ext, pos_ext, valid_ext, multiplier, lse = residuals
   g_so, g_lse = grads
   n_chunks = q.shape[0]
   block = min(block, n_chunks)
@@ -202,15 +202,15 @@ def _attend_blocks_bwd(n_windows, causal, block, residuals, grads):
                                n_windows=n_windows, causal=causal)
 
   def one_block(args):
-    start, q_b, q_pos_b, so_b, lse_b, g_so_b, g_lse_b = args
+    start, q_b, q_pos_b, lse_b, g_so_b, g_lse_b = args
     k_b, v_b, pos_b, valid_b = (_halo_slice(x, start, span) for x in (
         k_ext, v_ext, pos_ext, valid_ext))
-    return backward(q_b, q_pos_b, k_b, v_b, pos_b, valid_b, so_b, lse_b,
-                    g_so_b, g_lse_b)
+    return backward(q_b, q_pos_b, k_b, v_b, pos_b, valid_b, lse_b, g_so_b,
+                    g_lse_b)
 
   dq, dk, dv = jax.lax.map(one_block, (
       _starts(n_chunks, block),
-      *(_by_block(x, block) for x in (q, q_pos, so, lse, g_so, g_lse))))
+      *(_by_block(x, block) for x in (q, q_pos, lse, g_so, g_lse))))
 
   def fold(d):
     """[N / B, W, B, C, ...] per window -> [N + W - 1, C, ...] extended."""
