@@ -26,7 +26,10 @@ def main(argv=None):
                  help='seconds of timed calls at most (at least one call)')
   a = p.parse_args(argv)
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+  here = os.path.dirname(os.path.abspath(__file__))
+  # The checkout's lsh_jax, not whichever one the venv has installed: a
+  # script's sys.path starts at its own folder, not at the cwd.
+  sys.path[:0] = [here, os.path.dirname(here)]
   record = dict(impl=a.impl, length=a.length, hashes=a.hashes, mode=a.mode)
   try:
     if a.impl in TORCH_IMPLS:

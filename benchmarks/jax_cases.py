@@ -54,7 +54,8 @@ def lsh_jax_case(length, n_hashes, mode, sequential_rounds=False):
   rng = jax.random.PRNGKey(1)
   n_buckets = n_buckets_for(length)
   # `sequential_rounds` (one round at a time, rematerialised) only when asked:
-  # the option may not exist in every version of the core.
+  # the option may not exist in every version of the core. Otherwise the
+  # core's default: automatic rounds (sequential from R * L >= 2**14).
   extra = {'sequential_rounds': True} if sequential_rounds else {}
 
   def forward(q, v):

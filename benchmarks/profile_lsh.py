@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The checkout's lsh_jax, not the venv's installed one.
+sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import lsh_jax  # noqa: E402
 from lsh_jax import attention, chunked, hashing, rounds, sorting  # noqa: E402
 from run import parse_length  # noqa: E402

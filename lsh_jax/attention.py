@@ -26,6 +26,15 @@ _STATIC = ('chunk_len', 'n_chunks_before', 'n_chunks_after', 'causal',
 # enough to stay in the L2/L3 cache while masks, exp and the value matmul
 # read them (PERF_NOTES: one huge score tensor runs ~15x slower per chunk).
 _BLOCK_LOGITS = 2**17
+# Automatic rounds (`sequential_rounds=None`): from this many token-rounds
+# R * L on, rounds run one after another; measured no slower than vmapped
+# rounds from 4K x 4 on (one round's working set stays in cache; each round
+# gets larger chunk blocks). Below it the loop's overhead is not worth it.
+_SEQUENTIAL_FROM = 2**14
+# ...and from this many on, each round is also recomputed in the backward
+# pass: autodiff would keep ~5 [L, D] arrays per round (~1.3 KB a token-
+# round at D = 64), GBs from here on; below it, recomputing costs ~10%.
+_REMAT_FROM = 2**21
 
 
 def dropout_multiplier(rng, rate, chunk_len, window_len, dtype):
@@ -49,6 +58,19 @@ def chunks_per_block(n_rounds, n_chunks, logits_per_chunk):
              if n_chunks % b == 0)
 
 
+def round_schedule(sequential_rounds, n_rounds, length):
+  """(sequential, remat) for `sequential_rounds` True, False or None (auto).
+
+  True keeps its documented meaning (one round at a time, recomputed in
+  the backward pass); None picks by the number of token-rounds R * L.
+  """
+  if sequential_rounds is None:
+    token_rounds = n_rounds * length
+    return (n_rounds > 1 and token_rounds >= _SEQUENTIAL_FROM,
+            token_rounds >= _REMAT_FROM)
+  return bool(sequential_rounds), bool(sequential_rounds)
+
+
 def _attend_buckets(q, v, buckets, mask, dropout_rng, *, chunk_len,
                     n_chunks_before, n_chunks_after, causal,
                     attention_dropout, sequential_rounds, n_ids=None):
@@ -58,6 +80,8 @@ def _attend_buckets(q, v, buckets, mask, dropout_rng, *, chunk_len,
   # the round weights need float32's range and resolution.
   q, v = _at_least_float32(q), _at_least_float32(v)
   n_rounds = buckets.shape[0]
+  sequential_rounds, remat = round_schedule(sequential_rounds, n_rounds,
+                                            q.shape[0])
   sticker, undo = sorting.sort_buckets(buckets, n_ids=n_ids)  # [R, L] each
   multiplier = None
   window_len = chunk_len * (1 + n_chunks_before + n_chunks_after)
@@ -74,9 +98,10 @@ def _attend_buckets(q, v, buckets, mask, dropout_rng, *, chunk_len,
           chunk_len * window_len))
   round_ids = jnp.arange(n_rounds, dtype=jnp.int32)
   if sequential_rounds:
-    # One round at a time, recomputed in the backward pass: memory of one
-    # round's intermediates instead of R.
-    o, lse = jax.lax.map(jax.checkpoint(one_round), round_ids)
+    # One round at a time; with remat also recomputed in the backward
+    # pass: memory of one round's intermediates instead of R.
+    o, lse = jax.lax.map(jax.checkpoint(one_round) if remat else one_round,
+                         round_ids)
   else:
     o, lse = jax.vmap(one_round)(round_ids)  # [R, L, Dv], [R, L]
   out = combine.combine_rounds(o, lse)
@@ -108,7 +133,7 @@ _lsh_attention_from_buckets = jax.jit(_attend_buckets, static_argnames=_STATIC)
 def lsh_attention(q, v, rng, *, n_buckets, n_hashes, chunk_len,
                   n_chunks_before=1, n_chunks_after=0, causal=False,
                   mask=None, attention_dropout=0.0, dropout_rng=None,
-                  sequential_rounds=False):
+                  sequential_rounds=None):
   """LSH self-attention for one head of one sequence (SPEC.md).
 
   Args:
@@ -126,9 +151,10 @@ def lsh_attention(q, v, rng, *, n_buckets, n_hashes, chunk_len,
     attention_dropout: rate in [0, 1) applied to the attention
       probabilities.
     dropout_rng: PRNG key for attention dropout; required if the rate > 0.
-    sequential_rounds: run the rounds one after another (`lax.map`) and
-      recompute each in the backward pass, instead of all at once (`vmap`):
-      peak memory of one round for very long inputs, same results.
+    sequential_rounds: True: run the rounds one after another (`lax.map`)
+      and recompute each in the backward pass, peak memory of one round;
+      False: all at once (`vmap`); None (default): automatic, by R * L
+      (`round_schedule`). Same results either way.
 
   Returns:
     float[L, Dv] in the inputs' dtype (half-precision inputs are computed
@@ -146,13 +172,14 @@ def lsh_attention(q, v, rng, *, n_buckets, n_hashes, chunk_len,
       n_hashes=validation.check_positive_int('n_hashes', n_hashes),
       chunk_len=chunk_len, n_chunks_before=n_chunks_before,
       n_chunks_after=n_chunks_after, causal=bool(causal),
-      attention_dropout=rate, sequential_rounds=bool(sequential_rounds))
+      attention_dropout=rate, sequential_rounds=(
+          None if sequential_rounds is None else bool(sequential_rounds)))
 
 
 def lsh_attention_from_buckets(q, v, buckets, *, chunk_len, n_chunks_before=1,
                                n_chunks_after=0, causal=False, mask=None,
                                attention_dropout=0.0, dropout_rng=None,
-                               sequential_rounds=False, n_ids=None):
+                               sequential_rounds=None, n_ids=None):
   """LSH self-attention given precomputed buckets (e.g. a layer's state).
 
   Args:
@@ -181,7 +208,8 @@ def lsh_attention_from_buckets(q, v, buckets, *, chunk_len, n_chunks_before=1,
       q, v, buckets, mask, dropout_rng, chunk_len=chunk_len,
       n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
       causal=bool(causal), attention_dropout=rate,
-      sequential_rounds=bool(sequential_rounds),
+      sequential_rounds=(None if sequential_rounds is None
+                         else bool(sequential_rounds)),
       n_ids=None if n_ids is None else validation.check_positive_int(
           'n_ids', n_ids))
 

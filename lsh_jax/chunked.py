@@ -11,6 +11,13 @@ precede it and the `after` chunks that follow it on the flat axis, which
 belong to other rounds (`halo_chunk_ids`). `chunked_attend` works on one
 round's extended chunks; a window is a static slice of them, so the
 adjacent keys are never copied W times.
+
+The backward pass is written by hand (`_attend_blocks`, a `custom_vjp`):
+it keeps only the inputs and `lse`, and recomputes each block's
+probabilities from `lse`, as FlashAttention does. Autodiff would store every
+block's [B, C, W*C] logits and probabilities and scatter each block's key
+gradient into full-size buffers; this way the chunk attention's backward
+keeps no [B, C, W*C] arrays between the passes.
 """
 import functools
 
@@ -56,13 +63,15 @@ def halo_chunk_ids(round_index, n_rounds, n_chunks, n_chunks_before,
   return before, after
 
 
-def _attend_chunks(q, q_pos, k_ext, v_ext, pos_ext, valid_ext, *, n_windows,
-                   causal, dropout_multiplier):
-  """B query chunks against their windows: q [B, C, D], k_ext [B+W-1, C, D]."""
-  n_chunks, chunk_len = q_pos.shape
+def _block_logits(q, q_pos, k_ext, pos_ext, valid_ext, *, n_windows, causal):
+  """Masked logits of B query chunks: q [B, C, D], k_ext [B+W-1, C, D].
+
+  Returns:
+    float[B, C, W*C]: query chunk c against extended chunks c, ..., c+W-1.
+  """
+  n_chunks = q.shape[0]
 
   def window(x):
-    # Query chunk c sees extended chunks c, ..., c + W - 1 (in that order).
     return jnp.concatenate([x[w:w + n_chunks] for w in range(n_windows)],
                            axis=1)
 
@@ -71,17 +80,148 @@ def _attend_chunks(q, q_pos, k_ext, v_ext, pos_ext, valid_ext, *, n_windows,
   dots = jnp.concatenate(
       [jnp.einsum('ncd,nkd->nck', q, k_ext[w:w + n_chunks])
        for w in range(n_windows)], axis=-1)  # [B, C, W*C]
-  dots = masks.mask_logits(dots, q_pos, k_pos, k_valid, causal=causal)
+  return masks.mask_logits(dots, q_pos, k_pos, k_valid, causal=causal)
+
+
+def _block_forward(q, q_pos, k_ext, v_ext, pos_ext, valid_ext, *, multiplier,
+                   n_windows, causal):
+  """One block's (so [B, C, Dv], lse [B, C])."""
+  chunk_len = q.shape[1]
+  n_chunks = q.shape[0]
+  dots = _block_logits(q, q_pos, k_ext, pos_ext, valid_ext,
+                       n_windows=n_windows, causal=causal)
   lse = jax.nn.logsumexp(dots, axis=-1, keepdims=True)  # [B, C, 1]
   probs = jnp.exp(dots - lse)
-  if dropout_multiplier is not None:
+  if multiplier is not None:
     # Dropout comes after the normaliser: lse describes the undropped mass.
-    probs = probs * dropout_multiplier
+    probs = probs * multiplier
   so = sum(
       jnp.einsum('nck,nkd->ncd', probs[..., w * chunk_len:(w + 1) * chunk_len],
                  v_ext[w:w + n_chunks])
       for w in range(n_windows))  # [B, C, Dv]
   return so, lse[..., 0]
+
+
+def _block_backward(q, q_pos, k_ext, v_ext, pos_ext, valid_ext, lse, g_so,
+                    g_lse, *, multiplier, n_windows, causal):
+  """One block's gradients, the probabilities recomputed from lse.
+
+  With p = exp(dots - lse) and pd = p * multiplier: so = pd v, so
+  dv = pd^T g, d(pd) = g v^T and dp = d(pd) * multiplier; the softmax gives
+  ddots = p * dp + (g_lse - rowsum(p * dp)) * softmax(dots), where
+  softmax(dots) equals p up to the rounding of lse.
+
+  Returns:
+    dq [B, C, D], dk [W, B, C, D], dv [W, B, C, Dv]: dk[w] and dv[w] belong
+    to extended chunks w, ..., w + B - 1 (the caller adds the W shifts).
+  """
+  chunk_len = q.shape[1]
+  n_chunks = q.shape[0]
+  dots = _block_logits(q, q_pos, k_ext, pos_ext, valid_ext,
+                       n_windows=n_windows, causal=causal)
+  # Two normalisations, as autodiff of the forward sees them: `probs` =
+  # exp(dots - lse) as the forward used them, and the exact softmax through
+  # which lse itself depends on dots. They differ where float32 cannot
+  # resolve lse (a query that sees only copies of itself, logits near
+  # -1e5, SPEC.md §5); using each where autodiff would keeps the gradients
+  # equal to Trax's there too.
+  top = jnp.max(dots, axis=-1, keepdims=True)
+  weights = jnp.exp(dots - top)  # [B, C, W*C]
+  softmax = weights / jnp.sum(weights, axis=-1, keepdims=True)
+  probs = weights * jnp.exp(top - lse[..., None])
+  dropped = probs if multiplier is None else probs * multiplier
+  d_dropped = jnp.concatenate(
+      [jnp.einsum('ncd,nkd->nck', g_so, v_ext[w:w + n_chunks])
+       for w in range(n_windows)], axis=-1)
+  if multiplier is not None:
+    d_dropped = d_dropped * multiplier
+  delta = jnp.sum(probs * d_dropped, axis=-1, keepdims=True)  # [B, C, 1]
+  d_dots = probs * d_dropped + (g_lse[..., None] - delta) * softmax
+  part = lambda x, w: x[..., w * chunk_len:(w + 1) * chunk_len]
+  dq = sum(jnp.einsum('nck,nkd->ncd', part(d_dots, w), k_ext[w:w + n_chunks])
+           for w in range(n_windows))
+  dk = jnp.stack([jnp.einsum('nck,ncd->nkd', part(d_dots, w), q)
+                  for w in range(n_windows)])
+  dv = jnp.stack([jnp.einsum('nck,ncd->nkd', part(dropped, w), g_so)
+                  for w in range(n_windows)])
+  return dq, dk, dv
+
+
+def _starts(n_chunks, block):
+  return jnp.arange(0, n_chunks, block, dtype=jnp.int32)
+
+
+def _by_block(x, block):
+  """[N, ...] -> [N / B, B, ...]: the blocks' own rows, as lax.map inputs."""
+  return None if x is None else x.reshape(-1, block, *x.shape[1:])
+
+
+def _halo_slice(x, start, size):
+  return None if x is None else jax.lax.dynamic_slice_in_dim(x, start, size)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
+def _attend_blocks(q, q_pos, k_ext, v_ext, pos_ext, valid_ext, multiplier,
+                   n_windows, causal, block):
+  """All N query chunks, B at a time: (so [N, C, Dv], lse [N, C])."""
+  n_chunks = q.shape[0]
+  attend = functools.partial(_block_forward, multiplier=multiplier,
+                             n_windows=n_windows, causal=causal)
+  if block >= n_chunks:
+    return attend(q, q_pos, k_ext, v_ext, pos_ext, valid_ext)
+  span = block + n_windows - 1
+
+  def one_block(args):
+    start, q_b, q_pos_b = args
+    return attend(q_b, q_pos_b, *(_halo_slice(x, start, span) for x in (
+        k_ext, v_ext, pos_ext, valid_ext)))
+
+  so, lse = jax.lax.map(one_block, (_starts(n_chunks, block),
+                                    _by_block(q, block),
+                                    _by_block(q_pos, block)))
+  return so.reshape(n_chunks, *so.shape[2:]), lse.reshape(n_chunks, -1)
+
+
+def _attend_blocks_fwd(q, q_pos, k_ext, v_ext, pos_ext, valid_ext, multiplier,
+                       n_windows, causal, block):
+  so, lse = _attend_blocks(q, q_pos, k_ext, v_ext, pos_ext, valid_ext,
+                           multiplier, n_windows, causal, block)
+  # Only the inputs and lse: the backward recomputes the probabilities
+  # block by block instead of keeping [N, C, W*C] of them per round.
+  return (so, lse), (q, q_pos, k_ext, v_ext, pos_ext, valid_ext, multiplier,
+                     lse)
+
+
+def _attend_blocks_bwd(n_windows, causal, block, residuals, grads):
+  q, q_pos, k_ext, v_ext, pos_ext, valid_ext, multiplier, lse = residuals
+  g_so, g_lse = grads
+  n_chunks = q.shape[0]
+  block = min(block, n_chunks)
+  span = block + n_windows - 1
+  backward = functools.partial(_block_backward, multiplier=multiplier,
+                               n_windows=n_windows, causal=causal)
+
+  def one_block(args):
+    start, q_b, q_pos_b, lse_b, g_so_b, g_lse_b = args
+    k_b, v_b, pos_b, valid_b = (_halo_slice(x, start, span) for x in (
+        k_ext, v_ext, pos_ext, valid_ext))
+    return backward(q_b, q_pos_b, k_b, v_b, pos_b, valid_b, lse_b, g_so_b,
+                    g_lse_b)
+
+  dq, dk, dv = jax.lax.map(one_block, (
+      _starts(n_chunks, block),
+      *(_by_block(x, block) for x in (q, q_pos, lse, g_so, g_lse))))
+
+  def fold(d):
+    """[N / B, W, B, C, ...] per window -> [N + W - 1, C, ...] extended."""
+    d = jnp.moveaxis(d, 1, 0).reshape(n_windows, n_chunks, *d.shape[3:])
+    pad = lambda w: ((w, n_windows - 1 - w),) + ((0, 0),) * (d.ndim - 2)
+    return sum(jnp.pad(d[w], pad(w)) for w in range(n_windows))
+
+  return (dq.reshape(q.shape), None, fold(dk), fold(dv), None, None, None)
+
+
+_attend_blocks.defvjp(_attend_blocks_fwd, _attend_blocks_bwd)
 
 
 def chunked_attend(sq, q_pos, k_ext, v_ext, pos_ext, valid_ext=None, *,
@@ -118,24 +258,10 @@ def chunked_attend(sq, q_pos, k_ext, v_ext, pos_ext, valid_ext=None, *,
   n_windows = 1 + n_chunks_before + n_chunks_after
   q = sq.reshape(n_chunks, chunk_len, sq.shape[-1])  # [N, C, D]
   q_pos = q_pos.reshape(n_chunks, chunk_len)  # [N, C]
-  attend = functools.partial(_attend_chunks, n_windows=n_windows,
-                             causal=causal,
-                             dropout_multiplier=dropout_multiplier)
   block = chunks_per_block or n_chunks
-  if block >= n_chunks:
-    so, lse = attend(q, q_pos, k_ext, v_ext, pos_ext, valid_ext)
-  else:
-    if n_chunks % block:
-      raise ValueError(f'chunks_per_block ({block}) must divide the number '
-                       f'of chunks per round ({n_chunks})')
-
-    def one_block(start):
-      take = lambda x, size: (None if x is None else
-                              jax.lax.dynamic_slice_in_dim(x, start, size))
-      span = block + n_windows - 1
-      return attend(take(q, block), take(q_pos, block), take(k_ext, span),
-                    take(v_ext, span), take(pos_ext, span),
-                    take(valid_ext, span))
-
-    so, lse = jax.lax.map(one_block, jnp.arange(0, n_chunks, block))
+  if n_chunks % block:
+    raise ValueError(f'chunks_per_block ({block}) must divide the number '
+                     f'of chunks per round ({n_chunks})')
+  so, lse = _attend_blocks(q, q_pos, k_ext, v_ext, pos_ext, valid_ext,
+                           dropout_multiplier, n_windows, causal, block)
   return so.reshape(sq.shape[0], -1), lse.reshape(sq.shape[0])

@@ -13,6 +13,7 @@ from jax import test_util as jtu
 
 import lsh_jax
 from lsh_jax import attention
+from lsh_jax import hashing
 from lsh_jax import sorting
 from helpers import random_qv
 
@@ -236,6 +237,34 @@ def test_sequential_rounds_give_the_same_results(causal, padded):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+def test_automatic_rounds_schedule(monkeypatch):
+  """None picks by R * L; sequential without remat gives the same results."""
+  schedule = attention.round_schedule
+  assert schedule(None, 4, 1024) == (False, False)
+  assert schedule(None, 4, 4096) == (True, False)
+  assert schedule(None, 1, 65536) == (False, False)
+  assert schedule(None, 8, 2**20) == (True, True)
+  assert schedule(True, 2, 8) == (True, True)
+  assert schedule(False, 8, 2**20) == (False, False)
+  q, v = _qv(32, 3, 5)
+  kwargs = dict(n_buckets=4, n_hashes=3, chunk_len=8, n_chunks_before=1,
+                n_chunks_after=1, causal=True)
+  loss = lambda q, v, seq: jnp.sum(jnp.sin(lsh_jax.lsh_attention(
+      q, v, KEY, sequential_rounds=seq, **kwargs)))
+  want = jax.grad(loss, argnums=(0, 1))(q, v, False)
+  # Here 96 token-rounds: lower the threshold to take the sequential,
+  # not rematerialised path, compiled afresh.
+  monkeypatch.setattr(attention, '_SEQUENTIAL_FROM', 1)
+  jax.clear_caches()
+  try:
+    assert schedule(None, 3, 32) == (True, False)
+    got = jax.grad(loss, argnums=(0, 1))(q, v, None)
+  finally:
+    jax.clear_caches()
+  for a, b in zip(got, want):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
 def test_full_attention_with_separate_keys_matches_softmax_by_hand():
   """Separate keys: k / sqrt(D), no normalisation, no exclude-self."""
   q, v = _qv(8, 2, 3)
@@ -287,3 +316,23 @@ def test_all_padding_gives_zeros_not_nan():
             lambda q: lsh_jax.full_attention(q, v, mask=mask)):
     np.testing.assert_array_equal(f(q), jnp.zeros((16, 5)))
     assert bool(jnp.all(jnp.isfinite(jax.grad(lambda q: f(q).sum())(q))))
+
+
+def test_hash_token_blocks_and_ties_match_argmax_of_the_concatenation():
+  """Long inputs hash in token blocks with plain reductions; same buckets.
+
+  Integer-valued q and rotations make exact ties common (also between r
+  and -r), where the first occurrence in concat([r, -r]) must win.
+  """
+  length, depth = 3 * hashing._TOKENS_PER_BLOCK, 4
+  q = jax.random.randint(jax.random.PRNGKey(3), (length, depth), -2, 3
+                         ).astype(jnp.float32)
+  rotations = jax.random.randint(jax.random.PRNGKey(4), (depth, 3, 5), -1, 2
+                                 ).astype(jnp.float32)
+  got = lsh_jax.hash_with_rotations(q, rotations, [4, 6])
+  rotated = jnp.einsum('tf,fhb->htb', q, rotations)  # [R, L, 5]
+  first = jnp.argmax(jnp.concatenate([rotated[..., :2], -rotated[..., :2]],
+                                     -1), -1)
+  second = jnp.argmax(jnp.concatenate([rotated[..., 2:], -rotated[..., 2:]],
+                                      -1), -1)
+  np.testing.assert_array_equal(got, first + 4 * second)
