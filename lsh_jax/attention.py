@@ -16,6 +16,7 @@ from lsh_jax import chunked
 from lsh_jax import combine
 from lsh_jax import hashing
 from lsh_jax import masks
+from lsh_jax import padding
 from lsh_jax import rounds
 from lsh_jax import sorting
 from lsh_jax import validation
@@ -111,18 +112,27 @@ def lsh_attention(q, v, rng, *, n_buckets, n_hashes, chunk_len,
                   sequential_rounds=False):
   """LSH self-attention for one head of one sequence (SPEC.md).
 
+  Any length L >= 1 works: when L is not a multiple of `chunk_len` (or
+  `chunk_len > L`) the inputs are padded internally with masked positions
+  up to the next multiple and the padding is cut off again (see
+  `lsh_jax.padding`); the real positions get exactly what that padded,
+  masked computation gives.
+
   Args:
     q: float[L, D] shared queries/keys.
     v: float[L, Dv] values.
     rng: PRNG key for the hash rotations (`random_rotations`).
     n_buckets: even int, sequence of even factors, or None for
-      `auto_n_buckets(L, chunk_len)`.
+      `auto_n_buckets(L, chunk_len)` with the real length L (not the
+      padded one).
     n_hashes: number of hash rounds R >= 1.
-    chunk_len: C; L must be a multiple of C.
+    chunk_len: C >= 1, any size (L is padded to a multiple of it).
     n_chunks_before: key chunks before each query chunk (default 1).
     n_chunks_after: key chunks after each query chunk (default 0).
     causal: a query does not see later positions.
-    mask: bool[L], True for real tokens, or None.
+    mask: bool[L], True for real tokens, or None. Masked positions'
+      contents never reach real outputs (they are cleared first, so even
+      NaN or inf there is harmless).
     attention_dropout: rate in [0, 1) applied to the attention
       probabilities.
     dropout_rng: PRNG key for attention dropout; required if the rate > 0.
@@ -134,19 +144,28 @@ def lsh_attention(q, v, rng, *, n_buckets, n_hashes, chunk_len,
     float[L, Dv] in the inputs' dtype (half-precision inputs are computed
     in float32); zeros at padded positions. Differentiable in `q` and `v`
     (the hash takes no gradient).
+
+  Raises:
+    ValueError, before tracing, for any argument that cannot work (see
+    `lsh_jax.validation`), naming the argument and what was expected.
   """
   rate = validation.check_attention_args(
       q, v, mask, chunk_len, n_chunks_before, n_chunks_after,
       attention_dropout, dropout_rng)
+  validation.check_key('rng', rng)
+  length = q.shape[0]
   if n_buckets is None:
-    n_buckets = hashing.auto_n_buckets(q.shape[0], chunk_len)
-  return _lsh_attention(
-      q, v, rng, mask, dropout_rng,
-      n_buckets=validation.check_n_buckets(n_buckets),
-      n_hashes=validation.check_positive_int('n_hashes', n_hashes),
+    n_buckets = hashing.auto_n_buckets(length, chunk_len)
+  n_buckets = validation.check_n_buckets(n_buckets)
+  n_hashes = validation.check_positive_int('n_hashes', n_hashes)
+  if padding.needs_preparing(length, chunk_len, mask):
+    q, v, mask, _ = padding.prepare(q, v, mask, chunk_len=chunk_len)
+  out = _lsh_attention(
+      q, v, rng, mask, dropout_rng, n_buckets=n_buckets, n_hashes=n_hashes,
       chunk_len=chunk_len, n_chunks_before=n_chunks_before,
       n_chunks_after=n_chunks_after, causal=bool(causal),
       attention_dropout=rate, sequential_rounds=bool(sequential_rounds))
+  return padding.strip(out, length)
 
 
 def lsh_attention_from_buckets(q, v, buckets, *, chunk_len, n_chunks_before=1,
@@ -154,6 +173,9 @@ def lsh_attention_from_buckets(q, v, buckets, *, chunk_len, n_chunks_before=1,
                                attention_dropout=0.0, dropout_rng=None,
                                sequential_rounds=False, n_ids=None):
   """LSH self-attention given precomputed buckets (e.g. a layer's state).
+
+  Any length L >= 1, as in `lsh_attention`: appended padding positions take
+  their round's largest bucket id, so they sort after every real token.
 
   Args:
     q, v, chunk_len, n_chunks_before, n_chunks_after, causal, mask,
@@ -170,20 +192,19 @@ def lsh_attention_from_buckets(q, v, buckets, *, chunk_len, n_chunks_before=1,
   rate = validation.check_attention_args(
       q, v, mask, chunk_len, n_chunks_before, n_chunks_after,
       attention_dropout, dropout_rng)
-  shape = jnp.shape(buckets)
-  if len(shape) != 2 or shape[1] != q.shape[0] or shape[0] < 1:
-    raise ValueError(f'buckets must have shape [n_hashes, {q.shape[0]}], got '
-                     f'{tuple(shape)}')
-  if not jnp.issubdtype(jnp.result_type(buckets), jnp.integer):
-    raise ValueError(f'buckets must be integers, got '
-                     f'{jnp.result_type(buckets)}')
-  return _lsh_attention_from_buckets(
+  length = q.shape[0]
+  validation.check_buckets(buckets, length)
+  if n_ids is not None:
+    n_ids = validation.check_positive_int('n_ids', n_ids)
+  if padding.needs_preparing(length, chunk_len, mask):
+    q, v, mask, buckets = padding.prepare(q, v, mask, buckets,
+                                          chunk_len=chunk_len)
+  out = _lsh_attention_from_buckets(
       q, v, buckets, mask, dropout_rng, chunk_len=chunk_len,
       n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
       causal=bool(causal), attention_dropout=rate,
-      sequential_rounds=bool(sequential_rounds),
-      n_ids=None if n_ids is None else validation.check_positive_int(
-          'n_ids', n_ids))
+      sequential_rounds=bool(sequential_rounds), n_ids=n_ids)
+  return padding.strip(out, length)
 
 
 @functools.partial(jax.jit, static_argnames=('causal',))
