@@ -153,19 +153,15 @@ def lsh_attention(q, v, rng, *, n_buckets, n_hashes, chunk_len,
       q, v, mask, chunk_len, n_chunks_before, n_chunks_after,
       attention_dropout, dropout_rng)
   validation.check_key('rng', rng)
-  length = q.shape[0]
   if n_buckets is None:
-    n_buckets = hashing.auto_n_buckets(length, chunk_len)
-  n_buckets = validation.check_n_buckets(n_buckets)
-  n_hashes = validation.check_positive_int('n_hashes', n_hashes)
-  if padding.needs_preparing(length, chunk_len, mask):
-    q, v, mask, _ = padding.prepare(q, v, mask, chunk_len=chunk_len)
-  out = _lsh_attention(
-      q, v, rng, mask, dropout_rng, n_buckets=n_buckets, n_hashes=n_hashes,
+    n_buckets = hashing.auto_n_buckets(q.shape[0], chunk_len)
+  return _lsh_attention_any_length(
+      q, v, rng, mask, dropout_rng,
+      n_buckets=validation.check_n_buckets(n_buckets),
+      n_hashes=validation.check_positive_int('n_hashes', n_hashes),
       chunk_len=chunk_len, n_chunks_before=n_chunks_before,
       n_chunks_after=n_chunks_after, causal=bool(causal),
       attention_dropout=rate, sequential_rounds=bool(sequential_rounds))
-  return padding.strip(out, length)
 
 
 def lsh_attention_from_buckets(q, v, buckets, *, chunk_len, n_chunks_before=1,
@@ -192,18 +188,37 @@ def lsh_attention_from_buckets(q, v, buckets, *, chunk_len, n_chunks_before=1,
   rate = validation.check_attention_args(
       q, v, mask, chunk_len, n_chunks_before, n_chunks_after,
       attention_dropout, dropout_rng)
-  length = q.shape[0]
-  validation.check_buckets(buckets, length)
-  if n_ids is not None:
-    n_ids = validation.check_positive_int('n_ids', n_ids)
-  if padding.needs_preparing(length, chunk_len, mask):
-    q, v, mask, buckets = padding.prepare(q, v, mask, buckets,
-                                          chunk_len=chunk_len)
-  out = _lsh_attention_from_buckets(
+  validation.check_buckets(buckets, q.shape[0])
+  return _from_buckets_any_length(
       q, v, buckets, mask, dropout_rng, chunk_len=chunk_len,
       n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
       causal=bool(causal), attention_dropout=rate,
-      sequential_rounds=bool(sequential_rounds), n_ids=n_ids)
+      sequential_rounds=bool(sequential_rounds),
+      n_ids=None if n_ids is None else validation.check_positive_int(
+          'n_ids', n_ids))
+
+
+# Any length (lsh_jax.padding) inside the same compiled program as the
+# attention: one dispatch per call, and the same program whether or not the
+# caller is itself jitted, so the results are bit-identical either way.
+@functools.partial(jax.jit, static_argnames=_STATIC + ('n_buckets', 'n_hashes'))
+def _lsh_attention_any_length(q, v, rng, mask, dropout_rng, **static):
+  length = q.shape[0]
+  if padding.needs_preparing(length, static['chunk_len'], mask):
+    q, v, mask, _ = padding.prepare(q, v, mask,
+                                    chunk_len=static['chunk_len'])
+  out = _lsh_attention(q, v, rng, mask, dropout_rng, **static)
+  return padding.strip(out, length)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _from_buckets_any_length(q, v, buckets, mask, dropout_rng, **static):
+  length = q.shape[0]
+  if padding.needs_preparing(length, static['chunk_len'], mask):
+    q, v, mask, buckets = padding.prepare(q, v, mask, buckets,
+                                          chunk_len=static['chunk_len'])
+  out = _lsh_attention_from_buckets(q, v, buckets, mask, dropout_rng,
+                                    **static)
   return padding.strip(out, length)
 
 
