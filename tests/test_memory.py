@@ -62,6 +62,7 @@ def test_no_buffer_grows_as_length_squared(backward):
   assert _temp_bytes(compiled) < 8 * 4 * WINDOW_LOGITS * LONG < dense_bytes
 
 
+@pytest.mark.long
 def test_backward_memory_grows_linearly_with_length():
   """Four times the length: about four times the temporaries (16x if any
   buffer were quadratic)."""

@@ -74,7 +74,13 @@ ANY_LENGTH = {
 }
 
 
-@pytest.mark.parametrize('setting', ANY_LENGTH.values(), ids=ANY_LENGTH)
+# `make test` runs the first two; the hypothesis campaign draws many more.
+LONG_SETTINGS = ('L=50 C=16 factors padded', 'L=21 C=4 auto buckets, 2 before')
+
+
+@pytest.mark.parametrize('setting', [
+    pytest.param(value, id=name, marks=[pytest.mark.long] * (
+        name in LONG_SETTINGS)) for name, value in ANY_LENGTH.items()])
 def test_any_length_matches_oracle_on_padded_input(setting):
   setting = dict(setting)
   length, padded = setting.pop('length'), setting.pop('padded', False)
@@ -129,7 +135,7 @@ def test_from_buckets_any_length():
 
 
 @pytest.mark.parametrize('chunk_len,before,after,causal', [
-    (1, 0, 0, True), (128, 2, 1, False)])
+    (1, 0, 0, True), pytest.param(128, 2, 1, False, marks=pytest.mark.long)])
 def test_single_token_attends_to_itself(chunk_len, before, after, causal):
   """Derivation: with L == 1 the only candidate is the token itself."""
   q, v = random_qv(5, 1, 3, 4)
@@ -211,7 +217,9 @@ def _assert_finite(dtype, out, grads):
     assert bool(jnp.all(jnp.isfinite(g)))
 
 
-@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16, jnp.float16])
+@pytest.mark.parametrize('dtype', [
+    jnp.float32, jnp.bfloat16,
+    pytest.param(jnp.float16, marks=pytest.mark.long)])
 def test_no_nan_or_inf_in_outputs_or_gradients(dtype):
   qs, vs, masks = _batched_edge_cases(dtype)
   run = jax.jit(jax.vmap(lambda q, v, m: _values_and_grads(q, v, m,
@@ -228,7 +236,8 @@ def test_no_nan_or_inf_in_outputs_or_gradients(dtype):
 
 @pytest.mark.parametrize('name,length,depth,n_buckets', [
     ('L == 1', 1, 4, 4), ('d == 1', 24, 1, 4),
-    ('more buckets than tokens', 24, 4, 64)])
+    pytest.param('more buckets than tokens', 24, 4, 64,
+                 marks=pytest.mark.long)])
 def test_no_nan_or_inf_at_extreme_shapes(name, length, depth, n_buckets):
   q, v = random_qv(10, length, depth, 3)
   out, grads = jax.jit(lambda q, v: _values_and_grads(
@@ -236,8 +245,9 @@ def test_no_nan_or_inf_at_extreme_shapes(name, length, depth, n_buckets):
   _assert_finite(jnp.float32, out, grads)
 
 
-@pytest.mark.parametrize('dtype,rtol,length', [(jnp.bfloat16, 2**-8, 27),
-                                               (jnp.float16, 2**-11, 32)])
+@pytest.mark.parametrize('dtype,rtol,length', [
+    (jnp.bfloat16, 2**-8, 27),
+    pytest.param(jnp.float16, 2**-11, 32, marks=pytest.mark.long)])
 def test_half_precision_matches_float32_oracle(dtype, rtol, length):
   """Output in the input dtype, equal to the float64 oracle on the same
   (rounded) inputs up to one final rounding: relative half-ulp of the dtype,
@@ -299,6 +309,7 @@ def test_a_different_key_changes_the_hash_and_the_output():
     assert not np.array_equal(outputs[0], outputs[i])
 
 
+@pytest.mark.long
 def test_dropout_is_deterministic_given_its_key():
   q, v, kwargs = _determinism_inputs()
   f = lambda k: lsh_jax.lsh_attention(q, v, KEY, attention_dropout=0.3,
