@@ -84,10 +84,23 @@ def make_mask(padding_kind, length, rng):
   return mask
 
 
+_COMPILED = [0]
+
+
+def _bound_compiled_programs(every=200):
+  """Every generated setting compiles new programs; a campaign of thousands
+  in one process once crashed inside XLA's compiler (SIGSEGV after ~600
+  settings, not reproducible per setting): drop JAX's caches now and then."""
+  _COMPILED[0] += 1
+  if _COMPILED[0] % every == 0:
+    jax.clear_caches()
+
+
 def run_both(s):
   """Returns (lsh_jax output as float32, oracle output, oracle lse [R, L],
   valid bool[L]), the oracle run on the input padded to a multiple of
   chunk_len with masked positions."""
+  _bound_compiled_programs()
   rng = np.random.default_rng(s['seed'])
   dtype = jnp.dtype(s['dtype'])
   length = s['length']
@@ -161,6 +174,7 @@ def test_gradients_match_finite_differences(s):
   """Directional derivatives of a random linear loss on the outputs of
   normal valid queries (self-only outputs resolve only ~1e-2, see above):
   jax.grad against central differences, for q and for v."""
+  _bound_compiled_programs()
   rng = np.random.default_rng(s['seed'] + 1)
   length = s['length']
   q = jnp.asarray(rng.normal(size=(length, s['d_qk'])), jnp.float32)
