@@ -22,9 +22,13 @@ demo: install
 test: install
 	$(PY) -m pytest -q tests
 
-# The long hypothesis campaign against the oracle (fixed seed: derandomized).
+# The long hypothesis campaign against the oracle (fixed seed: derandomized;
+# LSH_FUZZ_EXAMPLES=2000 settings per property by default), then the tests
+# marked `long` (more settings, gradients under sharding, Trax training on 8
+# host devices).
 fuzz: install
 	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q tests/test_core_oracle.py
+	LSH_LONG_TESTS=1 $(PY) -m pytest -q -m long tests
 
 bench: install  # the benchmark table (~25 min); BENCH_ARGS=--quick for a few minutes
 	$(PY) benchmarks/run.py $(BENCH_ARGS)

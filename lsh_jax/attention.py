@@ -16,6 +16,7 @@ from lsh_jax import chunked
 from lsh_jax import combine
 from lsh_jax import hashing
 from lsh_jax import masks
+from lsh_jax import padding
 from lsh_jax import rounds
 from lsh_jax import sorting
 from lsh_jax import validation
@@ -136,18 +137,27 @@ def lsh_attention(q, v, rng, *, n_buckets, n_hashes, chunk_len,
                   sequential_rounds=None):
   """LSH self-attention for one head of one sequence (SPEC.md).
 
+  Any length L >= 1 works: when L is not a multiple of `chunk_len` (or
+  `chunk_len > L`) the inputs are padded internally with masked positions
+  up to the next multiple and the padding is cut off again (see
+  `lsh_jax.padding`); the real positions get exactly what that padded,
+  masked computation gives.
+
   Args:
     q: float[L, D] shared queries/keys.
     v: float[L, Dv] values.
     rng: PRNG key for the hash rotations (`random_rotations`).
     n_buckets: even int, sequence of even factors, or None for
-      `auto_n_buckets(L, chunk_len)`.
+      `auto_n_buckets(L, chunk_len)` with the real length L (not the
+      padded one).
     n_hashes: number of hash rounds R >= 1.
-    chunk_len: C; L must be a multiple of C.
+    chunk_len: C >= 1, any size (L is padded to a multiple of it).
     n_chunks_before: key chunks before each query chunk (default 1).
     n_chunks_after: key chunks after each query chunk (default 0).
     causal: a query does not see later positions.
-    mask: bool[L], True for real tokens, or None.
+    mask: bool[L], True for real tokens, or None. Masked positions'
+      contents never reach real outputs (they are cleared first, so even
+      NaN or inf there is harmless).
     attention_dropout: rate in [0, 1) applied to the attention
       probabilities.
     dropout_rng: PRNG key for attention dropout; required if the rate > 0.
@@ -160,13 +170,18 @@ def lsh_attention(q, v, rng, *, n_buckets, n_hashes, chunk_len,
     float[L, Dv] in the inputs' dtype (half-precision inputs are computed
     in float32); zeros at padded positions. Differentiable in `q` and `v`
     (the hash takes no gradient).
+
+  Raises:
+    ValueError, before tracing, for any argument that cannot work (see
+    `lsh_jax.validation`), naming the argument and what was expected.
   """
   rate = validation.check_attention_args(
       q, v, mask, chunk_len, n_chunks_before, n_chunks_after,
       attention_dropout, dropout_rng)
+  validation.check_key('rng', rng)
   if n_buckets is None:
     n_buckets = hashing.auto_n_buckets(q.shape[0], chunk_len)
-  return _lsh_attention(
+  return _lsh_attention_any_length(
       q, v, rng, mask, dropout_rng,
       n_buckets=validation.check_n_buckets(n_buckets),
       n_hashes=validation.check_positive_int('n_hashes', n_hashes),
@@ -181,6 +196,9 @@ def lsh_attention_from_buckets(q, v, buckets, *, chunk_len, n_chunks_before=1,
                                attention_dropout=0.0, dropout_rng=None,
                                sequential_rounds=None, n_ids=None):
   """LSH self-attention given precomputed buckets (e.g. a layer's state).
+
+  Any length L >= 1, as in `lsh_attention`: appended padding positions take
+  their round's largest bucket id, so they sort after every real token.
 
   Args:
     q, v, chunk_len, n_chunks_before, n_chunks_after, causal, mask,
@@ -197,14 +215,8 @@ def lsh_attention_from_buckets(q, v, buckets, *, chunk_len, n_chunks_before=1,
   rate = validation.check_attention_args(
       q, v, mask, chunk_len, n_chunks_before, n_chunks_after,
       attention_dropout, dropout_rng)
-  shape = jnp.shape(buckets)
-  if len(shape) != 2 or shape[1] != q.shape[0] or shape[0] < 1:
-    raise ValueError(f'buckets must have shape [n_hashes, {q.shape[0]}], got '
-                     f'{tuple(shape)}')
-  if not jnp.issubdtype(jnp.result_type(buckets), jnp.integer):
-    raise ValueError(f'buckets must be integers, got '
-                     f'{jnp.result_type(buckets)}')
-  return _lsh_attention_from_buckets(
+  validation.check_buckets(buckets, q.shape[0])
+  return _from_buckets_any_length(
       q, v, buckets, mask, dropout_rng, chunk_len=chunk_len,
       n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
       causal=bool(causal), attention_dropout=rate,
@@ -212,6 +224,30 @@ def lsh_attention_from_buckets(q, v, buckets, *, chunk_len, n_chunks_before=1,
                          else bool(sequential_rounds)),
       n_ids=None if n_ids is None else validation.check_positive_int(
           'n_ids', n_ids))
+
+
+# Any length (lsh_jax.padding) inside the same compiled program as the
+# attention: one dispatch per call, and the same program whether or not the
+# caller is itself jitted, so the results are bit-identical either way.
+@functools.partial(jax.jit, static_argnames=_STATIC + ('n_buckets', 'n_hashes'))
+def _lsh_attention_any_length(q, v, rng, mask, dropout_rng, **static):
+  length = q.shape[0]
+  if padding.needs_preparing(length, static['chunk_len'], mask):
+    q, v, mask, _ = padding.prepare(q, v, mask,
+                                    chunk_len=static['chunk_len'])
+  out = _lsh_attention(q, v, rng, mask, dropout_rng, **static)
+  return padding.strip(out, length)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _from_buckets_any_length(q, v, buckets, mask, dropout_rng, **static):
+  length = q.shape[0]
+  if padding.needs_preparing(length, static['chunk_len'], mask):
+    q, v, mask, buckets = padding.prepare(q, v, mask, buckets,
+                                          chunk_len=static['chunk_len'])
+  out = _lsh_attention_from_buckets(q, v, buckets, mask, dropout_rng,
+                                    **static)
+  return padding.strip(out, length)
 
 
 @functools.partial(jax.jit, static_argnames=('causal',))

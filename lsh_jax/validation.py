@@ -8,6 +8,7 @@ and `vmap`.
 """
 import operator
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -81,25 +82,50 @@ def check_mask(mask, length):
     raise ValueError(f'mask must be boolean (True = real token), got {dtype}')
 
 
-def check_chunking(length, chunk_len, n_chunks_before, n_chunks_after):
+def check_chunking(length, chunk_len, n_chunks_before, n_chunks_after, *,
+                   require_multiple=False):
+  """Checks the chunk settings; any length works unless `require_multiple`
+  (the public entry points pad to a multiple of chunk_len themselves)."""
   chunk_len = check_positive_int('chunk_len', chunk_len)
   check_non_negative_int('n_chunks_before', n_chunks_before)
   check_non_negative_int('n_chunks_after', n_chunks_after)
-  if length % chunk_len:
+  if require_multiple and length % chunk_len:
     raise ValueError(f'the length of q ({length}) must be a multiple of '
                      f'chunk_len ({chunk_len})')
+
+
+def check_key(name, key):
+  """Checks that `key` is one PRNG key: a typed key array of shape () or a
+  raw uint32 key of rank 1 (`jax.random.PRNGKey`)."""
+  shape = tuple(np.shape(key))
+  try:
+    dtype = jnp.result_type(key)
+  except TypeError:
+    dtype = None
+  if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+    if shape != ():
+      raise ValueError(f'{name} must be a single PRNG key, got a key array of '
+                       f'shape {shape}; use jax.vmap for one key per example')
+    return
+  if dtype != jnp.uint32 or len(shape) != 1:
+    kind = type(key).__name__ if dtype is None else f'{dtype}{list(shape)}'
+    raise ValueError(f'{name} must be a PRNG key (jax.random.key(seed) or '
+                     f'jax.random.PRNGKey(seed)), got {kind}; use jax.vmap '
+                     f'for one key per example')
 
 
 def check_dropout(rate, rng):
   try:
     rate = float(rate)
-  except TypeError:
+  except (TypeError, ValueError):
     raise ValueError(f'attention_dropout must be a float in [0, 1), got '
                      f'{rate!r}') from None
   if not 0.0 <= rate < 1.0:
     raise ValueError(f'attention_dropout must be in [0, 1), got {rate}')
-  if rate > 0.0 and rng is None:
-    raise ValueError('dropout_rng is required when attention_dropout > 0')
+  if rate > 0.0:
+    if rng is None:
+      raise ValueError('dropout_rng is required when attention_dropout > 0')
+    check_key('dropout_rng', rng)
   return rate
 
 
@@ -115,3 +141,14 @@ def check_attention_args(q, v, mask, chunk_len, n_chunks_before,
   check_mask(mask, length)
   check_chunking(length, chunk_len, n_chunks_before, n_chunks_after)
   return check_dropout(attention_dropout, dropout_rng)
+
+
+def check_buckets(buckets, length):
+  """Checks precomputed bucket ids int[R, L]."""
+  shape = tuple(np.shape(buckets))
+  if len(shape) != 2 or shape[1] != length or shape[0] < 1:
+    raise ValueError(f'buckets must have shape [n_hashes, {length}], got '
+                     f'{shape}')
+  dtype = jnp.result_type(buckets)
+  if not jnp.issubdtype(dtype, jnp.integer):
+    raise ValueError(f'buckets must be integers, got {dtype}')

@@ -19,6 +19,27 @@ hypothesis.settings.register_profile(
     suppress_health_check=list(hypothesis.HealthCheck))
 hypothesis.settings.load_profile(os.environ.get('HYPOTHESIS_PROFILE', 'ci'))
 
+# Tests marked `long` (more settings of a check `make test` already makes,
+# multi-device Trax training) run in `make fuzz`, or with LSH_LONG_TESTS=1.
+RUN_LONG = (os.environ.get('LSH_LONG_TESTS') == '1' or
+            os.environ.get('HYPOTHESIS_PROFILE') == 'fuzz')
+
+
+def pytest_configure(config):
+  config.addinivalue_line(
+      'markers', 'long: part of `make fuzz` (or LSH_LONG_TESTS=1), skipped '
+      'by `make test` to keep it fast')
+
+
+def pytest_collection_modifyitems(config, items):
+  if RUN_LONG:
+    return
+  skip = pytest.mark.skip(reason='long: run by `make fuzz` or with '
+                          'LSH_LONG_TESTS=1')
+  for item in items:
+    if 'long' in item.keywords:
+      item.add_marker(skip)
+
 
 @pytest.fixture
 def old_threefry():

@@ -26,20 +26,34 @@ def _qv(length=16, d_qk=3, d_v=5):
 
 
 @pytest.mark.parametrize('change,match', [
-    (dict(chunk_len=5), r'length of q \(16\) must be a multiple of chunk_len'),
     (dict(chunk_len=0), r'chunk_len must be >= 1, got 0'),
+    (dict(chunk_len=-4), r'chunk_len must be >= 1, got -4'),
+    (dict(chunk_len=4.0), r'chunk_len must be an int, got float 4.0'),
     (dict(n_buckets=3), r'n_buckets must be an even int >= 2, got 3'),
+    (dict(n_buckets=0), r'n_buckets must be an even int >= 2, got 0'),
+    (dict(n_buckets=-4), r'n_buckets must be an even int >= 2, got -4'),
+    (dict(n_buckets=[4, -2]), r'every n_buckets factor must be an even int'),
+    (dict(n_buckets=[0]), r'every n_buckets factor must be an even int'),
     (dict(n_buckets=[4, 3]), r'every n_buckets factor must be an even int'),
     (dict(n_buckets=[]), r'non-empty list'),
     (dict(n_buckets=4.5), r'n_buckets must be an int'),
     (dict(n_hashes=0), r'n_hashes must be >= 1, got 0'),
+    (dict(n_hashes=-1), r'n_hashes must be >= 1, got -1'),
     (dict(n_hashes=True), r'n_hashes must be an int, got the bool'),
     (dict(n_chunks_before=-1), r'n_chunks_before must be >= 0, got -1'),
     (dict(n_chunks_after=-2), r'n_chunks_after must be >= 0, got -2'),
     (dict(mask=jnp.ones(15, bool)), r'mask must have shape \(16,\) to match q'),
+    (dict(mask=jnp.ones((16, 1), bool)), r'mask must have shape \(16,\)'),
     (dict(mask=jnp.ones(16, jnp.int32)), r'mask must be boolean'),
+    (dict(mask=jnp.ones(16, jnp.float32)), r'mask must be boolean .* float32'),
     (dict(attention_dropout=1.0), r'attention_dropout must be in \[0, 1\)'),
+    (dict(attention_dropout=-0.1), r'attention_dropout must be in \[0, 1\), '
+     r'got -0.1'),
+    (dict(attention_dropout=float('nan')), r'attention_dropout must be in'),
+    (dict(attention_dropout='high'), r'attention_dropout must be a float'),
     (dict(attention_dropout=0.1), r'dropout_rng is required'),
+    (dict(attention_dropout=0.1, dropout_rng=0.5),
+     r'dropout_rng must be a PRNG key'),
 ])
 def test_bad_arguments_raise_clear_errors(change, match):
   q, v = _qv()
@@ -61,18 +75,58 @@ def test_bad_shapes_raise_clear_errors(q_shape, v_shape, match):
     lsh_jax.lsh_attention(jnp.ones(q_shape), jnp.ones(v_shape), KEY, **KW)
 
 
-def test_integer_inputs_are_rejected():
-  with pytest.raises(ValueError, match='q must have a floating dtype, got '
-                     'int32'):
-    lsh_jax.lsh_attention(jnp.ones((16, 3), jnp.int32), jnp.ones((16, 5)),
+@pytest.mark.parametrize('q_shape,v_shape,match', [
+    ((0, 3), (0, 5), r'q must have length and depth >= 1, got shape \(0, 3\)'),
+    ((16, 0), (16, 5), r'q must have length and depth >= 1'),
+    ((16, 3), (16, 0), r'v must have length and depth >= 1'),
+])
+def test_empty_inputs_are_rejected(q_shape, v_shape, match):
+  with pytest.raises(ValueError, match=match):
+    lsh_jax.lsh_attention(jnp.ones(q_shape), jnp.ones(v_shape), KEY, **KW)
+
+
+@pytest.mark.parametrize('q_dtype,v_dtype,match', [
+    (jnp.int32, jnp.float32, 'q must have a floating dtype, got int32'),
+    (jnp.float32, jnp.int32, 'v must have a floating dtype, got int32'),
+    (jnp.bool_, jnp.float32, 'q must have a floating dtype, got bool'),
+    (jnp.complex64, jnp.float32, 'q must have a floating dtype, got '
+     'complex64'),
+])
+def test_non_float_inputs_are_rejected(q_dtype, v_dtype, match):
+  with pytest.raises(ValueError, match=match):
+    lsh_jax.lsh_attention(jnp.ones((16, 3), q_dtype), jnp.ones((16, 5),
+                                                               v_dtype),
                           KEY, **KW)
+
+
+@pytest.mark.parametrize('rng,match', [
+    (0, r'rng must be a PRNG key .* got int'),
+    (jnp.zeros(2, jnp.float32), r'rng must be a PRNG key .* got '
+     r'float32\[2\]'),
+    (jax.random.split(KEY, 3), r'rng must be a PRNG key .* got '
+     r'uint32\[3, 2\]; use jax.vmap'),
+    (jax.random.split(jax.random.key(0), 3), r'rng must be a single PRNG key, '
+     r'got a key array of shape \(3,\)'),
+])
+def test_bad_keys_are_rejected(rng, match):
+  q, v = _qv()
+  with pytest.raises(ValueError, match=match):
+    lsh_jax.lsh_attention(q, v, rng, **KW)
+
+
+def test_typed_and_raw_keys_give_the_same_result():
+  """jax.random.key(0) and PRNGKey(0) hold the same bits: same hash."""
+  q, v = _qv()
+  np.testing.assert_array_equal(
+      lsh_jax.lsh_attention(q, v, jax.random.key(0), **KW),
+      lsh_jax.lsh_attention(q, v, KEY, **KW))
 
 
 def test_errors_surface_before_tracing_under_jit_and_vmap():
   q, v = _qv()
-  bad = jax.jit(lambda q, v: lsh_jax.lsh_attention(q, v, KEY, n_buckets=4,
-                                                   n_hashes=2, chunk_len=5))
-  with pytest.raises(ValueError, match='multiple of chunk_len'):
+  bad = jax.jit(lambda q, v: lsh_jax.lsh_attention(q, v, KEY, n_buckets=5,
+                                                   n_hashes=2, chunk_len=4))
+  with pytest.raises(ValueError, match='n_buckets must be an even int'):
     bad(q, v)
   with pytest.raises(ValueError, match='mask must have shape'):
     jax.vmap(lambda q, v: lsh_jax.lsh_attention(
@@ -85,8 +139,15 @@ def test_buckets_argument_is_checked():
                      r'\[n_hashes, 16\], got \(32,\)'):
     lsh_jax.lsh_attention_from_buckets(q, v, jnp.zeros(32, jnp.int32),
                                        chunk_len=4)
+  with pytest.raises(ValueError, match=r'buckets must have shape '
+                     r'\[n_hashes, 16\], got \(0, 16\)'):
+    lsh_jax.lsh_attention_from_buckets(q, v, jnp.zeros((0, 16), jnp.int32),
+                                       chunk_len=4)
   with pytest.raises(ValueError, match='buckets must be integers'):
     lsh_jax.lsh_attention_from_buckets(q, v, jnp.zeros((2, 16)), chunk_len=4)
+  with pytest.raises(ValueError, match='v must have the same length as q'):
+    lsh_jax.lsh_attention_from_buckets(q, v[:8], jnp.zeros((2, 16), jnp.int32),
+                                       chunk_len=4)
 
 
 def test_hash_vectors_checks_its_arguments():
