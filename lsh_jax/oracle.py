@@ -512,7 +512,7 @@ def full_attention(q, v, *, causal=False, mask=None):
 
 
 def predict_prefix(x, rotations, w_q, w_v, w_o, *, n_buckets, chunk_len,
-                   n_chunks_before, mem_len, drop_len):
+                   n_chunks_before, mem_len, drop_len, return_lse=False):
   """The first call of a decoding layer: T tokens at once.
 
   Trax attends over the tokens followed by zeros: over a whole memory of
@@ -524,10 +524,13 @@ def predict_prefix(x, rotations, w_q, w_v, w_o, *, n_buckets, chunk_len,
     x: float[T, Dm] the tokens; rotations: float[D, R, sum(factors) // 2];
     w_q: float[Dm, D]; w_v: float[Dm, Dv]; w_o: float[Dv, Dm].
 
+    return_lse: also return the rounds' log-sum-exps float[R, T] (all
+      below -1e4: a query that saw only itself, SPEC §5's caveat).
+
   Returns:
     (out float[T, Dm], memory dict for `predict_step`: `mem` float[M, Dm],
     `end` int (where the next token goes), `buckets` int[R, M] with round
-    offsets).
+    offsets), and lse with return_lse.
   """
   x = np.asarray(x, np.float64)
   n_tokens, n_hashes = x.shape[0], np.shape(rotations)[1]
@@ -537,9 +540,10 @@ def predict_prefix(x, rotations, w_q, w_v, w_o, *, n_buckets, chunk_len,
   seq = np.zeros((length, x.shape[1]))
   seq[:n_tokens] = x
   q, v = seq @ w_q, seq @ w_v
-  out = lsh_self_attention(q, v, rotations, n_buckets=n_buckets,
-                           n_hashes=n_hashes, chunk_len=chunk_len,
-                           n_chunks_before=n_chunks_before, causal=True)
+  out, _, lse = lsh_self_attention(
+      q, v, rotations, n_buckets=n_buckets, n_hashes=n_hashes,
+      chunk_len=chunk_len, n_chunks_before=n_chunks_before, causal=True,
+      return_rounds=True)
   buckets = our_hash_vectors(q, rotations, n_buckets, n_hashes)
   buckets = buckets.reshape(n_hashes, length)[:, :n_tokens]
   kept = min(n_tokens, mem_len)  # the memory keeps the last mem_len tokens
@@ -547,6 +551,8 @@ def predict_prefix(x, rotations, w_q, w_v, w_o, *, n_buckets, chunk_len,
                 buckets=np.zeros((n_hashes, mem_len), np.int64))
   memory['mem'][:kept] = x[n_tokens - kept:]
   memory['buckets'][:, :kept] = buckets[:, n_tokens - kept:]
+  if return_lse:
+    return out[:n_tokens] @ w_o, memory, lse[:, :n_tokens]
   return out[:n_tokens] @ w_o, memory
 
 
