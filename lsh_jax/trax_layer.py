@@ -128,7 +128,7 @@ class _Computation:
       mask = mask.astype(jnp.bool_)
     return x, mask, single
 
-  def _check_length(self, length, state, update_state):
+  def _check_length(self, length, padded, state, update_state):
     """Hook for length checks against the state (LSH overrides it)."""
 
   def _pad(self, x, mask, output_grad):
@@ -188,7 +188,7 @@ class _Computation:
       return self._predict(x, weights, state, output_grad, update_state)
     length = x.shape[1]
     x, mask, output_grad = self._pad(x, mask, output_grad)
-    self._check_length(x.shape[1], state, update_state)
+    self._check_length(length, x.shape[1], state, update_state)
     if rng is None:
       if self._spec.attention_dropout or self._spec.output_dropout:
         raise ValueError('rng is required when dropout rates are > 0')
@@ -264,16 +264,17 @@ class LSHSelfAttention(_Computation,
                                        spec=self._spec)
     return out, new_state, None, None
 
-  def _check_length(self, length, state, update_state):
+  def _check_length(self, length, padded, state, update_state):
     max_length = self._max_length_for_buckets
-    if max_length and length > max_length:
-      raise ValueError(f'input length {length} (padded to a multiple of '
-                       f'chunk_len={self._chunk_len}) exceeds '
+    if max_length and padded > max_length:
+      also = '' if padded == length else (
+          f' (padded to {padded}, a multiple of chunk_len={self._chunk_len})')
+      raise ValueError(f'input length {length}{also} exceeds '
                        f'max_length_for_buckets={max_length}')
     stored = np.shape(state[0])[-1]
-    if not update_state and stored < self._n_hashes * length:
+    if not update_state and stored < self._n_hashes * padded:
       raise ValueError(f'the state holds buckets for {stored} ids, the input '
-                       f'needs {self._n_hashes} x {length}: run the forward '
+                       f'needs {self._n_hashes} x {padded}: run the forward '
                        f'pass on this input first')
 
   def hash_vectors(self, vecs, rng, mask=None):
