@@ -17,8 +17,10 @@ Expected values, per test:
     the whole sequence and one chunk spanning it, both are exact causal
     attention, so the argmax tokens must agree).
 
-Measured (float32, CPU): outputs within 3e-7 of Trax's and 1.2e-6 of the
-oracle's (position 0: 2e-7); states bit-identical.
+Measured (float32, CPU): outputs within 3.0e-7 of Trax's and 3.9e-7 of
+the oracle's (queries that saw only themselves: 5.4e-3); states
+bit-identical. The greedy samples of the 40-step lab model equal those of
+full recomputation; 29% of its copied tokens are right (chance: 9%).
 """
 import jax
 import jax.numpy as jnp
