@@ -219,15 +219,13 @@ def _eval_greedy(config, checkpoint, tokens, prefix_len):
   model.init_from_file(checkpoint, weights_only=True,
                        input_signature=shapes.signature(tokens))
   model.rng = jax.random.PRNGKey(0)
-  sequence = tokens[:, :prefix_len]
-  for _ in range(tokens.shape[1] - prefix_len):
-    # The model predicts position t from the tokens before t: a placeholder
-    # at the next position. Lengths 6 and 7 < chunk_len = 8: the layer pads
-    # them (any-length inputs).
-    placeholder = np.zeros_like(sequence[:, :1])
-    logits = model(jnp.asarray(np.concatenate([sequence, placeholder], 1)))
-    sequence = np.concatenate(
-        [sequence, np.argmax(np.asarray(logits)[:, -1:], axis=-1)], axis=1)
+  sequence = np.zeros_like(tokens)
+  sequence[:, :prefix_len] = tokens[:, :prefix_len]
+  for t in range(prefix_len, tokens.shape[1]):
+    # Position t is predicted from the tokens before it (the model shifts
+    # right); zeros after them are invisible to it (causal).
+    logits = np.asarray(model(jnp.asarray(sequence)))
+    sequence[:, t] = np.argmax(logits[:, t], axis=-1)
   return sequence[:, prefix_len:]
 
 
