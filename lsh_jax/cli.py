@@ -3,6 +3,7 @@
     lsh-jax train CONFIG [--output-dir DIR] [--steps N] [-b BINDING ...]
     lsh-jax evaluate CONFIG CHECKPOINT [--n-hashes 1 2 4 8]
     lsh-jax demo [--output-dir DIR]
+    lsh-jax sample RUN_DIR [--examples N] [--n-hashes R]
     lsh-jax explain | quality | bench [...]
 
 Each subcommand is a module of `lsh_jax.commands` with `HELP`,
@@ -24,6 +25,7 @@ COMMANDS = {
     'demo': 'lsh_jax.commands.demo',
     'explain': 'lsh_jax.explain',
     'quality': 'lsh_jax.quality',
+    'sample': 'lsh_jax.commands.sample',
     'bench': 'lsh_jax.commands.bench',
 }
 

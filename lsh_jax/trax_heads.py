@@ -7,8 +7,9 @@ pairs, numbered p = example * H + head as in Trax's layer state. A *block*
 is E examples x N heads computed at once (E * N = Trax's `n_parallel_heads`,
 all P pairs by default).
 
-`head_fn(x [L, Dm], mask [L] or None, w_h, s_h) -> (out [L, Dm], new_s_h)`
-computes one head of one example. `forward_and_or_backward` vmaps it over
+`head_fn(x [L, Dm], mask [L] or None, w_h, s_h) -> (out [T, Dm], new_s_h)`
+computes one head of one example (T = L, except in decoding, where x is the
+layer's memory and the output covers the new tokens only). `forward_and_or_backward` vmaps it over
 the N heads and E examples of a block and sums the heads. Blocks run one
 after another in a `lax.fori_loop` (one block: no loop). With `output_grad`
 it returns gradients too, taking each block's vjp right after recomputing
@@ -129,10 +130,11 @@ def forward_and_or_backward(head_fn, x, mask, weights, state, *, n_heads,
     return out, (new_s if update_state else state), x_grad, w_grad
 
   zeros = lambda tree: jax.tree_util.tree_map(jnp.zeros_like, tree)
-  # The new state may differ in shape from the old one (buckets follow L).
-  new_state_shape = jax.eval_shape(lambda: run_block(0)[2])
+  # The new state may differ in shape from the old one (buckets follow L),
+  # and the output from x (decoding reads a memory, returns new positions).
+  out_shape, new_state_shape = jax.eval_shape(lambda: run_block(0)[1:3])
   carry = dict(
-      out=jnp.zeros(x.shape, x.dtype),
+      out=jnp.zeros((batch,) + out_shape.shape[1:], out_shape.dtype),
       state=jax.tree_util.tree_map(
           lambda s: jnp.zeros((batch * n_heads,) + s.shape[1:], s.dtype),
           new_state_shape) if update_state else None,

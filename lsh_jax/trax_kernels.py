@@ -46,9 +46,11 @@ class Spec:
   n_hashes: int = 1
   n_buckets: Union[int, Tuple[int, ...], None] = None
   max_length_for_buckets: Optional[int] = None
+  predict_mem_len: Optional[int] = None  # mode='predict' only
+  predict_drop_len: Optional[int] = None
 
 
-def _project(x, weights, spec):
+def project(x, weights, spec):
   """x [L, Dm] -> (q [L, D], k [L, D] or None, v [L, Dv], w_o [Dv, Dm])."""
   names = ('q', 'v') if spec.share_qk else ('q', 'k', 'v')
   kernels = dict(zip(names, weights))
@@ -79,7 +81,7 @@ def lsh_head(x, mask, weights, state, *, spec, attend_rng, update_state):
   Returns:
     (out [L, Dm] before output dropout, new state).
   """
-  q, _, v, w_o = _project(x, weights, spec)
+  q, _, v, w_o = project(x, weights, spec)
   length = x.shape[0]
   n_rounds = spec.n_hashes
   n_buckets, n_ids = bucket_ids(spec, length, mask is not None)
@@ -137,7 +139,7 @@ def dense_head(x, mask, weights, state, *, spec, attend_rng, update_state):
     (out [L, Dm] before output dropout, state unchanged).
   """
   del update_state
-  q, k, v, w_o = _project(x, weights, spec)
+  q, k, v, w_o = project(x, weights, spec)
   length = x.shape[0]
   if spec.chunk_len is None and not spec.attention_dropout:
     o = lsh_jax.full_attention(q, v, k=k, causal=spec.causal, mask=mask)

@@ -23,7 +23,14 @@ Arguments Trax has and lsh_jax treats differently:
     intermediates (more memory, same values). The default custom backward
     recomputes the forward pass per block from the stored buckets and takes
     its vjp there (what reversible layers call; the Reformer memory saving).
-  mode='predict' (incremental decoding) is not supported: ValueError.
+  mode='predict' (LSH layer, causal=True, masked=False): incremental
+    decoding with Trax's state layout and algorithm, `lsh_jax.trax_predict`
+    (one jit-compiled call per step); the dense layer has no predict mode.
+Any length L >= 1 in train/eval: when L is not a multiple of chunk_len the
+layer pads to the next multiple with masked positions (padding goes to its
+own bucket and is never attended to) and strips the padding from the
+output; the state then holds buckets for the padded length. Lengths that
+are multiples run exactly as in Trax.
 Deliberate difference (lsh_jax SPEC.md §3): padding is masked at every
 position; Trax 1.4.1 leaves padding at positions 0 and 1 visible.
 
@@ -40,9 +47,11 @@ from trax.layers.research import efficient_attention
 
 import lsh_jax
 from lsh_jax import trax_kernels
+from lsh_jax import trax_predict
 from lsh_jax import validation
 
 _MODES = ('train', 'eval')
+_LSH_MODES = ('train', 'eval', 'predict')
 
 
 def _check_rate(name, rate):
@@ -58,14 +67,15 @@ def _check_rate(name, rate):
 
 def _check_common(*, n_heads, d_qk, d_v, causal, mode, chunk_len,
                   n_chunks_before, n_chunks_after, attention_dropout,
-                  output_dropout, n_parallel_heads):
+                  output_dropout, n_parallel_heads, modes=_MODES):
   """Checks the arguments both layers share; returns the clean values."""
-  if mode not in _MODES:
+  if mode not in modes:
     if mode == 'predict':
-      raise ValueError("mode='predict' (incremental decoding) is not "
-                       'supported by lsh_jax.trax_layer; use Trax\'s layer '
-                       "for fast decoding, or mode='eval'")
-    raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
+      raise ValueError("mode='predict' (incremental decoding) is supported "
+                       'by lsh_jax.trax_layer.LSHSelfAttention only; use '
+                       "mode='eval' here")
+    names = ', '.join(repr(m) for m in modes)
+    raise ValueError(f'mode must be one of {names}, got {mode!r}')
   for name, value in (('n_heads', n_heads), ('d_qk', d_qk), ('d_v', d_v)):
     validation.check_positive_int(name, value)
   if chunk_len is not None:
@@ -118,8 +128,30 @@ class _Computation:
       mask = mask.astype(jnp.bool_)
     return x, mask, single
 
-  def _check_length(self, length, state, update_state):
+  def _check_length(self, length, padded, state, update_state):
     """Hook for length checks against the state (LSH overrides it)."""
+
+  def _pad(self, x, mask, output_grad):
+    """Pads x [B, L, Dm] to a multiple of chunk_len with masked positions.
+
+    Returns (x, mask or None, output_grad or None), padded; unchanged when
+    there are no chunks or L is a multiple of chunk_len.
+    """
+    if output_grad is not None:
+      output_grad = jnp.asarray(output_grad)
+    chunk_len, length = self._spec.chunk_len, x.shape[1]
+    if chunk_len is None or length % chunk_len == 0:
+      return x, mask, output_grad
+    extra = chunk_len - length % chunk_len
+    pad = lambda a: jnp.pad(a, ((0, 0), (0, extra)) + ((0, 0),) * (a.ndim - 2))
+    if mask is None:
+      mask = jnp.ones(x.shape[:2], jnp.bool_)
+    if output_grad is not None:
+      output_grad = pad(output_grad)
+    return pad(x), pad(mask), output_grad
+
+  def _predict(self, x, weights, state, output_grad, update_state):
+    raise NotImplementedError  # only LSHSelfAttention has a predict mode
 
   def forward(self, inputs):
     output, new_state, _, _ = self.forward_and_or_backward(
@@ -152,20 +184,24 @@ class _Computation:
       or None), as Trax's `forward_and_or_backward`.
     """
     x, mask, single = self._unpack(inputs)
-    self._check_length(x.shape[1], state, update_state)
+    if getattr(self, '_incremental', False):
+      return self._predict(x, weights, state, output_grad, update_state)
+    length = x.shape[1]
+    x, mask, output_grad = self._pad(x, mask, output_grad)
+    self._check_length(length, x.shape[1], state, update_state)
     if rng is None:
       if self._spec.attention_dropout or self._spec.output_dropout:
         raise ValueError('rng is required when dropout rates are > 0')
       rng = jax.random.PRNGKey(0)  # unused: nothing is random
-    if output_grad is not None:
-      output_grad = jnp.asarray(output_grad)
     out, new_state, x_grad, w_grad = trax_kernels.run(
         x, mask, tuple(weights), tuple(state), rng, output_grad,
         spec=self._spec, update_state=update_state)
+    out = out[:, :length]
     inputs_grad = None
     if output_grad is not None:
+      x_grad = x_grad[:, :length]
       inputs_grad = x_grad if single else (
-          x_grad, np.zeros(mask.shape, jax.dtypes.float0))
+          x_grad, np.zeros((x.shape[0], length), jax.dtypes.float0))
     return (out if compute_output else None,
             new_state if update_state else None, inputs_grad, w_grad)
 
@@ -186,9 +222,15 @@ class LSHSelfAttention(_Computation,
         n_heads=n_heads, d_qk=d_qk, d_v=d_v, causal=causal, mode=mode,
         chunk_len=chunk_len, n_chunks_before=n_chunks_before,
         n_chunks_after=n_chunks_after, attention_dropout=attention_dropout,
-        output_dropout=output_dropout, n_parallel_heads=n_parallel_heads)
+        output_dropout=output_dropout, n_parallel_heads=n_parallel_heads,
+        modes=_LSH_MODES)
     if chunk_len is None:
       raise ValueError('chunk_len must be a positive int, got None')
+    if mode == 'predict':
+      predict_mem_len, predict_drop_len = _check_predict(
+          causal=causal, masked=masked, chunk_len=chunk_len,
+          n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
+          predict_mem_len=predict_mem_len, predict_drop_len=predict_drop_len)
     n_hashes = validation.check_positive_int('n_hashes', n_hashes)
     if n_buckets is not None:
       n_buckets = validation.check_n_buckets(n_buckets)
@@ -208,17 +250,31 @@ class LSHSelfAttention(_Computation,
         use_reference_code=use_reference_code)
     self._spec = trax_kernels.Spec(
         kind='lsh', bias=bool(bias), n_hashes=n_hashes, n_buckets=n_buckets,
-        max_length_for_buckets=max_length_for_buckets, **common)
+        max_length_for_buckets=max_length_for_buckets,
+        predict_mem_len=predict_mem_len if mode == 'predict' else None,
+        predict_drop_len=predict_drop_len if mode == 'predict' else None,
+        **common)
 
-  def _check_length(self, length, state, update_state):
+  def _predict(self, x, weights, state, output_grad, update_state):
+    """mode='predict': T new tokens in, their outputs and the new state."""
+    if output_grad is not None or not update_state:
+      raise ValueError("mode='predict' has no backward pass (decoding only); "
+                       "train with mode='train'")
+    out, new_state = trax_predict.call(x, tuple(weights), _as_tuples(state),
+                                       spec=self._spec)
+    return out, new_state, None, None
+
+  def _check_length(self, length, padded, state, update_state):
     max_length = self._max_length_for_buckets
-    if max_length and length > max_length:
-      raise ValueError(f'input length {length} exceeds max_length_for_buckets'
-                       f'={max_length}')
+    if max_length and padded > max_length:
+      also = '' if padded == length else (
+          f' (padded to {padded}, a multiple of chunk_len={self._chunk_len})')
+      raise ValueError(f'input length {length}{also} exceeds '
+                       f'max_length_for_buckets={max_length}')
     stored = np.shape(state[0])[-1]
-    if not update_state and stored < self._n_hashes * length:
+    if not update_state and stored < self._n_hashes * padded:
       raise ValueError(f'the state holds buckets for {stored} ids, the input '
-                       f'needs {self._n_hashes} x {length}: run the forward '
+                       f'needs {self._n_hashes} x {padded}: run the forward '
                        f'pass on this input first')
 
   def hash_vectors(self, vecs, rng, mask=None):
@@ -282,6 +338,40 @@ class SelfAttention(_Computation, efficient_attention.SelfAttention):
                         update_state):
     """One example, one head: (out [L, d_model], state), as Trax's."""
     return _one_pair(self._spec, x, mask, weights, state, rng, update_state)
+
+
+def _as_tuples(tree):
+  """Lists (a checkpoint's) as tuples, so jit sees one tree structure."""
+  if isinstance(tree, (list, tuple)):
+    return tuple(_as_tuples(t) for t in tree)
+  return tree
+
+
+def _check_predict(*, causal, masked, chunk_len, n_chunks_before,
+                   n_chunks_after, predict_mem_len, predict_drop_len):
+  """Checks mode='predict' arguments; returns (mem_len, drop_len).
+
+  None or 0 lengths default as in Trax: memory chunk_len * (1 +
+  n_chunks_before), drop chunk_len.
+  """
+  if not causal:
+    raise ValueError("mode='predict' needs causal=True (decoding sees only "
+                     'earlier tokens), got causal=False')
+  if masked:
+    raise ValueError("mode='predict' needs masked=False (decoding has no "
+                     'padding input; memory not yet written is in the '
+                     'future, hidden by the causal mask)')
+  if n_chunks_after:
+    raise ValueError(f"mode='predict' needs n_chunks_after=0 (later chunks "
+                     f'are not decoded yet), got {n_chunks_after}')
+  mem_len = validation.check_positive_int(
+      'predict_mem_len', predict_mem_len or chunk_len * (1 + n_chunks_before))
+  drop_len = validation.check_positive_int('predict_drop_len',
+                                           predict_drop_len or chunk_len)
+  if drop_len > mem_len:
+    raise ValueError(f'predict_drop_len must be <= predict_mem_len='
+                     f'{mem_len}, got {drop_len}')
+  return mem_len, drop_len
 
 
 def _one_pair(spec, x, mask, weights, state, rng, update_state):

@@ -15,25 +15,10 @@ import numpy as np
 import pytest
 
 from lsh_jax import cli
-from trax_testing import trax_env  # noqa: F401  (fixture)
+from trax_testing import trained_run, trax_env  # noqa: F401  (fixtures)
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), 'configs', 'lab_lsh_layer.gin')
-
-
-@pytest.fixture(scope='module')
-def trained_run(trax_env, tmp_path_factory):  # pylint: disable=unused-argument
-  """Trains the lab config for 40 steps; returns (run dir, printed lines)."""
-  import contextlib  # pylint: disable=import-outside-toplevel
-  import io  # pylint: disable=import-outside-toplevel
-  run_dir = str(tmp_path_factory.mktemp('run'))
-  printed = io.StringIO()
-  with contextlib.redirect_stdout(printed):
-    status = cli.main(['train', CONFIG, '--output-dir', run_dir, '--steps',
-                       '40'])
-  assert status == 0
-  yield run_dir, printed.getvalue().splitlines()
-  gin.clear_config()
 
 
 def test_training_lowers_the_loss_and_prints_progress(trained_run):

@@ -203,8 +203,9 @@ def test_bias_weights_as_trax_and_value_bias_shifts_output(trax_env):
 
 
 @pytest.mark.parametrize('kwargs,message', [
-    (dict(mode='predict', causal=True), "mode='predict'"),
-    (dict(mode='training'), "mode must be 'train' or 'eval'"),
+    (dict(mode='predict'), "mode='predict' needs causal=True"),
+    (dict(mode='training'),
+     "mode must be one of 'train', 'eval', 'predict', got 'training'"),
     (dict(n_buckets=5), 'n_buckets must be an even int'),
     (dict(n_buckets=[4, 3]), 'every n_buckets factor'),
     (dict(n_hashes=0), 'n_hashes must be >= 1'),
@@ -240,5 +241,79 @@ def test_input_errors(trax_env):
     call((jnp.ones((2, 8), jnp.float32), jnp.ones((2, 8), bool)))
   with pytest.raises(ValueError, match='exceeds max_length_for_buckets=8'):
     call((jnp.ones((2, 12, 3)), jnp.ones((2, 12), bool)))
-  with pytest.raises(ValueError, match='multiple of chunk_len'):
-    call((jnp.ones((2, 6, 3)), jnp.ones((2, 6), bool)))
+  layer = trax_env.ours.LSHSelfAttention(n_heads=1, d_qk=2, d_v=2,
+                                         chunk_len=8,
+                                         max_length_for_buckets=10)
+  layer.init(trax_env.shapes.signature(x))
+  with pytest.raises(ValueError, match=r'input length 9 \(padded to 16, a '
+                     r'multiple of chunk_len=8\) exceeds max_length_for_'
+                     r'buckets=10'):
+    layer.forward_and_or_backward(jnp.ones((2, 9, 3)), layer.weights,
+                                  layer.state, layer.rng)
+
+
+# name: (kwargs, (batch, length, d_model), mask of the unpadded input or None)
+ANY_LENGTH_CASES = {
+    'causal_13': (dict(n_heads=2, d_qk=4, d_v=3, chunk_len=4,
+                       n_chunks_before=1, n_hashes=2, n_buckets=4,
+                       causal=True), (2, 13, 5), None),
+    'masked_auto_buckets_10': (dict(
+        n_heads=1, d_qk=3, d_v=4, chunk_len=8, n_chunks_before=0,
+        n_chunks_after=1, n_hashes=3, n_buckets=None, masked=True,
+        n_parallel_heads=None), (1, 10, 6), [True] * 7 + [False] + [True] * 2),
+}
+
+
+@pytest.mark.parametrize('case', list(ANY_LENGTH_CASES))
+def test_any_length_is_padded_with_masked_positions(trax_env, case):
+  """A length that is not a multiple of chunk_len: expected values are
+  Trax's masked layer on the input padded to the next multiple, with the
+  padding masked (its padding sits at the end, away from positions 0-1):
+  outputs, new state (buckets for the padded length) and gradients of the
+  real positions."""
+  kwargs, shape, valid = ANY_LENGTH_CASES[case]
+  batch, length, d_model = shape
+  padded = -(-length // kwargs['chunk_len']) * kwargs['chunk_len']
+  x = jax.random.normal(jax.random.PRNGKey(0), shape)
+  x_padded = jnp.pad(x, ((0, 0), (0, padded - length), (0, 0)))
+  mask = jnp.asarray([valid or [True] * length] * batch)
+  mask_padded = jnp.pad(mask, ((0, 0), (0, padded - length)))
+  ours = trax_env.ours.LSHSelfAttention(**kwargs)
+  ours.init(trax_env.shapes.signature((x, mask) if valid else x),
+            rng=trax_env.fastmath.random.get_prng(1))
+  theirs = trax_env.tl.LSHSelfAttention(**dict(kwargs, masked=True))
+  theirs.init(trax_env.shapes.signature((x_padded, mask_padded)),
+              rng=trax_env.fastmath.random.get_prng(1))
+  assert_trees_equal(ours.weights, theirs.weights)
+  rng = jax.random.PRNGKey(3)
+  cotangent = jax.random.normal(jax.random.PRNGKey(4), shape) * np.asarray(
+      mask)[..., None]
+  got = run_with_grads(ours, (x, mask) if valid else x, rng, cotangent)
+  expected = run_with_grads(
+      theirs, (x_padded, mask_padded), rng,
+      jnp.pad(cotangent, ((0, 0), (0, padded - length), (0, 0))))
+  real = np.asarray(mask)
+  assert got[0].shape == shape
+  np.testing.assert_allclose(np.asarray(got[0])[real],
+                             np.asarray(expected[0])[:, :length][real],
+                             rtol=0, atol=OUT_ATOL)
+  assert_trees_equal(got[1], expected[1])
+  np.testing.assert_allclose(got[2], expected[2][:, :length], rtol=GRAD_RTOL,
+                             atol=GRAD_ATOL)
+  assert_trees_close(got[3], expected[3], rtol=GRAD_RTOL, atol=GRAD_ATOL)
+
+
+def test_length_one(trax_env):
+  """One token attends only to itself: derivation, the output is
+  sum over heads of (x @ w_v) @ w_o, to SPEC.md §5's 1e-2 for a query that
+  sees only itself (relative: the round weights of logits near -1e5 sum
+  to 1 only to float32's 2**-7 there; 4e-3 seen)."""
+  layer = trax_env.ours.LSHSelfAttention(n_heads=2, d_qk=3, d_v=4,
+                                         chunk_len=4, n_hashes=2,
+                                         n_buckets=2, causal=True)
+  x = jax.random.normal(jax.random.PRNGKey(0), (3, 1, 5))
+  layer.init(trax_env.shapes.signature(x))
+  w_q, w_v, w_o = layer.weights
+  del w_q
+  expected = jnp.einsum('bld,hdv,hvm->blm', x, w_v, w_o)
+  np.testing.assert_allclose(layer(x), expected, rtol=1e-2, atol=1e-5)

@@ -75,3 +75,66 @@ def assert_trees_equal(actual, expected):
   for a, e in zip(jax.tree_util.tree_leaves(actual),
                   jax.tree_util.tree_leaves(expected)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(e))
+
+
+def old_jax_shim(fastmath):
+  """Trax's `fastmath` with the two calls its decoding needs from old JAX.
+
+  Trax 1.4.1's `_use_predict_mem` / `_incremental_forward_unbatched` call
+  `lax.cond(pred=, true_operand=, true_fun=, false_operand=, false_fun=)`
+  (keywords JAX removed) and branch in Python on
+  `stop_gradient(seqlen)` (a Python int that old JAX returned unchanged).
+  Test-only: the library never runs Trax's attention code.
+  """
+  def cond(*args, pred=None, true_operand=None, true_fun=None,
+           false_operand=None, false_fun=None, **kwargs):
+    if args:
+      return jax.lax.cond(*args, **kwargs)
+    return jax.lax.cond(pred, lambda ops: true_fun(ops[0]),
+                        lambda ops: false_fun(ops[1]),
+                        (true_operand, false_operand))
+
+  def stop_gradient(x):
+    return x if isinstance(x, int) else jax.lax.stop_gradient(x)
+
+  names = {name: getattr(fastmath, name) for name in dir(fastmath)
+           if not name.startswith('__')}
+  return types.SimpleNamespace(**dict(names, cond=cond,
+                                      stop_gradient=stop_gradient))
+
+
+@pytest.fixture(scope='session')
+def trax_decoding(trax_env):  # pylint: disable=redefined-outer-name
+  """Trax's efficient_attention with `old_jax_shim` in place, then restored."""
+  from trax.layers.research import efficient_attention  # pylint: disable=import-outside-toplevel
+  original = efficient_attention.fastmath
+  efficient_attention.fastmath = old_jax_shim(original)
+  yield efficient_attention
+  efficient_attention.fastmath = original
+
+
+@pytest.fixture(scope='session')
+def trained_run(trax_env, tmp_path_factory):  # pylint: disable=redefined-outer-name,unused-argument
+  """configs/lab_lsh_layer.gin trained 40 steps by `lsh-jax train`.
+
+  Returns (run dir, printed lines). Session-scoped so every module that
+  imports it shares one training run.
+  """
+  import contextlib  # pylint: disable=import-outside-toplevel
+  import io  # pylint: disable=import-outside-toplevel
+  import os  # pylint: disable=import-outside-toplevel
+
+  import gin  # pylint: disable=import-outside-toplevel
+
+  from lsh_jax import cli  # pylint: disable=import-outside-toplevel
+  config = os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), 'configs', 'lab_lsh_layer.gin')
+  run_dir = str(tmp_path_factory.mktemp('run'))
+  printed = io.StringIO()
+  with contextlib.redirect_stdout(printed):
+    status = cli.main(['train', config, '--output-dir', run_dir, '--steps',
+                       '40'])
+  assert status == 0
+  gin.clear_config()
+  yield run_dir, printed.getvalue().splitlines()
+  gin.clear_config()

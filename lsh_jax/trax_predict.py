@@ -1,0 +1,244 @@
+"""Incremental decoding (`mode='predict'`) of the LSH layer: Trax's algorithm.
+
+Pure JAX (no Trax import): the computation behind
+`lsh_jax.trax_layer.LSHSelfAttention(mode='predict')`, Trax 1.4.1's
+`_use_predict_mem` and `_incremental_forward_unbatched` written for today's
+JAX, one jit-compiled `call` per step.
+
+Shapes: B batch, H heads, P = B * H (example, head) pairs, T tokens given
+in one call, M = predict_mem_len, Dm model depth, D = d_qk, R = n_hashes,
+C = chunk_len, K = R * C * (1 + n_chunks_before) keys per decoded token.
+
+State, Trax's layout (its `init_weights_and_state` in predict mode):
+  (mem_end int32[], (mem float[B, M, Dm],),
+   (buckets int32[P, R * M], buckets_idx int32[P], hash_key uint32[P, 2]))
+`mem` holds the layer's inputs, the next one goes to position `mem_end`;
+`buckets` are the memory positions' bucket ids, flat with round offsets
+(`bucket + h * n_buckets_total`, Trax's `hash_vectors`); `buckets_idx` is
+where the next token's buckets go; the hash key stays fixed while decoding.
+
+A call with T tokens (`call`):
+  * T <= predict_drop_len and T < M (one decoded token, a short prefix):
+    when the memory cannot take T more, its oldest `predict_drop_len`
+    positions are dropped (everything moves left, zeros come in at the end,
+    the buckets likewise); the tokens are written at `mem_end`. T = 1:
+    `step_head`; T > 1: `prefix_head` over the whole memory.
+  * otherwise, a long prefix at the start of a sequence: `prefix_head`
+    over the T tokens; the memory keeps the last M of them. Not at the
+    start (mem_end > 0), the outputs are NaN, Trax's error signal.
+`step_head` costs O(M) for the selection plus O(K) attention, whatever the
+number of tokens decoded so far; `prefix_head` is the layer's chunked LSH
+attention over the prefix padded to a multiple of C.
+
+Where this differs from Trax, on purpose:
+  * n_buckets=None: Trax resolves the automatic count from the length it
+    hashes, so the prefix (length M or T) and each decoded token (length 2:
+    2 buckets) use different hash functions. Here both use
+    `auto_n_buckets(max_length_for_buckets or M, C)` (the training length
+    when `max_length_for_buckets` is set, as in the copy configs).
+  * a multi-token call after the start reads its outputs at its own
+    positions and rolls the buckets with the memory (Trax returns the first
+    positions' outputs and leaves the buckets unrolled).
+"""
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+import lsh_jax
+from lsh_jax import chunked
+from lsh_jax import hashing
+from lsh_jax import masks
+from lsh_jax import trax_heads
+from lsh_jax import trax_kernels
+
+
+def n_buckets(spec):
+  """The bucket count used while decoding (module docstring)."""
+  if spec.n_buckets is not None:
+    return spec.n_buckets
+  length = spec.max_length_for_buckets or spec.predict_mem_len
+  return lsh_jax.auto_n_buckets(length, spec.chunk_len)
+
+
+def n_keys(spec):
+  """K: how many memory positions a decoded token attends to."""
+  return spec.n_hashes * spec.chunk_len * (1 + spec.n_chunks_before)
+
+
+def _offsets(spec):
+  """Round offsets of Trax's flat bucket ids: int32[R, 1]."""
+  n_ids = hashing.n_buckets_total(n_buckets(spec))
+  return n_ids * jnp.arange(spec.n_hashes, dtype=jnp.int32)[:, None]
+
+
+def _roll_buckets(buckets, buckets_idx, q_start, drop_len):
+  """Drops the oldest positions' buckets when the memory was rolled.
+
+  buckets int32[R, M]. Trax's `roll_buckets`: the window of M starting at
+  `buckets_idx - q_start` (clamped to `drop_len`, as `dynamic_slice` does)
+  of the buckets followed by `drop_len` zeros.
+  """
+  extended = jnp.pad(buckets, ((0, 0), (0, drop_len)))
+  shift = jnp.clip(buckets_idx - q_start, 0, drop_len)
+  rolled = lax.dynamic_slice_in_dim(extended, shift, buckets.shape[1], axis=1)
+  return jnp.where(buckets_idx > q_start, rolled, buckets)
+
+
+def prefix_head(x, mask, weights, state, *, spec, q_start, q_len):
+  """Several tokens at once, one head of one example.
+
+  Args:
+    x: float[T', Dm], the tokens (a long prefix) or the whole memory (a
+      short one); the new tokens are x[q_start:q_start + q_len].
+    mask: None (decoding has no padding input).
+    weights, state: one head's weights, one pair's state (module docstring).
+    spec: `trax_kernels.Spec`.
+    q_start: int32[] position of the first new token.
+    q_len: static, the number of new tokens.
+
+  Returns:
+    (out float[q_len, Dm], new state).
+  """
+  del mask
+  buckets, buckets_idx, hash_key = state
+  n_rounds, mem_len = spec.n_hashes, spec.predict_mem_len
+  length = x.shape[0]
+  padded = -(-length // spec.chunk_len) * spec.chunk_len
+  x = jnp.pad(x, ((0, padded - length), (0, 0)))  # zeros, after the tokens
+  q, _, v, w_o = trax_kernels.project(x, weights, spec)
+  count = n_buckets(spec)
+  new_buckets = lsh_jax.hash_vectors(q, hash_key, count, n_rounds)  # [R, L']
+  o = lsh_jax.lsh_attention_from_buckets(
+      q, v, new_buckets, chunk_len=spec.chunk_len,
+      n_chunks_before=spec.n_chunks_before,
+      n_chunks_after=spec.n_chunks_after, causal=True,
+      n_ids=hashing.n_buckets_total(count))
+  out = lax.dynamic_slice_in_dim(o, q_start, q_len) @ w_o
+  update = lax.dynamic_slice_in_dim(new_buckets + _offsets(spec), q_start,
+                                    q_len, axis=1)[:, -mem_len:]
+  buckets = _roll_buckets(buckets.reshape(n_rounds, mem_len), buckets_idx,
+                          q_start, spec.predict_drop_len)
+  buckets = lax.dynamic_update_slice_in_dim(buckets, update, q_start, axis=1)
+  return out, (buckets.reshape(-1), buckets_idx + q_len, hash_key)
+
+
+def select_keys(buckets, q_buckets, q_start, n_selected):
+  """Trax's choice of the memory positions a decoded token attends to.
+
+  Positions sharing a bucket with the token in some round come first, then
+  the others, each group by recency; future positions last. Trax's
+  priorities, all distinct: position t <= q_start + 1 scores t, a later one
+  -(M + t); sharing a bucket adds M. (Trax counts q_start + 1 as a past
+  position; the causal mask hides it anyway.)
+
+  Args:
+    buckets: int32[R, M] the memory's buckets, the token's included.
+    q_buckets: int32[R, 1] the token's buckets.
+    q_start: int32[] the token's position.
+    n_selected: static, min(K, M).
+
+  Returns:
+    int32[n_selected] positions, lowest priority first (Trax's order).
+  """
+  mem_len = buckets.shape[1]
+  shares = jnp.any(buckets == q_buckets, axis=0)  # [M]
+  positions = jnp.arange(mem_len, dtype=jnp.int32)
+  priority = jnp.where(positions > q_start + 1, -(mem_len + positions),
+                       positions) + mem_len * shares.astype(jnp.int32)
+  _, chosen = lax.top_k(priority, n_selected)  # highest first
+  return chosen[::-1]
+
+
+def step_head(x, mask, weights, state, *, spec, q_start):
+  """One decoded token, one head of one example (Trax's q_len == 1 path).
+
+  Args:
+    x: float[M, Dm] the memory, the token at `q_start`.
+    mask: None.
+    weights, state, spec: as in `prefix_head`.
+    q_start: int32[] the token's position in the memory.
+
+  Returns:
+    (out float[1, Dm], new state).
+  """
+  del mask
+  buckets, buckets_idx, hash_key = state
+  n_rounds, mem_len = spec.n_hashes, spec.predict_mem_len
+  buckets = _roll_buckets(buckets.reshape(n_rounds, mem_len), buckets_idx,
+                          q_start, spec.predict_drop_len)
+  token = lax.dynamic_slice_in_dim(x, q_start, 1)  # [1, Dm]
+  q, _, _, w_o = trax_kernels.project(token, weights, spec)  # q [1, D]
+  q_buckets = lsh_jax.hash_vectors(q, hash_key, n_buckets(spec),
+                                   n_rounds) + _offsets(spec)  # [R, 1]
+  buckets = lax.dynamic_update_slice_in_dim(buckets, q_buckets, q_start,
+                                            axis=1)
+  kv_pos = select_keys(buckets, q_buckets, q_start,
+                       min(n_keys(spec), mem_len))  # [K]
+  k, _, v, _ = trax_kernels.project(x[kv_pos], weights, spec)  # [K, D]
+  dots = q @ chunked.normalize_keys(k).T  # [1, K]
+  dots = masks.mask_logits(dots, jnp.reshape(q_start, (1,)), kv_pos,
+                           causal=True)
+  probs = jnp.exp(dots - jax.nn.logsumexp(dots, axis=-1, keepdims=True))
+  out = (probs @ v) @ w_o
+  return out, (buckets.reshape(-1), jnp.asarray(q_start + 1,
+                                                buckets_idx.dtype), hash_key)
+
+
+def _append(mem, mem_end, x, drop_len):
+  """Trax's short-call memory update: roll if full, write x at mem_end.
+
+  Returns:
+    (mem float[B, M, Dm], q_start int32[]).
+  """
+  mem_len, n_new = mem.shape[1], x.shape[1]
+  roll = mem_end + n_new > mem_len
+  mem = lax.cond(
+      roll, lambda m: jnp.pad(m[:, drop_len:], ((0, 0), (0, drop_len),
+                                                (0, 0))),
+      lambda m: m, mem)
+  q_start = jnp.where(roll, mem_end - drop_len, mem_end)
+  mem = lax.dynamic_update_slice_in_dim(mem, x.astype(mem.dtype), q_start,
+                                        axis=1)
+  return mem, q_start
+
+
+@functools.partial(jax.jit, static_argnames=('spec',))
+def call(x, weights, state, *, spec):
+  """The layer in predict mode on T new tokens.
+
+  Args:
+    x: float[B, T, Dm] the new tokens.
+    weights: per-head weights, leading axis H (`trax_kernels`).
+    state: Trax's predict state (module docstring).
+    spec: `trax_kernels.Spec` with predict_mem_len and predict_drop_len.
+
+  Returns:
+    (out float[B, T, Dm], new state).
+  """
+  mem_end, (mem,), head_state = state
+  mem_end = jnp.asarray(mem_end, jnp.int32)
+  n_new, mem_len = x.shape[1], spec.predict_mem_len
+  if n_new <= spec.predict_drop_len and n_new < mem_len:
+    mem, q_start = _append(mem, mem_end, x, spec.predict_drop_len)
+    inputs, new_end = mem, q_start + n_new
+  else:  # a long prefix: only at the start of a sequence
+    inputs = jnp.where(mem_end == 0, x, jnp.nan).astype(x.dtype)
+    if n_new >= mem_len:
+      mem = x[:, n_new - mem_len:].astype(mem.dtype)
+    else:
+      mem = jnp.pad(x, ((0, 0), (0, mem_len - n_new), (0, 0))).astype(
+          mem.dtype)
+    q_start, new_end = jnp.zeros((), jnp.int32), jnp.int32(min(n_new,
+                                                                mem_len))
+  if n_new == 1:
+    head_fn = functools.partial(step_head, spec=spec, q_start=q_start)
+  else:
+    head_fn = functools.partial(prefix_head, spec=spec, q_start=q_start,
+                                q_len=n_new)
+  out, new_head_state, _, _ = trax_heads.forward_and_or_backward(
+      head_fn, inputs, None, weights, head_state, n_heads=spec.n_heads,
+      n_parallel_heads=spec.n_parallel_heads)
+  return out.astype(x.dtype), (new_end.astype(jnp.int32), (mem,),
+                               new_head_state)
