@@ -1,5 +1,6 @@
 """Shared test set-up: quiet TensorFlow, hypothesis profiles, JAX fixtures."""
 import os
+import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
@@ -39,6 +40,15 @@ def pytest_collection_modifyitems(config, items):
   for item in items:
     if 'long' in item.keywords:
       item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _clear_gin_after_each_test():
+  """Commands such as `lsh-jax sample` leave their config parsed (gin is
+  global); a later test's layers would pick its bindings up."""
+  yield
+  if 'gin' in sys.modules:
+    sys.modules['gin'].clear_config()
 
 
 @pytest.fixture
