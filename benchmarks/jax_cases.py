@@ -234,14 +234,9 @@ CASES = {
 
 
 def versions():
-  import importlib.metadata as md
-  out = {'jax': jax.__version__}
-  for name in ('jaxlib', 'trax', 'numpy'):
-    try:
-      out[name] = md.version(name)
-    except md.PackageNotFoundError:
-      pass
-  return out
+  import timing
+  return {'jax': jax.__version__,
+          **timing.package_versions(('jaxlib', 'trax', 'numpy'))}
 
 
 def run(impl, length, n_hashes, mode, *, repeats, budget_s):

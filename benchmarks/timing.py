@@ -72,3 +72,15 @@ def time_calls(call, *, repeats, budget_s, first_call_s):
       'min_ms': min(times),
       'max_ms': max(times),
   }
+
+
+def package_versions(names):
+  """{name: installed version} of those of `names` that are installed."""
+  import importlib.metadata as md  # pylint: disable=import-outside-toplevel
+  out = {}
+  for name in names:
+    try:
+      out[name] = md.version(name)
+    except md.PackageNotFoundError:
+      pass
+  return out

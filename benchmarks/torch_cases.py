@@ -83,15 +83,9 @@ CASES = {'hf': hf_case, 'lucidrains': lucidrains_case}
 
 
 def versions():
-  import importlib.metadata as md
   import torch
-  out = {'torch': torch.__version__, 'torch_threads': torch.get_num_threads()}
-  for name in ('transformers', 'reformer-pytorch'):
-    try:
-      out[name] = md.version(name)
-    except md.PackageNotFoundError:
-      pass
-  return out
+  return {'torch': torch.__version__, 'torch_threads': torch.get_num_threads(),
+          **timing.package_versions(('transformers', 'reformer-pytorch'))}
 
 
 def run(impl, length, n_hashes, mode, *, repeats, budget_s):
