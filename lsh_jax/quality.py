@@ -386,7 +386,7 @@ def add_arguments(parser):
 def run(args):
   """The subcommand; returns the exit status."""
   try:
-    lsh_jax.validation.check_chunking(args.length, 1, args.n_chunks_before,
+    lsh_jax.validation.check_chunking(1, args.n_chunks_before,
                                       args.n_chunks_after)
     if args.n_buckets is not None:
       lsh_jax.validation.check_n_buckets(args.n_buckets)

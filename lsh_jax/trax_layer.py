@@ -46,6 +46,7 @@ import numpy as np
 from trax.layers.research import efficient_attention
 
 import lsh_jax
+from lsh_jax import padding
 from lsh_jax import trax_kernels
 from lsh_jax import trax_predict
 from lsh_jax import validation
@@ -142,7 +143,7 @@ class _Computation:
     chunk_len, length = self._spec.chunk_len, x.shape[1]
     if chunk_len is None or length % chunk_len == 0:
       return x, mask, output_grad
-    extra = chunk_len - length % chunk_len
+    extra = padding.padded_length(length, chunk_len) - length
     pad = lambda a: jnp.pad(a, ((0, 0), (0, extra)) + ((0, 0),) * (a.ndim - 2))
     if mask is None:
       mask = jnp.ones(x.shape[:2], jnp.bool_)

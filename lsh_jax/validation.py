@@ -82,16 +82,12 @@ def check_mask(mask, length):
     raise ValueError(f'mask must be boolean (True = real token), got {dtype}')
 
 
-def check_chunking(length, chunk_len, n_chunks_before, n_chunks_after, *,
-                   require_multiple=False):
-  """Checks the chunk settings; any length works unless `require_multiple`
-  (the public entry points pad to a multiple of chunk_len themselves)."""
-  chunk_len = check_positive_int('chunk_len', chunk_len)
+def check_chunking(chunk_len, n_chunks_before, n_chunks_after):
+  """Checks the chunk settings; any length works (the public entry points
+  pad to a multiple of chunk_len themselves, `lsh_jax.padding`)."""
+  check_positive_int('chunk_len', chunk_len)
   check_non_negative_int('n_chunks_before', n_chunks_before)
   check_non_negative_int('n_chunks_after', n_chunks_after)
-  if require_multiple and length % chunk_len:
-    raise ValueError(f'the length of q ({length}) must be a multiple of '
-                     f'chunk_len ({chunk_len})')
 
 
 def check_key(name, key):
@@ -139,7 +135,7 @@ def check_attention_args(q, v, mask, chunk_len, n_chunks_before,
     raise ValueError(f'v must have the same length as q ({length}), got '
                      f'shape {tuple(np.shape(v))}')
   check_mask(mask, length)
-  check_chunking(length, chunk_len, n_chunks_before, n_chunks_after)
+  check_chunking(chunk_len, n_chunks_before, n_chunks_after)
   return check_dropout(attention_dropout, dropout_rng)
 
 
