@@ -5,6 +5,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export TF_CPP_MIN_LOG_LEVEL := 3
+# Test processes (pytest-xdist): XLA compiles on one thread, so two workers
+# keep both cores of a small CI machine busy.
+TEST_WORKERS ?= 2
 
 .PHONY: install demo test fuzz bench explain quality clean
 
@@ -20,7 +23,7 @@ demo: install
 	$(PY) -m lsh_jax.cli demo
 
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
 
 # The long hypothesis campaign against the oracle (fixed seed: derandomized;
 # LSH_FUZZ_EXAMPLES=2000 settings per property by default), then the tests
@@ -28,7 +31,7 @@ test: install
 # host devices).
 fuzz: install
 	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q tests/test_core_oracle.py
-	LSH_LONG_TESTS=1 $(PY) -m pytest -q -m long tests
+	LSH_LONG_TESTS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) -m long tests
 
 bench: install  # the benchmark table (~25 min); BENCH_ARGS=--quick for a few minutes
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
