@@ -2,20 +2,29 @@
 
   .venv/bin/python benchmarks/profile_lsh.py --length 16K --hashes 4
   .venv/bin/python benchmarks/profile_lsh.py --length 1M --hashes 8 --no-time
+  .venv/bin/python benchmarks/profile_lsh.py --length 16K --hashes 4 --ops
 
 Compile-only facts (XLA's memory_analysis and cost_analysis, op counts of
 the optimised HLO) for the forward and forward+backward, then, unless
 --no-time, the median time of each stage jitted on its own: hash, sort,
 the vmapped rounds (sort-permute, chunked attention, undo-sort), combine.
 Stage times add up only roughly to the whole (fusion across stages).
+With --ops: XLA's own per-op times instead (a jax.profiler trace of the
+whole forward and forward+backward), each op with the JAX operation it came
+from, summed over a call; ops inside loops count all their iterations.
 """
 import argparse
 import collections
 import functools
+import glob
+import gzip
+import json
 import os
 import re
+import shutil
 import statistics
 import sys
+import tempfile
 import time
 
 import jax
@@ -62,11 +71,45 @@ def hlo_facts(fn, *args):
       ops={k: ops[k] for k in keep if ops[k]})
 
 
+def op_profile(fn, *args, calls=3, top=25):
+  """Prints XLA's top ops by time per call: ms, count per call, op, origin."""
+  compiled = jax.jit(fn).lower(*args).compile()
+  origin = {}  # HLO instruction name -> the JAX op_name it came from
+  for m in re.finditer(r'%([\w.-]+) = .*?op_name="([^"]+)"', compiled.as_text()):
+    origin[m.group(1)] = m.group(2)
+  for _ in range(2):
+    jax.block_until_ready(compiled(*args))
+  folder = tempfile.mkdtemp()
+  try:
+    with jax.profiler.trace(folder, create_perfetto_trace=True):
+      for _ in range(calls):
+        jax.block_until_ready(compiled(*args))
+    path, = glob.glob(f'{folder}/**/perfetto_trace.json.gz', recursive=True)
+    with gzip.open(path) as f:
+      events = json.load(f)
+  finally:
+    shutil.rmtree(folder)
+  events = events['traceEvents'] if isinstance(events, dict) else events
+  total, count = collections.Counter(), collections.Counter()
+  for e in events:
+    # Complete events named after HLO instructions; loops ('while') include
+    # their bodies' ops, so the rows overlap.
+    if e.get('ph') == 'X' and e['name'] in origin:
+      total[e['name']] += e.get('dur', 0)
+      count[e['name']] += 1
+  for name, us in total.most_common(top):
+    where = origin[name].split('/')
+    print(f'  {us / calls / 1e3:8.2f} ms {count[name] // calls:6d}x  '
+          f'{name:42s} {"/".join(where[-3:])[:70]}')
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__)
   p.add_argument('--length', default='16K')
   p.add_argument('--hashes', type=int, default=4)
   p.add_argument('--no-time', action='store_true')
+  p.add_argument('--ops', action='store_true',
+                 help="XLA's per-op times (jax.profiler) instead of stages")
   p.add_argument('--sequential', action='store_true',
                  help='sequential_rounds=True')
   a = p.parse_args()
@@ -88,6 +131,11 @@ def main():
   for name, fn in (('fwd', fwd), ('fwd+bwd', bwd)):
     print(f'{name}: {hlo_facts(fn, q, v)}')
   if a.no_time:
+    return
+  if a.ops:
+    for name, fn in (('fwd', fwd), ('fwd+bwd', bwd)):
+      print(f'{name}: top XLA ops per call (loops include their bodies)')
+      op_profile(fn, q, v)
     return
   buckets = lsh_jax.hash_vectors(q, rng, n_buckets, n_hashes)
   n_ids = hashing.n_buckets_total(n_buckets) + 1
