@@ -279,3 +279,28 @@ def chunked_attend(sq, q_pos, k_ext, v_ext, pos_ext, valid_ext=None, *,
   so, lse = _attend_blocks(q, q_pos, k_ext, v_ext, pos_ext, valid_ext,
                            dropout_multiplier, n_windows, causal, block)
   return so.reshape(sq.shape[0], -1), lse.reshape(sq.shape[0])
+
+
+def chunked_attend_backward(sq, q_pos, k_ext, v_ext, pos_ext, valid_ext, slse,
+                            g_so, g_slse, *, n_chunks_before=1,
+                            n_chunks_after=0, causal=False,
+                            dropout_multiplier=None, chunks_per_block=None):
+  """The VJP of `chunked_attend` for given output cotangents.
+
+  For callers that keep their own residuals (`lsh_jax.rounds`): the same
+  arguments as `chunked_attend`, plus its `slse` output and the cotangents
+  g_so float[L, Dv] and g_slse float[L] of its two outputs.
+
+  Returns:
+    (d_sq float[L, D], d_k_ext float[E, C, D], d_v_ext float[E, C, Dv]).
+  """
+  chunk_len = k_ext.shape[1]
+  n_chunks = sq.shape[0] // chunk_len
+  n_windows = 1 + n_chunks_before + n_chunks_after
+  by_chunk = lambda x: x.reshape(n_chunks, chunk_len, *x.shape[1:])
+  residuals = (by_chunk(sq), by_chunk(q_pos), k_ext, v_ext, pos_ext,
+               valid_ext, dropout_multiplier, by_chunk(slse))
+  d_q, _, d_k_ext, d_v_ext, _, _, _ = _attend_blocks_bwd(
+      n_windows, causal, chunks_per_block or n_chunks, residuals,
+      (by_chunk(g_so), by_chunk(g_slse)))
+  return d_q.reshape(sq.shape), d_k_ext, d_v_ext

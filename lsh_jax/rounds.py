@@ -5,7 +5,17 @@ the halo of neighbouring chunks (which may belong to rounds h - 1 and
 h + 1, SPEC.md §3), attends within chunks and puts the results back in
 original order. `lsh_attention` applies it to every round with `jax.vmap`,
 or one round after another with `lax.map` when memory is tight.
+
+The round has its own VJP (`_sorted_attention`): the backward pass gathers
+the sorted inputs again from the unsorted q, keys and v (the same arrays in
+every round) and the round's permutation, instead of keeping each round's
+sorted copies ([N, C, D] each, three per round) between the passes; its
+gradients go back to original order by the inverse permutation (a gather)
+plus a scatter-add of the few halo rows.
 """
+import functools
+
+import jax
 import jax.numpy as jnp
 
 from lsh_jax import chunked
@@ -39,22 +49,88 @@ def attend_round(round_index, *, q, keys, v, mask, sticker, undo, chunk_len,
   ids_before, ids_after = chunked.halo_chunk_ids(
       round_index, n_rounds, n_chunks, n_chunks_before, n_chunks_after)
   flat_positions = sticker.reshape(n_rounds * n_chunks, chunk_len)
-  halo_before = flat_positions[ids_before]  # [before, C]
-  halo_after = flat_positions[ids_after]  # [after, C]
+  # Original positions of the extended chunks: halo before, own, halo after.
+  pos_ext = jnp.concatenate([flat_positions[ids_before],
+                             perm.reshape(n_chunks, chunk_len),
+                             flat_positions[ids_after]], axis=0)  # [E, C]
+  valid_ext = None if mask is None else mask[pos_ext]
+  return _sorted_attention(q, keys, v, dropout_multiplier, perm, inverse,
+                           pos_ext, valid_ext, n_chunks_before,
+                           n_chunks_after, causal, chunks_per_block)
 
-  def extend(x):
-    """x [L, ...] unsorted -> [E, C, ...]: halo before, own chunks, after."""
-    own = sorting.permute(x, perm, inverse)
-    own = own.reshape(n_chunks, chunk_len, *x.shape[1:])
-    return jnp.concatenate([x[halo_before], own, x[halo_after]], axis=0)
 
-  pos_ext = jnp.concatenate(
-      [halo_before, perm.reshape(n_chunks, chunk_len), halo_after], axis=0)
+def _rows(x, positions):
+  """x[positions] for in-bounds int32 positions of any shape."""
+  return x.at[positions].get(mode='promise_in_bounds')
+
+
+def _sorted_inputs(q, keys, v, perm, pos_ext):
+  return _rows(q, perm), _rows(keys, pos_ext), _rows(v, pos_ext)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10, 11))
+def _sorted_attention(q, keys, v, multiplier, perm, inverse, pos_ext,
+                      valid_ext, n_chunks_before, n_chunks_after, causal,
+                      block):
+  """Sort, attend in chunks, undo the sort: (o [L, Dv], lse [L])."""
+  sq, k_ext, v_ext = _sorted_inputs(q, keys, v, perm, pos_ext)
   so, slse = chunked.chunked_attend(
-      sorting.permute(q, perm, inverse), perm, extend(keys), extend(v),
-      pos_ext, None if mask is None else extend(mask),
+      sq, perm, k_ext, v_ext, pos_ext, valid_ext,
       n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
-      causal=causal, dropout_multiplier=dropout_multiplier,
-      chunks_per_block=chunks_per_block)
+      causal=causal, dropout_multiplier=multiplier, chunks_per_block=block)
   return (sorting.undo_sort(so, inverse, perm),
           sorting.undo_sort(slse, inverse, perm))
+
+
+def _sorted_attention_fwd(q, keys, v, multiplier, perm, inverse, pos_ext,
+                          valid_ext, n_chunks_before, n_chunks_after, causal,
+                          block):
+  sq, k_ext, v_ext = _sorted_inputs(q, keys, v, perm, pos_ext)
+  so, slse = chunked.chunked_attend(
+      sq, perm, k_ext, v_ext, pos_ext, valid_ext,
+      n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
+      causal=causal, dropout_multiplier=multiplier, chunks_per_block=block)
+  outputs = (sorting.undo_sort(so, inverse, perm),
+             sorting.undo_sort(slse, inverse, perm))
+  # q, keys and v are the same arrays in every round: a loop over rounds
+  # keeps them once, not a sorted copy per round.
+  return outputs, (q, keys, v, multiplier, perm, inverse, pos_ext, valid_ext,
+                   slse)
+
+
+def _sorted_attention_bwd(n_chunks_before, n_chunks_after, causal, block,
+                          residuals, grads):
+  q, keys, v, multiplier, perm, inverse, pos_ext, valid_ext, slse = residuals
+  g_o, g_lse = grads
+  sq, k_ext, v_ext = _sorted_inputs(q, keys, v, perm, pos_ext)
+  d_sq, d_k_ext, d_v_ext = chunked.chunked_attend_backward(
+      sq, perm, k_ext, v_ext, pos_ext, valid_ext, slse,
+      _rows(g_o, perm), _rows(g_lse, perm),
+      n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
+      causal=causal, dropout_multiplier=multiplier, chunks_per_block=block)
+  unsort = functools.partial(_unsort_extended, inverse=inverse,
+                             pos_ext=pos_ext, n_before=n_chunks_before)
+  return (sorting.undo_sort(d_sq, inverse, perm), unsort(d_k_ext),
+          unsort(d_v_ext), None, None, None, None, None)
+
+
+_sorted_attention.defvjp(_sorted_attention_fwd, _sorted_attention_bwd)
+
+
+def _unsort_extended(d_ext, *, inverse, pos_ext, n_before):
+  """Gradient of x[pos_ext]: [E, C, ...] -> [L, ...] in original order.
+
+  The round's own chunks are a permutation (undone by a gather with the
+  inverse); the halo rows are added at their positions.
+  """
+  length = inverse.shape[0]
+  n_chunks = length // d_ext.shape[1]
+  own = d_ext[n_before:n_before + n_chunks].reshape(length, *d_ext.shape[2:])
+  grad = own.at[inverse].get(mode='promise_in_bounds', unique_indices=True)
+  if d_ext.shape[0] == n_chunks:
+    return grad
+  halo = jnp.concatenate([d_ext[:n_before], d_ext[n_before + n_chunks:]])
+  halo_pos = jnp.concatenate([pos_ext[:n_before],
+                              pos_ext[n_before + n_chunks:]])
+  return grad.at[halo_pos.reshape(-1)].add(
+      halo.reshape(-1, *d_ext.shape[2:]), mode='promise_in_bounds')

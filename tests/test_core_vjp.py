@@ -1,7 +1,9 @@
-"""The chunked attention's hand-written VJP against plain autodiff.
+"""The chunked attention's hand-written VJPs against plain autodiff.
 
 `chunked_attend` keeps only its inputs, `so` and `lse` for the backward pass
-and recomputes the probabilities there (`chunked._attend_blocks`). Its
+and recomputes the probabilities there (`chunked._attend_blocks`); a round
+(`rounds._sorted_attention`) gathers its sorted inputs again in the backward
+pass and calls that backward directly. Their
 gradients must equal autodiff of a formulation written independently here
 (explicit window indices, no blocks), of dense attention (one chunk sees
 every token) and of the pipeline with the custom VJP switched off, in every
@@ -20,6 +22,7 @@ import pytest
 import lsh_jax
 from lsh_jax import chunked
 from lsh_jax import masks
+from lsh_jax import rounds
 
 C, D, DV, N = 4, 3, 5, 6  # distinct sizes: a swapped axis cannot pass
 
@@ -171,9 +174,11 @@ def test_pipeline_gradients_equal_autodiff_without_the_custom_vjp(
     return jax.grad(loss, argnums=(0, 1))(q, v)
 
   got = grads()
-  # The same forward, differentiated by JAX (the primal function of the
-  # custom VJP); compiled afresh, not taken from jit's cache.
+  # The same forward, differentiated by JAX (the primal functions of both
+  # custom VJPs); compiled afresh, not taken from jit's cache.
   monkeypatch.setattr(chunked, '_attend_blocks', chunked._attend_blocks.fun)
+  monkeypatch.setattr(rounds, '_sorted_attention',
+                      rounds._sorted_attention.fun)
   jax.clear_caches()
   try:
     want = grads()
