@@ -68,30 +68,35 @@ def _sorted_inputs(q, keys, v, perm, pos_ext):
   return _rows(q, perm), _rows(keys, pos_ext), _rows(v, pos_ext)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10, 11))
-def _sorted_attention(q, keys, v, multiplier, perm, inverse, pos_ext,
-                      valid_ext, n_chunks_before, n_chunks_after, causal,
-                      block):
-  """Sort, attend in chunks, undo the sort: (o [L, Dv], lse [L])."""
+def _attend_and_unsort(q, keys, v, multiplier, perm, inverse, pos_ext,
+                       valid_ext, n_chunks_before, n_chunks_after, causal,
+                       block):
+  """((o [L, Dv], lse [L]) in original order, slse [L] in sorted order)."""
   sq, k_ext, v_ext = _sorted_inputs(q, keys, v, perm, pos_ext)
   so, slse = chunked.chunked_attend(
       sq, perm, k_ext, v_ext, pos_ext, valid_ext,
       n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
       causal=causal, dropout_multiplier=multiplier, chunks_per_block=block)
   return (sorting.undo_sort(so, inverse, perm),
-          sorting.undo_sort(slse, inverse, perm))
+          sorting.undo_sort(slse, inverse, perm)), slse
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10, 11))
+def _sorted_attention(q, keys, v, multiplier, perm, inverse, pos_ext,
+                      valid_ext, n_chunks_before, n_chunks_after, causal,
+                      block):
+  """Sort, attend in chunks, undo the sort: (o [L, Dv], lse [L])."""
+  return _attend_and_unsort(q, keys, v, multiplier, perm, inverse, pos_ext,
+                            valid_ext, n_chunks_before, n_chunks_after,
+                            causal, block)[0]
 
 
 def _sorted_attention_fwd(q, keys, v, multiplier, perm, inverse, pos_ext,
                           valid_ext, n_chunks_before, n_chunks_after, causal,
                           block):
-  sq, k_ext, v_ext = _sorted_inputs(q, keys, v, perm, pos_ext)
-  so, slse = chunked.chunked_attend(
-      sq, perm, k_ext, v_ext, pos_ext, valid_ext,
-      n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
-      causal=causal, dropout_multiplier=multiplier, chunks_per_block=block)
-  outputs = (sorting.undo_sort(so, inverse, perm),
-             sorting.undo_sort(slse, inverse, perm))
+  outputs, slse = _attend_and_unsort(
+      q, keys, v, multiplier, perm, inverse, pos_ext, valid_ext,
+      n_chunks_before, n_chunks_after, causal, block)
   # q, keys and v are the same arrays in every round: a loop over rounds
   # keeps them once, not a sorted copy per round.
   return outputs, (q, keys, v, multiplier, perm, inverse, pos_ext, valid_ext,
