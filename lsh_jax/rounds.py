@@ -113,7 +113,7 @@ def _sorted_attention_bwd(n_chunks_before, n_chunks_after, causal, block,
       _rows(g_o, perm), _rows(g_lse, perm),
       n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
       causal=causal, dropout_multiplier=multiplier, chunks_per_block=block)
-  unsort = functools.partial(_unsort_extended, inverse=inverse,
+  unsort = functools.partial(_unsort_extended, perm=perm, inverse=inverse,
                              pos_ext=pos_ext, n_before=n_chunks_before)
   return (sorting.undo_sort(d_sq, inverse, perm), unsort(d_k_ext),
           unsort(d_v_ext), None, None, None, None, None)
@@ -122,7 +122,7 @@ def _sorted_attention_bwd(n_chunks_before, n_chunks_after, causal, block,
 _sorted_attention.defvjp(_sorted_attention_fwd, _sorted_attention_bwd)
 
 
-def _unsort_extended(d_ext, *, inverse, pos_ext, n_before):
+def _unsort_extended(d_ext, *, perm, inverse, pos_ext, n_before):
   """Gradient of x[pos_ext]: [E, C, ...] -> [L, ...] in original order.
 
   The round's own chunks are a permutation (undone by a gather with the
@@ -131,7 +131,7 @@ def _unsort_extended(d_ext, *, inverse, pos_ext, n_before):
   length = inverse.shape[0]
   n_chunks = length // d_ext.shape[1]
   own = d_ext[n_before:n_before + n_chunks].reshape(length, *d_ext.shape[2:])
-  grad = own.at[inverse].get(mode='promise_in_bounds', unique_indices=True)
+  grad = sorting.undo_sort(own, inverse, perm)
   if d_ext.shape[0] == n_chunks:
     return grad
   halo = jnp.concatenate([d_ext[:n_before], d_ext[n_before + n_chunks:]])
