@@ -2,8 +2,9 @@
 
 `lsh_attention` = hash (§1) -> sort (§2) -> chunked attention (§3) ->
 undo the sort (§4) -> combine rounds (§5), for one head of one sequence.
-Each step is written for one round and `vmap`ped over the R rounds; use
-`jax.vmap` again for heads and batch. Arguments are validated in Python,
+Each step is written for one round and `vmap`ped over the R rounds (or, for
+long inputs, run round after round into a running combine); use `jax.vmap`
+again for heads and batch. Arguments are validated in Python,
 before tracing; the computation is one jit-compiled function per static
 configuration.
 """
@@ -35,10 +36,6 @@ _BLOCK_LOGITS = 2**15
 # rounds from 4K x 4 on (one round's working set stays in cache; each round
 # gets larger chunk blocks). Below it the loop's overhead is not worth it.
 _SEQUENTIAL_FROM = 2**14
-# ...and from this many on, each round is also recomputed in the backward
-# pass: autodiff would keep ~5 [L, D] arrays per round (~1.3 KB a token-
-# round at D = 64), GBs from here on; below it, recomputing costs ~10%.
-_REMAT_FROM = 2**21
 
 
 def dropout_multiplier(rng, rate, chunk_len, window_len, dtype):
@@ -63,16 +60,11 @@ def chunks_per_block(n_rounds, n_chunks, logits_per_chunk):
 
 
 def round_schedule(sequential_rounds, n_rounds, length):
-  """(sequential, remat) for `sequential_rounds` True, False or None (auto).
-
-  True keeps its documented meaning (one round at a time, recomputed in
-  the backward pass); None picks by the number of token-rounds R * L.
-  """
+  """Whether rounds run one after another, for `sequential_rounds` True,
+  False or None (automatic: by the number of token-rounds R * L)."""
   if sequential_rounds is None:
-    token_rounds = n_rounds * length
-    return (n_rounds > 1 and token_rounds >= _SEQUENTIAL_FROM,
-            token_rounds >= _REMAT_FROM)
-  return bool(sequential_rounds), bool(sequential_rounds)
+    return n_rounds > 1 and n_rounds * length >= _SEQUENTIAL_FROM
+  return bool(sequential_rounds)
 
 
 def _attend_buckets(q, v, buckets, mask, dropout_rng, *, chunk_len,
@@ -84,31 +76,29 @@ def _attend_buckets(q, v, buckets, mask, dropout_rng, *, chunk_len,
   # the round weights need float32's range and resolution.
   q, v = _at_least_float32(q), _at_least_float32(v)
   n_rounds = buckets.shape[0]
-  sequential_rounds, remat = round_schedule(sequential_rounds, n_rounds,
-                                            q.shape[0])
+  sequential_rounds = round_schedule(sequential_rounds, n_rounds, q.shape[0])
   sticker, undo = sorting.sort_buckets(buckets, n_ids=n_ids)  # [R, L] each
   multiplier = None
   window_len = chunk_len * (1 + n_chunks_before + n_chunks_after)
   if attention_dropout > 0.0:
     multiplier = dropout_multiplier(dropout_rng, attention_dropout, chunk_len,
                                     window_len, q.dtype)
-  one_round = functools.partial(
-      rounds.attend_round, q=q, keys=chunked.normalize_keys(q), v=v,
+  inputs = dict(
+      q=q, keys=chunked.normalize_keys(q), v=v,
       mask=mask, sticker=sticker, undo=undo, chunk_len=chunk_len,
       n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
       causal=causal, dropout_multiplier=multiplier,
       chunks_per_block=chunks_per_block(
           1 if sequential_rounds else n_rounds, q.shape[0] // chunk_len,
           chunk_len * window_len))
-  round_ids = jnp.arange(n_rounds, dtype=jnp.int32)
   if sequential_rounds:
-    # One round at a time; with remat also recomputed in the backward
-    # pass: memory of one round's intermediates instead of R.
-    o, lse = jax.lax.map(jax.checkpoint(one_round) if remat else one_round,
-                         round_ids)
+    # One round at a time, combined as it finishes: memory of one round's
+    # intermediates instead of R, in the backward pass too.
+    out = rounds.attend_rounds_in_turn(**inputs)
   else:
-    o, lse = jax.vmap(one_round)(round_ids)  # [R, L, Dv], [R, L]
-  out = combine.combine_rounds(o, lse)
+    o, lse = jax.vmap(functools.partial(rounds.attend_round, **inputs))(
+        jnp.arange(n_rounds, dtype=jnp.int32))  # [R, L, Dv], [R, L]
+    out = combine.combine_rounds(o, lse)
   if mask is not None:
     # A padded query may see only padding, whose logits float32 cannot tell
     # apart at -1e9; its output is unused anyway: make it a clean zero.
@@ -164,10 +154,12 @@ def lsh_attention(q, v, rng, *, n_buckets, n_hashes, chunk_len,
     attention_dropout: rate in [0, 1) applied to the attention
       probabilities.
     dropout_rng: PRNG key for attention dropout; required if the rate > 0.
-    sequential_rounds: True: run the rounds one after another (`lax.map`)
-      and recompute each in the backward pass, peak memory of one round;
-      False: all at once (`vmap`); None (default): automatic, by R * L
-      (`round_schedule`). Same results either way.
+    sequential_rounds: True: run the rounds one after another, each
+      combined into the output as it finishes (`attend_rounds_in_turn`),
+      peak memory of one round in the forward and backward passes; False:
+      all at once (`vmap`); None (default): automatic, by R * L
+      (`round_schedule`). The same results either way, to a few float32
+      ulps.
 
   Returns:
     float[L, Dv] in the inputs' dtype (half-precision inputs are computed

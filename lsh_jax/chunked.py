@@ -111,13 +111,15 @@ def _block_forward(q, q_pos, k_ext, v_ext, pos_ext, valid_ext, *, multiplier,
 
 
 def _block_backward(q, q_pos, k_ext, v_ext, pos_ext, valid_ext, lse, g_so,
-                    g_lse, *, multiplier, n_windows, causal):
+                    g_lse, *, multiplier, n_windows, causal, g_lse_adds_delta):
   """One block's gradients, the probabilities recomputed from lse.
 
   With p = exp(dots - lse) and pd = p * multiplier: so = pd v, so
   dv = pd^T g, d(pd) = g v^T and dp = d(pd) * multiplier; the softmax gives
   ddots = p * dp + (g_lse - rowsum(p * dp)) * softmax(dots), where
-  softmax(dots) equals p up to the rounding of lse.
+  softmax(dots) equals p up to the rounding of lse. rowsum(p * dp) is
+  delta = g . so; with `g_lse_adds_delta` the lse cotangent is g_lse + delta
+  and the two deltas cancel: ddots = p * dp + g_lse * softmax(dots).
 
   Returns:
     dq [B, C, D], dk [W, B, C, D], dv [W, B, C, Dv]: dk[w] and dv[w] belong
@@ -143,8 +145,12 @@ def _block_backward(q, q_pos, k_ext, v_ext, pos_ext, valid_ext, lse, g_so,
        for w in range(n_windows)], axis=-1)
   if multiplier is not None:
     d_dropped = d_dropped * multiplier
-  delta = jnp.sum(probs * d_dropped, axis=-1, keepdims=True)  # [B, C, 1]
-  d_dots = probs * d_dropped + (g_lse[..., None] - delta) * softmax
+  if g_lse_adds_delta:
+    lse_term = g_lse[..., None]
+  else:
+    delta = jnp.sum(probs * d_dropped, axis=-1, keepdims=True)  # [B, C, 1]
+    lse_term = g_lse[..., None] - delta
+  d_dots = probs * d_dropped + lse_term * softmax
   part = lambda x, w: x[..., w * chunk_len:(w + 1) * chunk_len]
   dq = sum(jnp.einsum('nck,nkd->ncd', part(d_dots, w), k_ext[w:w + n_chunks])
            for w in range(n_windows))
@@ -206,14 +212,16 @@ def _attend_blocks_fwd(q, q_pos, k_ext, v_ext, pos_ext, valid_ext, multiplier,
                      lse)
 
 
-def _attend_blocks_bwd(n_windows, causal, block, residuals, grads):
+def _attend_blocks_bwd(n_windows, causal, block, residuals, grads, *,
+                       g_lse_adds_delta=False):
   q, q_pos, k_ext, v_ext, pos_ext, valid_ext, multiplier, lse = residuals
   g_so, g_lse = grads
   n_chunks = q.shape[0]
   block = min(block, n_chunks)
   span = block + n_windows - 1
   backward = functools.partial(_block_backward, multiplier=multiplier,
-                               n_windows=n_windows, causal=causal)
+                               n_windows=n_windows, causal=causal,
+                               g_lse_adds_delta=g_lse_adds_delta)
 
   def one_block(args):
     start, q_b, q_pos_b, lse_b, g_so_b, g_lse_b = args
@@ -284,12 +292,18 @@ def chunked_attend(sq, q_pos, k_ext, v_ext, pos_ext, valid_ext=None, *,
 def chunked_attend_backward(sq, q_pos, k_ext, v_ext, pos_ext, valid_ext, slse,
                             g_so, g_slse, *, n_chunks_before=1,
                             n_chunks_after=0, causal=False,
-                            dropout_multiplier=None, chunks_per_block=None):
+                            dropout_multiplier=None, chunks_per_block=None,
+                            g_slse_adds_delta=False):
   """The VJP of `chunked_attend` for given output cotangents.
 
   For callers that keep their own residuals (`lsh_jax.rounds`): the same
   arguments as `chunked_attend`, plus its `slse` output and the cotangents
   g_so float[L, Dv] and g_slse float[L] of its two outputs.
+
+  With `g_slse_adds_delta`, the cotangent of slse is g_slse plus
+  delta = sum(g_so * so, -1), which the backward forms from its own
+  recomputed probabilities: a caller whose lse cotangent contains that
+  term (the round combine's does) need not keep `so` to compute it.
 
   Returns:
     (d_sq float[L, D], d_k_ext float[E, C, D], d_v_ext float[E, C, Dv]).
@@ -302,5 +316,5 @@ def chunked_attend_backward(sq, q_pos, k_ext, v_ext, pos_ext, valid_ext, slse,
                valid_ext, dropout_multiplier, by_chunk(slse))
   d_q, _, d_k_ext, d_v_ext, _, _, _ = _attend_blocks_bwd(
       n_windows, causal, chunks_per_block or n_chunks, residuals,
-      (by_chunk(g_so), by_chunk(g_slse)))
+      (by_chunk(g_so), by_chunk(g_slse)), g_lse_adds_delta=g_slse_adds_delta)
   return d_q.reshape(sq.shape), d_k_ext, d_v_ext

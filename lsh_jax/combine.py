@@ -35,3 +35,38 @@ def combine_rounds(o, lse):
   for h in range(1, o.shape[0]):
     out = out + o[h] * weights[h][:, None]
   return out
+
+
+# The same combine, one round at a time (`lsh_jax.rounds.attend_rounds_in_turn`):
+# a running maximum of the lse and the outputs weighted relative to it, so
+# that no [R, L, Dv] stack of round outputs is ever kept. The last step
+# divides by the normaliser of all rounds, computed from the kept lse
+# [R, L] exactly as `round_weights` does; each round's weight then differs
+# from `round_weights`' by a few float32 ulps (one rounding per step), even
+# where float32 cannot resolve that normaliser (logits near the -1e5 self
+# mask, SPEC.md §5): there both use the same rounded value.
+
+
+def no_rounds(length, d_v, dtype):
+  """The empty running combine: (sum float[L, Dv], top float[L])."""
+  return (jnp.zeros((length, d_v), dtype),
+          jnp.full((length,), -jnp.inf, dtype))
+
+
+def add_round(state, o, lse):
+  """Adds one round's o float[L, Dv] and lse float[L] to the running combine.
+
+  Returns (sum, top): top = max of the lse so far, sum = sum of the rounds'
+  o * exp(lse - top). The first round gives (o, lse) exactly.
+  """
+  total, top = state
+  new_top = jnp.maximum(top, lse)
+  total = (total * jnp.exp(top - new_top)[:, None]
+           + o * jnp.exp(lse - new_top)[:, None])
+  return total, new_top
+
+
+def finish_rounds(state, lse):
+  """float[L, Dv]: the running combine normalised by all rounds' lse [R, L]."""
+  total, top = state
+  return total * jnp.exp(top - jax.nn.logsumexp(lse, axis=0))[:, None]

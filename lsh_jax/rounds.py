@@ -3,8 +3,10 @@
 `attend_round(h, ...)` sorts q, keys and v by round h's permutation, adds
 the halo of neighbouring chunks (which may belong to rounds h - 1 and
 h + 1, SPEC.md §3), attends within chunks and puts the results back in
-original order. `lsh_attention` applies it to every round with `jax.vmap`,
-or one round after another with `lax.map` when memory is tight.
+original order. `lsh_attention` applies it to every round with `jax.vmap`
+and combines the [R, L, Dv] results (`combine_rounds`); or, for long inputs,
+`attend_rounds_in_turn` runs the rounds one after another and adds each to
+a running combine, so that no [R, L, Dv] stack exists in either pass.
 
 The round has its own VJP (`_sorted_attention`): the backward pass gathers
 the sorted inputs again from the unsorted q, keys and v (the same arrays in
@@ -19,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from lsh_jax import chunked
+from lsh_jax import combine
 from lsh_jax import sorting
 
 
@@ -43,6 +46,16 @@ def attend_round(round_index, *, q, keys, v, mask, sticker, undo, chunk_len,
     (o float[L, Dv], lse float[L]): round h's output and log-sum-exp
     normaliser per position, in original order.
   """
+  return _sorted_attention(
+      q, keys, v, dropout_multiplier,
+      *_round_layout(round_index, sticker, undo, mask, chunk_len,
+                     n_chunks_before, n_chunks_after),
+      n_chunks_before, n_chunks_after, causal, chunks_per_block)
+
+
+def _round_layout(round_index, sticker, undo, mask, chunk_len,
+                  n_chunks_before, n_chunks_after):
+  """Round h's (perm [L], inverse [L], pos_ext [E, C], valid_ext [E, C])."""
   n_rounds, length = sticker.shape
   n_chunks = length // chunk_len
   perm, inverse = sticker[round_index], undo[round_index]
@@ -54,9 +67,7 @@ def attend_round(round_index, *, q, keys, v, mask, sticker, undo, chunk_len,
                              perm.reshape(n_chunks, chunk_len),
                              flat_positions[ids_after]], axis=0)  # [E, C]
   valid_ext = None if mask is None else mask[pos_ext]
-  return _sorted_attention(q, keys, v, dropout_multiplier, perm, inverse,
-                           pos_ext, valid_ext, n_chunks_before,
-                           n_chunks_after, causal, chunks_per_block)
+  return perm, inverse, pos_ext, valid_ext
 
 
 def _rows(x, positions):
@@ -106,17 +117,32 @@ def _sorted_attention_fwd(q, keys, v, multiplier, perm, inverse, pos_ext,
 def _sorted_attention_bwd(n_chunks_before, n_chunks_after, causal, block,
                           residuals, grads):
   q, keys, v, multiplier, perm, inverse, pos_ext, valid_ext, slse = residuals
-  g_o, g_lse = grads
+  return _round_backward(
+      q, keys, v, multiplier, perm, inverse, pos_ext, valid_ext, slse,
+      *grads, n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
+      causal=causal, block=block) + (None,) * 5
+
+
+def _round_backward(q, keys, v, multiplier, perm, inverse, pos_ext, valid_ext,
+                    slse, g_o, g_lse, *, n_chunks_before, n_chunks_after,
+                    causal, block, g_lse_adds_delta=False):
+  """Gradients (dq [L, D], dkeys [L, D], dv [L, Dv]) of one round.
+
+  g_o [L, Dv] and g_lse [L] are the cotangents of the round's o and lse in
+  original order (see `chunked.chunked_attend_backward` for
+  `g_lse_adds_delta`).
+  """
   sq, k_ext, v_ext = _sorted_inputs(q, keys, v, perm, pos_ext)
   d_sq, d_k_ext, d_v_ext = chunked.chunked_attend_backward(
       sq, perm, k_ext, v_ext, pos_ext, valid_ext, slse,
       _rows(g_o, perm), _rows(g_lse, perm),
       n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
-      causal=causal, dropout_multiplier=multiplier, chunks_per_block=block)
+      causal=causal, dropout_multiplier=multiplier, chunks_per_block=block,
+      g_slse_adds_delta=g_lse_adds_delta)
   unsort = functools.partial(_unsort_extended, perm=perm, inverse=inverse,
                              pos_ext=pos_ext, n_before=n_chunks_before)
   return (sorting.undo_sort(d_sq, inverse, perm), unsort(d_k_ext),
-          unsort(d_v_ext), None, None, None, None, None)
+          unsort(d_v_ext))
 
 
 _sorted_attention.defvjp(_sorted_attention_fwd, _sorted_attention_bwd)
@@ -139,3 +165,82 @@ def _unsort_extended(d_ext, *, perm, inverse, pos_ext, n_before):
                               pos_ext[n_before + n_chunks:]])
   return grad.at[halo_pos.reshape(-1)].add(
       halo.reshape(-1, *d_ext.shape[2:]), mode='promise_in_bounds')
+
+
+def attend_rounds_in_turn(*, q, keys, v, mask, sticker, undo, chunk_len,
+                          n_chunks_before, n_chunks_after, causal,
+                          dropout_multiplier=None, chunks_per_block=None):
+  """All R rounds one after another, each combined as it finishes (§2-5).
+
+  The same arguments as `attend_round`, less the round index. Equals
+  `combine_rounds` of every round's `attend_round` to a few float32 ulps
+  (`combine.add_round`), in memory of one round: the forward pass keeps a
+  running combine [L, Dv], not R round outputs; the backward pass keeps only
+  the rounds' lse ([R, L], sorted and unsorted) and the output, and takes
+  each round's gradients in turn.
+
+  Returns:
+    float[L, Dv] the combined output.
+  """
+  return _rounds_in_turn(q, keys, v, dropout_multiplier, sticker, undo, mask,
+                         chunk_len, n_chunks_before, n_chunks_after, causal,
+                         chunks_per_block)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9, 10, 11))
+def _rounds_in_turn(q, keys, v, multiplier, sticker, undo, mask, chunk_len,
+                    n_chunks_before, n_chunks_after, causal, block):
+  return _rounds_in_turn_fwd(q, keys, v, multiplier, sticker, undo, mask,
+                             chunk_len, n_chunks_before, n_chunks_after,
+                             causal, block)[0]
+
+
+def _rounds_in_turn_fwd(q, keys, v, multiplier, sticker, undo, mask,
+                        chunk_len, n_chunks_before, n_chunks_after, causal,
+                        block):
+  def one_round(state, h):
+    (o, lse), slse = _attend_and_unsort(
+        q, keys, v, multiplier,
+        *_round_layout(h, sticker, undo, mask, chunk_len, n_chunks_before,
+                       n_chunks_after),
+        n_chunks_before, n_chunks_after, causal, block)
+    return combine.add_round(state, o, lse), (lse, slse)
+
+  state, (lse, slse) = jax.lax.scan(
+      one_round, combine.no_rounds(*v.shape, v.dtype),
+      jnp.arange(sticker.shape[0], dtype=jnp.int32))
+  out = combine.finish_rounds(state, lse)
+  return out, (q, keys, v, multiplier, sticker, undo, mask, lse, slse, out)
+
+
+def _rounds_in_turn_bwd(chunk_len, n_chunks_before, n_chunks_after, causal,
+                        block, residuals, g):
+  q, keys, v, multiplier, sticker, undo, mask, lse, slse, out = residuals
+  # out = sum_h w_h o_h with w_h = exp(lse_h - logsumexp(lse)): o_h gets
+  # w_h g and lse_h gets w_h (g . o_h) - s_h (g . out), where
+  # s = softmax(lse) is the derivative of logsumexp. (s equals w but for
+  # the rounding of logsumexp, which matters where float32 cannot resolve
+  # it, SPEC.md §5; autodiff of `combine_rounds` and Trax use s there.)
+  # The first part is the delta the round's backward forms anyway
+  # (g_lse_adds_delta): no round output needs to be kept or recomputed.
+  weights = combine.round_weights(lse)  # [R, L]
+  softmax = jax.nn.softmax(lse, axis=0)  # [R, L]
+  g_dot_out = jnp.sum(g * out, axis=-1)  # [L]
+
+  def one_round(grads, h):
+    round_grads = _round_backward(
+        q, keys, v, multiplier,
+        *_round_layout(h, sticker, undo, mask, chunk_len, n_chunks_before,
+                       n_chunks_after),
+        slse[h], g * weights[h][:, None], -softmax[h] * g_dot_out,
+        n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
+        causal=causal, block=block, g_lse_adds_delta=True)
+    return tuple(a + b for a, b in zip(grads, round_grads)), None
+
+  (d_q, d_keys, d_v), _ = jax.lax.scan(
+      one_round, (jnp.zeros_like(q), jnp.zeros_like(keys), jnp.zeros_like(v)),
+      jnp.arange(sticker.shape[0], dtype=jnp.int32))
+  return d_q, d_keys, d_v, None, None, None, None
+
+
+_rounds_in_turn.defvjp(_rounds_in_turn_fwd, _rounds_in_turn_bwd)

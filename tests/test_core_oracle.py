@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 
 import lsh_jax
+from lsh_jax import combine
 from lsh_jax import hashing
 from lsh_jax import oracle
 from lsh_jax import padding
@@ -65,6 +66,9 @@ def settings(draw):
       causal=draw(st.booleans()), padding=padding_kind,
       dtype=draw(st.sampled_from(['float32', 'float32', 'bfloat16',
                                   'float16'])),
+      # Automatic (here always vmapped rounds) or rounds in turn with a
+      # running combine.
+      sequential_rounds=draw(st.sampled_from([None, True])),
       seed=draw(st.integers(0, 2**16)))
 
 
@@ -126,7 +130,7 @@ def run_both(s):
                 n_chunks_after=s['n_chunks_after'], causal=s['causal'])
   got = lsh_jax.lsh_attention(
       jnp.asarray(q, dtype), jnp.asarray(v, dtype), key,
-      n_buckets=s['n_buckets'],
+      n_buckets=s['n_buckets'], sequential_rounds=s['sequential_rounds'],
       mask=None if mask is None else jnp.asarray(mask), **window)
   assert got.shape == (length, s['d_v']) and got.dtype == dtype
   extra = padding.padded_length(length, s['chunk_len']) - length
@@ -198,6 +202,7 @@ def test_gradients_match_finite_differences(s):
       q, v, key, n_buckets=s['n_buckets'], n_hashes=s['n_hashes'],
       chunk_len=s['chunk_len'], n_chunks_before=s['n_chunks_before'],
       n_chunks_after=s['n_chunks_after'], causal=s['causal'],
+      sequential_rounds=s['sequential_rounds'],
       mask=None if mask is None else jnp.asarray(mask))
   _, _, lse = oracle.lsh_self_attention(
       *(np.pad(np.asarray(x), ((0, padding.padded_length(
@@ -266,6 +271,33 @@ def test_round_order_does_not_matter_without_neighbours():
     outputs.append(lsh_jax.lsh_attention_from_buckets(
         q, v, buckets, chunk_len=8, n_chunks_before=0))
   np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-6, atol=1e-6)
+
+
+def test_running_combine_equals_combine_rounds():
+  """Rounds combined in turn (`combine.add_round`, as sequential rounds do)
+  against all at once: `combine_rounds` in float32 and the oracle's in
+  float64. Rows: lse spread widely; a running top that moves up twice past
+  rounds whose weight underflows; and self-only rows near -1e5, where
+  float32 cannot resolve the normaliser (SPEC.md §5): there the running
+  combine must give `combine_rounds`' float32 result (Trax's), and the
+  float64 oracle only to the 2e-2 of that caveat."""
+  rng = np.random.default_rng(3)
+  n_rounds, length, d_v = 5, 6, 4
+  o = rng.normal(size=(n_rounds, length, d_v)).astype(np.float32)
+  lse = (rng.normal(size=(n_rounds, length)) * 5).astype(np.float32)
+  lse[:, 1] = [-1e5, 3.0, -1e5, 40.0, -2.0]
+  lse[:, 2] = -1e5 + np.log([1.0, 2.0, 1.0, 3.0, 1.0])  # copies of itself
+  lse[:, 3] = -1e5
+  state = combine.no_rounds(length, d_v, jnp.float32)
+  for h in range(n_rounds):
+    state = combine.add_round(state, o[h], lse[h])
+  got = np.asarray(combine.finish_rounds(state, lse))
+  np.testing.assert_allclose(got, lsh_jax.combine_rounds(o, lse),
+                             rtol=1e-6, atol=1e-6)
+  want64 = oracle.combine_rounds(o.astype(np.float64), lse.astype(np.float64))
+  normal = [0, 1, 4, 5]
+  np.testing.assert_allclose(got[normal], want64[normal], rtol=0, atol=1e-5)
+  np.testing.assert_allclose(got, want64, rtol=0, atol=2e-2)
 
 
 def test_padding_is_invisible():

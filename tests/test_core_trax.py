@@ -78,11 +78,14 @@ def test_lsh_attention_matches_trax_forward(trax_ea, n_hashes, n_buckets,
                 mask=mask, attention_dropout=rate)
   expected, _ = trax_forward(trax_ea, q, v, hash_key, rng, **kwargs)
   hash_rng, dropout_rng = lsh_keys(hash_key, rng)
-  got = lsh_jax.lsh_attention(q, v, hash_rng, dropout_rng=dropout_rng,
-                              **kwargs)
   valid = np.ones(length, bool) if mask is None else np.asarray(mask)
-  np.testing.assert_allclose(np.asarray(got)[valid],
-                             np.asarray(expected)[valid], rtol=0, atol=ATOL)
+  # Both round schedules: vmapped rounds, and rounds in turn with a running
+  # combine.
+  for sequential in (False, True):
+    got = lsh_jax.lsh_attention(q, v, hash_rng, dropout_rng=dropout_rng,
+                                sequential_rounds=sequential, **kwargs)
+    np.testing.assert_allclose(np.asarray(got)[valid],
+                               np.asarray(expected)[valid], rtol=0, atol=ATOL)
 
 
 @pytest.mark.parametrize('n_buckets', [2, 8, 32, [4, 2], [2, 4, 6], (8, 8)])
@@ -138,14 +141,16 @@ def test_gradients_match_trax(trax_ea, causal, padded):
     out, _ = trax_forward(trax_ea, q, v, hash_key, rng, **kwargs)
     return jnp.sum(out * weight)
 
-  def our_loss(q, v):
-    out = lsh_jax.lsh_attention(q, v, lsh_keys(hash_key, rng)[0], **kwargs)
+  def our_loss(q, v, sequential):
+    out = lsh_jax.lsh_attention(q, v, lsh_keys(hash_key, rng)[0],
+                                sequential_rounds=sequential, **kwargs)
     return jnp.sum(out * weight)
 
   expected = jax.grad(trax_loss, argnums=(0, 1))(q, v)
-  got = jax.grad(our_loss, argnums=(0, 1))(q, v)
-  for g, e in zip(got, expected):
-    np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)
+  for sequential in (False, True):  # both round schedules
+    got = jax.grad(our_loss, argnums=(0, 1))(q, v, sequential)
+    for g, e in zip(got, expected):
+      np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)
 
 
 def test_padding_at_positions_0_1_differs_from_trax(trax_ea):

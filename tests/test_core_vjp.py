@@ -3,7 +3,9 @@
 `chunked_attend` keeps only its inputs, `so` and `lse` for the backward pass
 and recomputes the probabilities there (`chunked._attend_blocks`); a round
 (`rounds._sorted_attention`) gathers its sorted inputs again in the backward
-pass and calls that backward directly. Their
+pass and calls that backward directly; sequential rounds
+(`rounds._rounds_in_turn`) keep only the rounds' lse and the output and
+give each round's backward its share of the combine's gradient. Their
 gradients must equal autodiff of a formulation written independently here
 (explicit window indices, no blocks), of dense attention (one chunk sees
 every token) and of the pipeline with the custom VJP switched off, in every
@@ -174,11 +176,12 @@ def test_pipeline_gradients_equal_autodiff_without_the_custom_vjp(
     return jax.grad(loss, argnums=(0, 1))(q, v)
 
   got = grads()
-  # The same forward, differentiated by JAX (the primal functions of both
-  # custom VJPs); compiled afresh, not taken from jit's cache.
+  # The same forward, differentiated by JAX (the primal functions of the
+  # three custom VJPs); compiled afresh, not taken from jit's cache.
   monkeypatch.setattr(chunked, '_attend_blocks', chunked._attend_blocks.fun)
   monkeypatch.setattr(rounds, '_sorted_attention',
                       rounds._sorted_attention.fun)
+  monkeypatch.setattr(rounds, '_rounds_in_turn', rounds._rounds_in_turn.fun)
   jax.clear_caches()
   try:
     want = grads()
