@@ -53,9 +53,10 @@ def lsh_jax_case(length, n_hashes, mode, sequential_rounds=False):
   q, v = _inputs(length, 2)
   rng = jax.random.PRNGKey(1)
   n_buckets = n_buckets_for(length)
-  # `sequential_rounds` (one round at a time, rematerialised) only when asked:
-  # the option may not exist in every version of the core. Otherwise the
-  # core's default: automatic rounds (sequential from R * L >= 2**14).
+  # `sequential_rounds=True` (rounds in turn, also for R * L < 2**10) only
+  # when asked: the option may not exist in every version of the core.
+  # Otherwise the core's default: automatic rounds (in turn from
+  # R * L >= 2**10).
   extra = {'sequential_rounds': True} if sequential_rounds else {}
 
   def forward(q, v):
@@ -67,7 +68,7 @@ def lsh_jax_case(length, n_hashes, mode, sequential_rounds=False):
 
 
 def lsh_jax_seq_case(length, n_hashes, mode):
-  """lsh_jax with `sequential_rounds=True`: memory of one round, for 1M."""
+  """lsh_jax with `sequential_rounds=True`: rounds in turn at every size."""
   return lsh_jax_case(length, n_hashes, mode, sequential_rounds=True)
 
 

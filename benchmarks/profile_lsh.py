@@ -7,7 +7,9 @@
 Compile-only facts (XLA's memory_analysis and cost_analysis, op counts of
 the optimised HLO) for the forward and forward+backward, then, unless
 --no-time, the median time of each stage jitted on its own: hash, sort,
-the vmapped rounds (sort-permute, chunked attention, undo-sort), combine.
+the vmapped rounds (sort-permute, chunked attention, undo-sort), combine,
+the rounds in turn with their running combine (the default path from
+R * L >= 2**10).
 Stage times add up only roughly to the whole (fusion across stages).
 With --ops: XLA's own per-op times instead (a jax.profiler trace of the
 whole forward and forward+backward), each op with the JAX operation it came
@@ -153,6 +155,13 @@ def main():
 
   o, lse = jax.jit(all_rounds)(q, keys, v, sticker, undo)
 
+  def rounds_in_turn(q, keys, v, sticker, undo):
+    return rounds.attend_rounds_in_turn(
+        q=q, keys=keys, v=v, mask=None, sticker=sticker, undo=undo,
+        chunk_len=C, n_chunks_before=BEFORE, n_chunks_after=AFTER,
+        causal=False,
+        chunks_per_block=attention.chunks_per_block(1, n_chunks, C * C * 2))
+
   def permute_only(q, keys, v, sticker, undo):
     # The gathers alone: sorted q/keys/v per round, and the undo of [R, L, D].
     sq = jax.vmap(lambda p: (q[p], keys[p], v[p]))(sticker)
@@ -184,6 +193,8 @@ def main():
       ('all rounds (attend_round, vmapped)', all_rounds,
        (q, keys, v, sticker, undo)),
       ('combine rounds', lsh_jax.combine_rounds, (o, lse)),
+      ('all rounds in turn, combined (attend_rounds_in_turn)',
+       rounds_in_turn, (q, keys, v, sticker, undo)),
       ('whole forward', fwd, (q, v)),
       ('whole forward+backward', bwd, (q, v)),
       ('forward+backward of the attention only (sorted, no hash/sort)',

@@ -3,9 +3,9 @@
 Nothing is run: the forward and backward programs are compiled for abstract
 inputs and XLA's own accounting is read (`memory_analysis()`), with the
 buffer shapes in the optimised HLO. Expected sizes come from derivation:
-an [L, L] float32 matrix at L = 65,536 is 16 GiB, whereas the LSH program's
-largest array holds the window logits of every round, R * L * W * C values
-(linear in L).
+an [L, L] float32 matrix at L = 65,536 is 16 GiB, whereas no array of the
+LSH program may exceed the window logits of every round, R * L * W * C
+values (linear in L; chunk blocks and rounds in turn keep it far smaller).
 """
 import functools
 import re
