@@ -8,7 +8,8 @@ Shape glossary used in every docstring:
 
 The pipeline (SPEC.md): `hash_vectors` -> `sort_buckets` -> `attend_round`
 (one round: sort, `chunked_attend`, `undo_sort`; vmapped over rounds) ->
-`combine_rounds`;
+`combine_rounds` (or, for long inputs, the rounds in turn into a running
+combine: `lsh_jax.rounds.attend_rounds_in_turn`);
 `lsh_attention` runs it all for one head; `attention_weights` returns the
 effective [L, L] matrix it applies (small and medium L). `lsh_jax.oracle` is the NumPy
 reference; `lsh_jax.trax_layer` (imports Trax) is the drop-in Trax layer.

@@ -37,9 +37,9 @@ def combine_rounds(o, lse):
   return out
 
 
-# The same combine, one round at a time (`lsh_jax.rounds.attend_rounds_in_turn`):
-# a running maximum of the lse and the outputs weighted relative to it, so
-# that no [R, L, Dv] stack of round outputs is ever kept. The last step
+# The same combine, one round at a time (as `rounds.attend_rounds_in_turn`
+# runs them): a running maximum of the lse and the outputs weighted relative
+# to it, so that no [R, L, Dv] stack of round outputs is kept. The last step
 # divides by the normaliser of all rounds, computed from the kept lse
 # [R, L] exactly as `round_weights` does; each round's weight then differs
 # from `round_weights`' by a few float32 ulps (one rounding per step), even

@@ -190,6 +190,7 @@ def attend_rounds_in_turn(*, q, keys, v, mask, sticker, undo, chunk_len,
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9, 10, 11))
 def _rounds_in_turn(q, keys, v, multiplier, sticker, undo, mask, chunk_len,
                     n_chunks_before, n_chunks_after, causal, block):
+  """`attend_rounds_in_turn` with positional arguments: out [L, Dv]."""
   return _rounds_in_turn_fwd(q, keys, v, multiplier, sticker, undo, mask,
                              chunk_len, n_chunks_before, n_chunks_after,
                              causal, block)[0]
