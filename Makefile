@@ -20,7 +20,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(PY) -m lsh_jax.cli demo
+	$(PY) -m lsh_jax.apps.cli demo
 
 test: install
 	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
@@ -38,12 +38,12 @@ bench: install  # the benchmark table (~25 min); BENCH_ARGS=--quick for a few mi
 
 # One small example through every step of SPEC.md, with its figure.
 explain: install
-	$(PY) -m lsh_jax.explain --plot runs/explain.png
+	$(PY) -m lsh_jax.apps.explain --plot runs/explain.png
 
 # LSH against full attention as n_hashes and chunk_len vary (~1-3 min);
 # QUALITY_ARGS=--run-dir runs/<run> adds a trained model's queries.
 quality: install
-	$(PY) -m lsh_jax.quality --plot runs/quality.png $(QUALITY_ARGS)
+	$(PY) -m lsh_jax.apps.quality --plot runs/quality.png $(QUALITY_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis

@@ -2,7 +2,7 @@
 
     python benchmarks/decode.py [--prefixes 256 1024 4096] [--tokens 32]
 
-For each prefix length P, one `lsh_jax.trax_layer.LSHSelfAttention` (same
+For each prefix length P, one `lsh_jax.trax.LSHSelfAttention` (same
 weights) generates `--tokens` positions after a P-token prefix:
   * predict: mode='predict', the prefix in one call, then one token per
     call (memory P + tokens, so nothing is dropped): cost per token bounded
@@ -37,7 +37,7 @@ def _layer(mode, length, **kwargs):
   from trax import fastmath  # pylint: disable=import-outside-toplevel
   from trax import shapes  # pylint: disable=import-outside-toplevel
 
-  from lsh_jax import trax_layer  # pylint: disable=import-outside-toplevel
+  from lsh_jax.trax import layers as trax_layer  # pylint: disable=import-outside-toplevel
   layer = trax_layer.LSHSelfAttention(mode=mode, **LAYER, **kwargs)
   layer.init(shapes.ShapeDtype((1, length, D_MODEL), jnp.float32),
              rng=fastmath.random.get_prng(0))

@@ -116,7 +116,7 @@ def trax_case(length, n_hashes, mode):
 # ------------------------------------------------------------ dense, exact
 def _keys(q):
   import lsh_jax
-  return lsh_jax.normalize_keys(q)
+  return lsh_jax.core.normalize_keys(q)
 
 
 def dense_nn_case(length, n_hashes, mode):
@@ -214,10 +214,10 @@ def reformerlm_trax_case(length, n_hashes, mode):
 
 def reformerlm_lsh_jax_case(length, n_hashes, mode):
   try:
-    from lsh_jax.trax_layer import LSHSelfAttention
+    from lsh_jax.trax import LSHSelfAttention
   except ImportError as e:
     raise NotImplementedError(
-        f'lsh_jax.trax_layer.LSHSelfAttention is not importable yet ({e})')
+        f'lsh_jax.trax.LSHSelfAttention is not importable yet ({e})')
   return _reformer_lm_case(LSHSelfAttention, length, n_hashes, mode)
 
 

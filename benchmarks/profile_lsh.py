@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # The checkout's lsh_jax, not the venv's installed one.
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import lsh_jax  # noqa: E402
-from lsh_jax import attention, chunked, hashing, rounds, sorting  # noqa: E402
+from lsh_jax.core import attention, chunked, hashing, rounds, sorting  # noqa: E402
 from run import parse_length  # noqa: E402
 
 C, BEFORE, AFTER, D = 64, 1, 0, 64
@@ -192,7 +192,7 @@ def main():
        (sq, sk, sv, sticker)),
       ('all rounds (attend_round, vmapped)', all_rounds,
        (q, keys, v, sticker, undo)),
-      ('combine rounds', lsh_jax.combine_rounds, (o, lse)),
+      ('combine rounds', lsh_jax.core.combine_rounds, (o, lse)),
       ('all rounds in turn, combined (attend_rounds_in_turn)',
        rounds_in_turn, (q, keys, v, sticker, undo)),
       ('whole forward', fwd, (q, v)),

@@ -11,7 +11,7 @@ LABELS = {
     'hf': 'HF transformers (PyTorch)', 'lucidrains': 'reformer-pytorch (PyTorch)',
     'dense_blocked': 'dense JAX, blocked', 'dense_plain': 'dense JAX, plain',
     'dense_nn': 'jax.nn.dot_product_attention',
-    'reformerlm_lsh_jax': 'ReformerLM + lsh_jax.trax_layer',
+    'reformerlm_lsh_jax': 'ReformerLM + lsh_jax.trax',
     'reformerlm_trax': 'ReformerLM + Trax LSHSelfAttention',
 }
 # Backward counted as twice the forward's matmul FLOPs (the usual convention).

@@ -26,7 +26,7 @@ def main(length=1024, d_qk=64, d_v=64, chunk_len=64, n_hashes=4):
   fast_ms = 1e3 * (time.perf_counter() - start)
 
   # The oracle gets the very rotations that lsh_attention drew from khash.
-  rotations = lsh_jax.random_rotations(khash, d_qk, n_buckets, n_hashes)
+  rotations = lsh_jax.core.random_rotations(khash, d_qk, n_buckets, n_hashes)
   start = time.perf_counter()
   expected, _, lse = oracle.lsh_self_attention(
       np.asarray(q), np.asarray(v), np.asarray(rotations), return_rounds=True,

@@ -1,39 +1,56 @@
 """lsh_jax: Reformer LSH self-attention in JAX.
 
-Shape glossary used in every docstring:
+Shape glossary, one meaning per letter in every docstring of the package:
+  B   batch (examples)           T   length in the multi-head layout
   L   sequence length            D   query/key depth (d_qk)
   Dv  value depth (d_v)          R   hash rounds (n_hashes)
   NB  buckets per round          C   chunk length (chunk_len)
   N   chunks per round (L / C)   W   chunks in a window (1 + before + after)
+  H   heads                      K   chunks per block of the chunk loop
+  E   chunks of a round plus its halo (N + before + after)
 
-The pipeline (SPEC.md): `hash_vectors` -> `sort_buckets` -> `attend_round`
-(one round: sort, `chunked_attend`, `undo_sort`; vmapped over rounds) ->
-`combine_rounds` (or, for long inputs, the rounds in turn into a running
-combine: `lsh_jax.rounds.attend_rounds_in_turn`);
-`lsh_attention` runs it all for one head; `attention_weights` returns the
-effective [L, L] matrix it applies (small and medium L). `lsh_jax.oracle` is the NumPy
-reference; `lsh_jax.trax_layer` (imports Trax) is the drop-in Trax layer.
-This module imports neither Trax nor TensorFlow.
+The package's layers (each imports only the ones above it in this list):
+  lsh_jax.core       the pipeline in pure JAX, one step per module; its
+                     building blocks (`sort_buckets`, `chunked_attend`, ...)
+                     are public there
+  lsh_jax.reference  the NumPy oracle (`lsh_jax.oracle` for short)
+  lsh_jax.trax       drop-in Trax layers (needs the `trax` extra)
+  lsh_jax.apps       the `lsh-jax` command line and its applications
+
+The algorithm, with the section numbers docstrings cite (§1-§6), is
+docs/algorithm.md. `import lsh_jax` imports JAX and NumPy only: never Trax,
+TensorFlow, Flax or matplotlib.
 """
-from lsh_jax.attention import full_attention
-from lsh_jax.attention import lsh_attention
-from lsh_jax.attention import lsh_attention_from_buckets
-from lsh_jax.chunked import chunked_attend
-from lsh_jax.chunked import normalize_keys
-from lsh_jax.combine import combine_rounds
-from lsh_jax.combine import round_weights
-from lsh_jax.hashing import auto_n_buckets
-from lsh_jax.hashing import hash_vectors
-from lsh_jax.hashing import hash_with_rotations
-from lsh_jax.hashing import random_rotations
-from lsh_jax.rounds import attend_round
-from lsh_jax.sorting import sort_buckets
-from lsh_jax.sorting import undo_sort
-from lsh_jax.weights import attention_weights
+import warnings
+
+from lsh_jax.core.attention import full_attention
+from lsh_jax.core.attention import lsh_attention
+from lsh_jax.core.attention import lsh_attention_from_buckets
+from lsh_jax.core.hashing import auto_n_buckets
+from lsh_jax.core.hashing import hash_vectors
+from lsh_jax.core.weights import attention_weights
+
+__version__ = '0.2.0'
 
 __all__ = [
-    'attend_round', 'attention_weights', 'auto_n_buckets', 'chunked_attend', 'combine_rounds', 'full_attention',
-    'hash_vectors', 'hash_with_rotations', 'lsh_attention',
-    'lsh_attention_from_buckets', 'normalize_keys', 'random_rotations',
-    'round_weights', 'sort_buckets', 'undo_sort',
+    'attention_weights', 'auto_n_buckets', 'full_attention', 'hash_vectors',
+    'lsh_attention', 'lsh_attention_from_buckets',
 ]
+
+# Building blocks that lived at the top level before 0.2; they now live in
+# `lsh_jax.core` and still resolve here, with a warning.
+_MOVED_TO_CORE = (
+    'attend_round', 'chunked_attend', 'combine_rounds', 'hash_with_rotations',
+    'normalize_keys', 'random_rotations', 'round_weights', 'sort_buckets',
+    'undo_sort',
+)
+
+
+def __getattr__(name):
+  if name in _MOVED_TO_CORE:
+    warnings.warn(f'lsh_jax.{name} moved to lsh_jax.core.{name}; the old '
+                  'name will be removed in a future release',
+                  DeprecationWarning, stacklevel=2)
+    from lsh_jax import core  # pylint: disable=import-outside-toplevel
+    return getattr(core, name)
+  raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

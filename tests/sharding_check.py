@@ -119,7 +119,7 @@ def trax_check(steps=3, n_devices=8):
   from trax import layers as tl
   from trax.supervised import training
 
-  from lsh_jax import trax_layer
+  from lsh_jax.trax import layers as trax_layer
 
   attention = functools.partial(
       trax_layer.LSHSelfAttention, chunk_len=8, n_hashes=2, n_buckets=4,

@@ -37,7 +37,7 @@ def test_the_expected_configs_exist():
 
 @pytest.mark.parametrize('config', CONFIGS, ids=os.path.basename)
 def test_config_parses_and_builds_its_model(trax_env, config):
-  from lsh_jax import copy_task  # pylint: disable=import-outside-toplevel
+  from lsh_jax.apps import copy_task  # pylint: disable=import-outside-toplevel
   copy_task.parse_config(config)
   inputs = gin.query_parameter('train.inputs').scoped_configurable_fn()
   tokens, targets, weights = next(inputs.train_stream(1))

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lsh_jax import cli
+from lsh_jax.apps import cli
 from trax_testing import trained_run, trax_env  # noqa: F401  (fixtures)
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(
@@ -46,7 +46,7 @@ def _trax_layer_config(tmp_path):
 
 
 def _eval_model(config, checkpoint, signature):
-  from lsh_jax import copy_task  # pylint: disable=import-outside-toplevel
+  from lsh_jax.apps import copy_task  # pylint: disable=import-outside-toplevel
   copy_task.parse_config(config)
   model = gin.query_parameter('train.model').scoped_configurable_fn(
       mode='eval')
@@ -66,7 +66,7 @@ def _eval_model(config, checkpoint, signature):
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # Trax gzip
 def test_checkpoint_moves_between_the_two_layers(trax_env, trained_run,
                                                  tmp_path):
-  from lsh_jax import copy_task  # pylint: disable=import-outside-toplevel
+  from lsh_jax.apps import copy_task  # pylint: disable=import-outside-toplevel
   run_dir, _ = trained_run
   checkpoint = os.path.join(run_dir, 'model.pkl.gz')
   tokens, _ = copy_task.copy_batch(np.random.RandomState(0), 13, 8, 16)
@@ -85,7 +85,7 @@ def test_checkpoint_moves_between_the_two_layers(trax_env, trained_run,
 
 
 def test_evaluate_n_hashes_tabulates_accuracies(trained_run):
-  from lsh_jax import copy_task  # pylint: disable=import-outside-toplevel
+  from lsh_jax.apps import copy_task  # pylint: disable=import-outside-toplevel
   run_dir, _ = trained_run
   length, results = copy_task.evaluate_n_hashes(
       CONFIG, os.path.join(run_dir, 'model.pkl.gz'), (1, 2), batch_size=16,

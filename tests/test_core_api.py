@@ -12,9 +12,9 @@ import pytest
 from jax import test_util as jtu
 
 import lsh_jax
-from lsh_jax import attention
-from lsh_jax import hashing
-from lsh_jax import sorting
+from lsh_jax.core import attention
+from lsh_jax.core import hashing
+from lsh_jax.core import sorting
 from helpers import random_qv
 
 KW = dict(n_buckets=4, n_hashes=2, chunk_len=4)
@@ -227,7 +227,7 @@ def test_gradients_match_finite_differences(causal, padded):
 
 def test_undo_sort_gradient_is_a_gather_not_a_scatter():
   x = jax.random.normal(KEY, (16, 3))
-  sticker, undo = lsh_jax.sort_buckets(lsh_jax.hash_vectors(x, KEY, 4, 1))
+  sticker, undo = lsh_jax.core.sort_buckets(lsh_jax.hash_vectors(x, KEY, 4, 1))
   loss = lambda x: jnp.sum(jnp.sin(sorting.undo_sort(x, undo[0], sticker[0])))
   hlo = jax.jit(jax.grad(loss)).lower(x).as_text()
   assert 'scatter' not in hlo and 'gather' in hlo
@@ -237,7 +237,7 @@ def test_undo_sort_gradient_is_a_gather_not_a_scatter():
 
 def test_sort_buckets_orders_by_bucket_then_position():
   buckets = jnp.array([[2, 0, 2, 1, 0, 1], [1, 1, 1, 0, 0, 0]])
-  sticker, undo = lsh_jax.sort_buckets(buckets)
+  sticker, undo = lsh_jax.core.sort_buckets(buckets)
   # By hand: stable order of positions by bucket.
   np.testing.assert_array_equal(sticker, [[1, 4, 3, 5, 0, 2],
                                           [3, 4, 5, 0, 1, 2]])
@@ -260,11 +260,11 @@ def test_full_attention_checks_and_matches_softmax_by_hand():
 @pytest.mark.parametrize('before,after,causal', [(1, 0, False), (2, 1, True)])
 def test_chunk_blocks_do_not_change_results(before, after, causal):
   """Processing query chunks B at a time (lax.map) equals all at once."""
-  from lsh_jax import chunked
-  from lsh_jax import rounds
+  from lsh_jax.core import chunked
+  from lsh_jax.core import rounds
   n_rounds, length = 3, 96  # 12 chunks of 8 per round
   q, v = _qv(length, 3, 5)
-  sticker, undo = lsh_jax.sort_buckets(lsh_jax.hash_vectors(q, KEY, 6,
+  sticker, undo = lsh_jax.core.sort_buckets(lsh_jax.hash_vectors(q, KEY, 6,
                                                             n_rounds))
   results = []
   for block in (None, 1, 3, 12):
@@ -390,7 +390,7 @@ def test_hash_token_blocks_and_ties_match_argmax_of_the_concatenation():
                          ).astype(jnp.float32)
   rotations = jax.random.randint(jax.random.PRNGKey(4), (depth, 3, 5), -1, 2
                                  ).astype(jnp.float32)
-  got = lsh_jax.hash_with_rotations(q, rotations, [4, 6])
+  got = lsh_jax.core.hash_with_rotations(q, rotations, [4, 6])
   rotated = jnp.einsum('tf,fhb->htb', q, rotations)  # [R, L, 5]
   first = jnp.argmax(jnp.concatenate([rotated[..., :2], -rotated[..., :2]],
                                      -1), -1)

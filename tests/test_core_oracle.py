@@ -26,10 +26,10 @@ import numpy as np
 import pytest
 
 import lsh_jax
-from lsh_jax import combine
-from lsh_jax import hashing
+from lsh_jax.core import combine
+from lsh_jax.core import hashing
 from lsh_jax import oracle
-from lsh_jax import padding
+from lsh_jax.core import padding
 from helpers import hash_margin
 
 # Below this float64 gap between the two best hash scores, float32 rounding
@@ -118,7 +118,7 @@ def run_both(s):
   n_buckets = s['n_buckets']
   if n_buckets is None:  # documented: resolved with the real length
     n_buckets = lsh_jax.auto_n_buckets(length, s['chunk_len'])
-  rotations = np.asarray(lsh_jax.random_rotations(key, s['d_qk'], n_buckets,
+  rotations = np.asarray(lsh_jax.core.random_rotations(key, s['d_qk'], n_buckets,
                                                   s['n_hashes']))
   valid = np.ones(length, bool) if mask is None else mask
   if valid.any():  # padding hashes to its own id, whatever its q
@@ -187,7 +187,7 @@ def test_gradients_match_finite_differences(s):
   valid = np.ones(length, bool) if mask is None else mask
   key = jax.random.PRNGKey(s['seed'])
   n_buckets = s['n_buckets'] or lsh_jax.auto_n_buckets(length, s['chunk_len'])
-  rotations = np.asarray(lsh_jax.random_rotations(key, s['d_qk'], n_buckets,
+  rotations = np.asarray(lsh_jax.core.random_rotations(key, s['d_qk'], n_buckets,
                                                   s['n_hashes']))
   dq = rng.normal(size=q.shape) * valid[:, None]
   dq /= max(1.0, np.abs(dq).max())
@@ -264,10 +264,10 @@ def test_round_order_does_not_matter_without_neighbours():
   rng = np.random.default_rng(0)
   q = jnp.asarray(rng.normal(size=(length, 6)), jnp.float32)
   v = jnp.asarray(rng.normal(size=(length, 3)), jnp.float32)
-  rotations = lsh_jax.random_rotations(jax.random.PRNGKey(1), 6, 8, n_hashes)
+  rotations = lsh_jax.core.random_rotations(jax.random.PRNGKey(1), 6, 8, n_hashes)
   outputs = []
   for order in ([0, 1, 2, 3], [3, 1, 0, 2]):
-    buckets = lsh_jax.hash_with_rotations(q, rotations[:, order], 8)
+    buckets = lsh_jax.core.hash_with_rotations(q, rotations[:, order], 8)
     outputs.append(lsh_jax.lsh_attention_from_buckets(
         q, v, buckets, chunk_len=8, n_chunks_before=0))
   np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-6, atol=1e-6)
@@ -292,7 +292,7 @@ def test_running_combine_equals_combine_rounds():
   for h in range(n_rounds):
     state = combine.add_round(state, o[h], lse[h])
   got = np.asarray(combine.finish_rounds(state, lse))
-  np.testing.assert_allclose(got, lsh_jax.combine_rounds(o, lse),
+  np.testing.assert_allclose(got, lsh_jax.core.combine_rounds(o, lse),
                              rtol=1e-6, atol=1e-6)
   want64 = oracle.combine_rounds(o.astype(np.float64), lse.astype(np.float64))
   normal = [0, 1, 4, 5]

@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 
 import lsh_jax
-from lsh_jax import chunked
-from lsh_jax import masks
-from lsh_jax import rounds
+from lsh_jax.core import chunked
+from lsh_jax.core import masks
+from lsh_jax.core import rounds
 
 C, D, DV, N = 4, 3, 5, 6  # distinct sizes: a swapped axis cannot pass
 
@@ -98,7 +98,7 @@ def test_chunk_gradients_equal_autodiff(before, after, causal, padded, dropout,
         keys[5], 0.7, (C, n_windows * C)).astype(jnp.float32) / 0.7
 
   def loss_custom(q, k_ext, v_ext):
-    so, lse = lsh_jax.chunked_attend(
+    so, lse = lsh_jax.core.chunked_attend(
         q.reshape(N * C, D), perm, k_ext, v_ext, pos_ext, valid_ext,
         n_chunks_before=before, n_chunks_after=after, causal=causal,
         dropout_multiplier=multiplier, chunks_per_block=block)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import lsh_jax
-from lsh_jax import explain
+from lsh_jax.apps import explain
 from lsh_jax import oracle
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
@@ -107,8 +107,8 @@ def test_plot_is_a_valid_png(tmp_path, capsys):
 
 
 def test_importing_lsh_jax_and_these_modules_stays_light():
-  code = ('import sys, lsh_jax, lsh_jax.weights, lsh_jax.explain, '
-          'lsh_jax.quality\n'
+  code = ('import sys, lsh_jax, lsh_jax.core.weights, lsh_jax.apps.explain, '
+          'lsh_jax.apps.quality\n'
           'heavy = [m for m in ("trax", "tensorflow", "matplotlib") '
           'if m in sys.modules]\n'
           'assert not heavy, heavy')
@@ -116,6 +116,6 @@ def test_importing_lsh_jax_and_these_modules_stays_light():
 
 
 def test_lsh_jax_command_line_dispatches_to_explain(capsys):
-  from lsh_jax import cli  # pylint: disable=import-outside-toplevel
+  from lsh_jax.apps import cli  # pylint: disable=import-outside-toplevel
   assert cli.main(['explain', '--seed', '1']) == 0
   assert 'PASS' in capsys.readouterr().out

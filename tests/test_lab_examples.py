@@ -31,7 +31,7 @@ def test_our_softmax():
   np.testing.assert_allclose(lse, [4.44019], atol=1e-5)  # printed 6 digits
   # The same softmax is lsh_jax's round weighting (SPEC.md §5): four
   # "rounds" of one query with normalisers 1, 2, 3, 4.
-  weights = lsh_jax.round_weights(jnp.array([[1.0], [2.0], [3.0], [4.0]]))
+  weights = lsh_jax.core.round_weights(jnp.array([[1.0], [2.0], [3.0], [4.0]]))
   np.testing.assert_allclose(weights[:, 0], probs, atol=PRINT_ATOL)
 
 
@@ -71,7 +71,7 @@ def test_our_hash_vectors(old_threefry):
   expected = [3] * 8 + [5] * 8 + [11] * 8  # flat, with round offsets 0, 4, 8
   vecs = jnp.ones((8, 5))
   rng = jax.random.PRNGKey(1)
-  rotations = lsh_jax.random_rotations(rng, 5, 4, 3)
+  rotations = lsh_jax.core.random_rotations(rng, 5, 4, 3)
   np.testing.assert_array_equal(
       oracle.our_hash_vectors(np.asarray(vecs), np.asarray(rotations), 4, 3),
       expected)
@@ -102,7 +102,7 @@ def test_sort_buckets():
   np.testing.assert_array_equal(sq[:, 0], [0, 0, 1, 1, 2, 2, 3, 3] * 2)
   np.testing.assert_array_equal(sv, np.ones((16, 5)))
   # lsh_jax keeps rounds on a leading axis: flat sticker = h * L + position.
-  j_sticker, j_undo = lsh_jax.sort_buckets(jnp.asarray(buckets).reshape(2, 8))
+  j_sticker, j_undo = lsh_jax.core.sort_buckets(jnp.asarray(buckets).reshape(2, 8))
   offsets = 8 * np.arange(2)[:, None]
   np.testing.assert_array_equal((np.asarray(j_sticker) + offsets).ravel(),
                                 LAB_STICKER)

@@ -11,8 +11,8 @@ import re
 import numpy as np
 import pytest
 
-from lsh_jax import quality
-from lsh_jax import weights
+from lsh_jax.apps import quality
+from lsh_jax.core import weights
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 # Small and fast; the same shapes in every test, so compilations are shared.

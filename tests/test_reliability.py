@@ -20,10 +20,10 @@ import numpy as np
 import pytest
 
 import lsh_jax
-from lsh_jax import hashing
+from lsh_jax.core import hashing
 from lsh_jax import oracle
-from lsh_jax import padding
-from lsh_jax import weights
+from lsh_jax.core import padding
+from lsh_jax.core import weights
 from helpers import hash_margin
 from helpers import random_qv
 
@@ -50,7 +50,7 @@ def _padded_oracle(q, v, key, *, n_buckets, n_hashes, chunk_len, mask=None,
   qp = np.pad(q, ((0, extra), (0, 0)))
   vp = np.pad(v, ((0, extra), (0, 0)))
   maskp = np.pad(valid, (0, extra))
-  rotations = np.asarray(lsh_jax.random_rotations(key, q.shape[1], n_buckets,
+  rotations = np.asarray(lsh_jax.core.random_rotations(key, q.shape[1], n_buckets,
                                                   n_hashes))
   assert hash_margin(q, rotations, hashing.bucket_factors(n_buckets)) > 1e-4
   out, _, lse = oracle.lsh_self_attention(

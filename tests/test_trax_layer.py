@@ -1,4 +1,4 @@
-"""lsh_jax.trax_layer.LSHSelfAttention against Trax 1.4.1's LSHSelfAttention.
+"""lsh_jax.trax.LSHSelfAttention against Trax 1.4.1's LSHSelfAttention.
 
 Expected values come from Trax's own layer, built with the same arguments
 and initialised with the same key, then run on the same inputs with the same

@@ -1,4 +1,4 @@
-"""Decoding: lsh_jax.trax_layer.LSHSelfAttention(mode='predict').
+"""Decoding: lsh_jax.trax.LSHSelfAttention(mode='predict').
 
 Expected values, per test:
   * Trax 1.4.1's own decoding (`_use_predict_mem` and
@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lsh_jax import hashing
+from lsh_jax.core import hashing
 from lsh_jax import oracle
 from trax_testing import trained_run  # noqa: F401  (fixture)
 from trax_testing import trax_decoding  # noqa: F401  (fixture)
@@ -212,7 +212,7 @@ def _eval_greedy(config, checkpoint, tokens, prefix_len):
   import gin  # pylint: disable=import-outside-toplevel
   from trax import shapes  # pylint: disable=import-outside-toplevel
 
-  from lsh_jax import copy_task  # pylint: disable=import-outside-toplevel
+  from lsh_jax.apps import copy_task  # pylint: disable=import-outside-toplevel
   copy_task.parse_config(config)
   model = gin.query_parameter('train.model').scoped_configurable_fn(
       mode='eval')
@@ -235,7 +235,7 @@ def test_greedy_sampling_of_the_trained_copy_model(trained_run, capsys):
   greedy decoding by full recomputation (module docstring)."""
   import os  # pylint: disable=import-outside-toplevel
 
-  from lsh_jax import cli  # pylint: disable=import-outside-toplevel
+  from lsh_jax.apps import cli  # pylint: disable=import-outside-toplevel
   run_dir, _ = trained_run
   assert cli.main(['sample', run_dir, '--examples', '16', '--show',
                    '16']) == 0
@@ -258,7 +258,7 @@ def test_greedy_sampling_of_the_trained_copy_model(trained_run, capsys):
 
 
 def test_sample_errors_are_one_line(trax_env, tmp_path, capsys):
-  from lsh_jax import cli  # pylint: disable=import-outside-toplevel
+  from lsh_jax.apps import cli  # pylint: disable=import-outside-toplevel
   assert cli.main(['sample', str(tmp_path)]) == 2
   err = capsys.readouterr().err
   assert err.count('\n') == 1

@@ -1,4 +1,4 @@
-"""lsh_jax.trax_layer.SelfAttention against Trax 1.4.1's SelfAttention.
+"""lsh_jax.trax.SelfAttention against Trax 1.4.1's SelfAttention.
 
 Expected values come from Trax's own layer (same arguments, init key,
 inputs and rng; `pure_fn` jitted, gradients through its backward pass) or

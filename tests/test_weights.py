@@ -20,7 +20,7 @@ import pytest
 
 import lsh_jax
 from lsh_jax import oracle
-from lsh_jax import weights
+from lsh_jax.core import weights
 from helpers import hash_margin
 from helpers import random_qv
 
@@ -68,8 +68,8 @@ def _self_only_rows(counts, kwargs):
 def _sticker(q, key, kwargs):
   """The oracle's sorted positions [R, L] for the rotations `key` draws."""
   n_buckets, n_hashes = kwargs['n_buckets'], kwargs['n_hashes']
-  rotations = lsh_jax.random_rotations(key, D_QK, n_buckets, n_hashes)
-  factors = lsh_jax.hashing.bucket_factors(n_buckets)
+  rotations = lsh_jax.core.random_rotations(key, D_QK, n_buckets, n_hashes)
+  factors = lsh_jax.core.hashing.bucket_factors(n_buckets)
   # A float32/float64 tie in the hash would change buckets, not a bug.
   assert hash_margin(q, rotations, factors) > 1e-4
   buckets = oracle.our_hash_vectors(q, rotations, n_buckets, n_hashes,
@@ -103,7 +103,7 @@ def test_weights_times_values_is_lsh_attention(name):
 def test_weights_equal_the_oracle_and_valid_rows_sum_to_one(name):
   kwargs = SETTINGS[name]
   q, _, key = _inputs()
-  rotations = lsh_jax.random_rotations(key, D_QK, kwargs['n_buckets'],
+  rotations = lsh_jax.core.random_rotations(key, D_QK, kwargs['n_buckets'],
                                        kwargs['n_hashes'])
   matrix = _weights(name)
   expected = oracle.lsh_self_attention(

@@ -12,13 +12,13 @@ import pytest
 
 @pytest.fixture(scope='session')
 def trax_env():
-  """Trax's layers and models, and lsh_jax.trax_layer (Trax imported once)."""
+  """Trax's layers and models, and lsh_jax.trax (Trax imported once)."""
   from trax import fastmath  # pylint: disable=import-outside-toplevel
   from trax import layers as tl
   from trax import models
   from trax import shapes
 
-  from lsh_jax import trax_layer
+  from lsh_jax.trax import layers as trax_layer
   return types.SimpleNamespace(tl=tl, shapes=shapes, fastmath=fastmath,
                                models=models, ours=trax_layer)
 
@@ -126,7 +126,7 @@ def trained_run(trax_env, tmp_path_factory):  # pylint: disable=redefined-outer-
 
   import gin  # pylint: disable=import-outside-toplevel
 
-  from lsh_jax import cli  # pylint: disable=import-outside-toplevel
+  from lsh_jax.apps import cli  # pylint: disable=import-outside-toplevel
   config = os.path.join(os.path.dirname(os.path.dirname(
       os.path.abspath(__file__))), 'configs', 'lab_lsh_layer.gin')
   run_dir = str(tmp_path_factory.mktemp('run'))

@@ -1,7 +1,7 @@
 """Greedy sampling of a trained copy model with fast decoding (imports Trax).
 
 The model of a run folder is rebuilt in `mode='predict'` (our LSH layer
-decodes incrementally, `lsh_jax.trax_predict`), given `0 w 0` of a fresh
+decodes incrementally, `lsh_jax.trax.predict`), given `0 w 0` of a fresh
 copy sequence as its prefix, and sampled greedily with Trax's
 `trax.supervised.decoding.autoregressive_sample`; its accuracy is the
 fraction of the second `w` it reproduces.
@@ -21,7 +21,7 @@ import numpy as np
 from trax import shapes
 from trax.supervised import decoding
 
-from lsh_jax import copy_task
+from lsh_jax.apps import copy_task
 
 LAYER = 'lsh_jax.LSHSelfAttention'
 

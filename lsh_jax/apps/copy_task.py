@@ -27,7 +27,7 @@ from trax import shapes
 from trax.supervised import callbacks
 from trax.supervised import trainer_lib
 
-import lsh_jax.trax_layer  # noqa: F401  (registers lsh_jax.* for the configs)
+import lsh_jax.trax  # noqa: F401  (registers lsh_jax.* for the configs)
 
 
 class ConfigError(ValueError):
@@ -210,7 +210,7 @@ def evaluate_n_hashes(config, checkpoint, n_hashes_list=(1, 2, 4, 8), *,
   `lsh_jax.LSHSelfAttention.n_hashes` rebound; its weights come from
   `checkpoint` (state, i.e. hash keys, is fresh: its shape depends on
   n_hashes). With `dense`, the same weights also run in
-  `lsh_jax.trax_layer.SelfAttention` with shared QK: the full attention
+  `lsh_jax.trax.SelfAttention` with shared QK: the full attention
   that LSH approximates. All settings see the same `n_batches` batches of
   `0 w 0 w` at the config's longest eval length.
 

@@ -84,7 +84,7 @@ def check_mask(mask, length):
 
 def check_chunking(chunk_len, n_chunks_before, n_chunks_after):
   """Checks the chunk settings; any length works (the public entry points
-  pad to a multiple of chunk_len themselves, `lsh_jax.padding`)."""
+  pad to a multiple of chunk_len themselves, `lsh_jax.core.padding`)."""
   check_positive_int('chunk_len', chunk_len)
   check_non_negative_int('n_chunks_before', n_chunks_before)
   check_non_negative_int('n_chunks_after', n_chunks_after)

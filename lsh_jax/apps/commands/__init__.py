@@ -1,5 +1,6 @@
-"""Subcommands of `lsh-jax` (see `lsh_jax.cli`), one module each."""
+"""Subcommands of `lsh-jax` (see `lsh_jax.apps.cli`), one module each."""
 import argparse
+import os
 
 
 class CommandError(Exception):
@@ -22,3 +23,7 @@ def add_bindings_argument(parser):
       '-b', '--binding', action='append', default=[], metavar='BINDING',
       help="extra gin binding, e.g. -b 'lsh_jax.LSHSelfAttention.n_hashes=4'"
       ' (repeatable)')
+
+# The source checkout this package runs from (configs/, benchmarks/).
+CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.dirname(os.path.abspath(__file__)))))

@@ -37,14 +37,14 @@ def plot_explain(walkthrough, path):
   """One figure: buckets per round, sorted chunks, effective vs full matrix.
 
   Args:
-    walkthrough: an `lsh_jax.explain.Walkthrough`.
+    walkthrough: an `lsh_jax.apps.explain.Walkthrough`.
     path: the PNG file to write.
 
   Returns:
     path.
   """
   import lsh_jax  # pylint: disable=import-outside-toplevel
-  from lsh_jax import weights as weights_lib  # pylint: disable=import-outside-toplevel
+  from lsh_jax.core import weights as weights_lib  # pylint: disable=import-outside-toplevel
   w = walkthrough
   s = w.settings
   n_rounds, length = w.buckets.shape
@@ -126,7 +126,7 @@ def plot_quality(rows, path, title='LSH attention vs full attention'):
 
   Args:
     rows: dicts with 'data', 'chunk_len', 'n_hashes', 'rel_error' and
-      'covered_mass' (as `lsh_jax.quality.measure_grid` returns them).
+      'covered_mass' (as `lsh_jax.apps.quality.measure_grid` returns them).
     path: the PNG file to write.
 
   Returns:

@@ -1,7 +1,7 @@
 """Incremental decoding (`mode='predict'`) of the LSH layer: Trax's algorithm.
 
 Pure JAX (no Trax import): the computation behind
-`lsh_jax.trax_layer.LSHSelfAttention(mode='predict')`, Trax 1.4.1's
+`lsh_jax.trax.LSHSelfAttention(mode='predict')`, Trax 1.4.1's
 `_use_predict_mem` and `_incremental_forward_unbatched` written for today's
 JAX, one jit-compiled `call` per step.
 
@@ -47,11 +47,11 @@ import jax.numpy as jnp
 from jax import lax
 
 import lsh_jax
-from lsh_jax import chunked
-from lsh_jax import hashing
-from lsh_jax import masks
-from lsh_jax import trax_heads
-from lsh_jax import trax_kernels
+from lsh_jax.core import chunked
+from lsh_jax.core import hashing
+from lsh_jax.core import masks
+from lsh_jax.trax import heads as trax_heads
+from lsh_jax.trax import kernels as trax_kernels
 
 
 def n_buckets(spec):

@@ -7,7 +7,7 @@ sample under the expected `w` and the token accuracy.
 """
 import time
 
-from lsh_jax import commands
+from lsh_jax.apps import commands
 
 HELP = 'greedy samples of a trained copy model (fast decoding)'
 
@@ -43,7 +43,7 @@ def run(args):
   if args.n_hashes:
     bindings = [f'lsh_jax.LSHSelfAttention.n_hashes = {args.n_hashes}'
                 ] + bindings
-  from lsh_jax import sampling  # imports Trax
+  from lsh_jax.apps import sampling  # imports Trax
   try:
     config, checkpoint = sampling.run_dir_files(args.run_dir)
     result = sampling.greedy_copy(config, checkpoint,

@@ -13,14 +13,14 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from lsh_jax import chunked
-from lsh_jax import combine
-from lsh_jax import hashing
-from lsh_jax import masks
-from lsh_jax import padding
-from lsh_jax import rounds
-from lsh_jax import sorting
-from lsh_jax import validation
+from lsh_jax.core import chunked
+from lsh_jax.core import combine
+from lsh_jax.core import hashing
+from lsh_jax.core import masks
+from lsh_jax.core import padding
+from lsh_jax.core import rounds
+from lsh_jax.core import sorting
+from lsh_jax.core import validation
 
 _STATIC = ('chunk_len', 'n_chunks_before', 'n_chunks_after', 'causal',
            'attention_dropout', 'sequential_rounds', 'n_ids')
@@ -135,7 +135,7 @@ def lsh_attention(q, v, rng, *, n_buckets, n_hashes, chunk_len,
   Any length L >= 1 works: when L is not a multiple of `chunk_len` (or
   `chunk_len > L`) the inputs are padded internally with masked positions
   up to the next multiple and the padding is cut off again (see
-  `lsh_jax.padding`); the real positions get exactly what that padded,
+  `lsh_jax.core.padding`); the real positions get exactly what that padded,
   masked computation gives.
 
   Args:
@@ -170,7 +170,7 @@ def lsh_attention(q, v, rng, *, n_buckets, n_hashes, chunk_len,
 
   Raises:
     ValueError, before tracing, for any argument that cannot work (see
-    `lsh_jax.validation`), naming the argument and what was expected.
+    `lsh_jax.core.validation`), naming the argument and what was expected.
   """
   rate = validation.check_attention_args(
       q, v, mask, chunk_len, n_chunks_before, n_chunks_after,
@@ -223,7 +223,7 @@ def lsh_attention_from_buckets(q, v, buckets, *, chunk_len, n_chunks_before=1,
           'n_ids', n_ids))
 
 
-# Any length (lsh_jax.padding) inside the same compiled program as the
+# Any length (lsh_jax.core.padding) inside the same compiled program as the
 # attention: one dispatch per call, and the same program whether or not the
 # caller is itself jitted, so the results are bit-identical either way.
 @functools.partial(jax.jit, static_argnames=_STATIC + ('n_buckets', 'n_hashes'))

@@ -9,13 +9,12 @@ import os
 import platform
 import time
 
-from lsh_jax import commands
-from lsh_jax.commands import evaluate
-from lsh_jax.commands import train
+from lsh_jax.apps import commands
+from lsh_jax.apps.commands import evaluate
+from lsh_jax.apps.commands import train
 
 HELP = 'train the CPU-sized copy model and print accuracy per n_hashes'
-CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), 'configs', 'reformer_copy_cpu.gin')
+CONFIG = os.path.join(commands.CHECKOUT, 'configs', 'reformer_copy_cpu.gin')
 
 
 def add_arguments(parser):
@@ -49,7 +48,7 @@ def run(args):
   checkpoint = os.path.join(loop.output_dir, 'model.pkl.gz')
   length, results = evaluate.evaluate(args.config, checkpoint, [1, 2, 4, 8])
   done = time.time()
-  from lsh_jax import copy_task  # already imported by train
+  from lsh_jax.apps import copy_task  # already imported by train
   copy_task.parse_config(args.config)
   trained_with = copy_task.query('lsh_jax.LSHSelfAttention.n_hashes')
   print()

@@ -6,7 +6,7 @@
     lsh-jax sample RUN_DIR [--examples N] [--n-hashes R]
     lsh-jax explain | quality | bench [...]
 
-Each subcommand is a module of `lsh_jax.commands` with `HELP`,
+Each subcommand is a module of `lsh_jax.apps.commands` with `HELP`,
 `add_arguments(parser)` and `run(args) -> int`, listed in `COMMANDS`; it
 imports heavy packages (Trax) only inside `run`, so `--help` and argument
 errors are instant. A `CommandError` from `run` (a missing file, a config
@@ -16,17 +16,17 @@ import argparse
 import importlib
 import sys
 
-from lsh_jax.commands import CommandError
+from lsh_jax.apps.commands import CommandError
 
 # name -> module.
 COMMANDS = {
-    'train': 'lsh_jax.commands.train',
-    'evaluate': 'lsh_jax.commands.evaluate',
-    'demo': 'lsh_jax.commands.demo',
-    'explain': 'lsh_jax.explain',
-    'quality': 'lsh_jax.quality',
-    'sample': 'lsh_jax.commands.sample',
-    'bench': 'lsh_jax.commands.bench',
+    'train': 'lsh_jax.apps.commands.train',
+    'evaluate': 'lsh_jax.apps.commands.evaluate',
+    'demo': 'lsh_jax.apps.commands.demo',
+    'explain': 'lsh_jax.apps.explain',
+    'quality': 'lsh_jax.apps.quality',
+    'sample': 'lsh_jax.apps.commands.sample',
+    'bench': 'lsh_jax.apps.commands.bench',
 }
 
 

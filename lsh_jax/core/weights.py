@@ -16,8 +16,8 @@ effective matrix may use.
 import jax.numpy as jnp
 import numpy as np
 
-from lsh_jax import attention
-from lsh_jax import validation
+from lsh_jax.core import attention
+from lsh_jax.core import validation
 
 # attention_weights refuses lengths whose float32 [L, L] matrix is larger:
 # 1 GiB, L up to 16384. The caller may raise it with `max_bytes`.

@@ -20,9 +20,9 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from lsh_jax import chunked
-from lsh_jax import combine
-from lsh_jax import sorting
+from lsh_jax.core import chunked
+from lsh_jax.core import combine
+from lsh_jax.core import sorting
 
 
 def attend_round(round_index, *, q, keys, v, mask, sticker, undo, chunk_len,

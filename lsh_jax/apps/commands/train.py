@@ -8,7 +8,7 @@ checkpoint is resumed, as Trax does.
 import os
 import time
 
-from lsh_jax import commands
+from lsh_jax.apps import commands
 
 HELP = 'train a gin config (configs/*.gin) with Trax\'s training loop'
 
@@ -32,7 +32,7 @@ def train(config, output_dir, steps, bindings):
   """Trains; returns the loop. Raises CommandError for config errors."""
   if not os.path.isfile(config):
     raise commands.CommandError(f'config file not found: {config}')
-  from lsh_jax import copy_task  # imports Trax: only when actually training
+  from lsh_jax.apps import copy_task  # imports Trax: only when actually training
   output_dir = output_dir or default_output_dir(config)
   try:
     copy_task.parse_config(config, bindings)  # fail before creating folders

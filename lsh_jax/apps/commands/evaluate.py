@@ -7,7 +7,7 @@ the duplication-task table of the Reformer paper.
 """
 import os
 
-from lsh_jax import commands
+from lsh_jax.apps import commands
 
 HELP = 'copy accuracy of a checkpoint for several n_hashes'
 
@@ -27,7 +27,7 @@ def evaluate(config, checkpoint, n_hashes, n_batches=4, bindings=()):
   for path in (config, checkpoint):
     if not os.path.isfile(path):
       raise commands.CommandError(f'file not found: {path}')
-  from lsh_jax import copy_task  # imports Trax
+  from lsh_jax.apps import copy_task  # imports Trax
   try:
     return copy_task.evaluate_n_hashes(config, checkpoint, n_hashes,
                                        bindings=bindings, n_batches=n_batches)

@@ -9,7 +9,7 @@ weights, the combined result, and a check against attention computed
 directly (NumPy, float64) over the union of that query's candidate sets.
 Exit status 1 if that check fails.
 
-    python -m lsh_jax.explain [--length 16 --n-hashes 2 --n-buckets 4
+    python -m lsh_jax.apps.explain [--length 16 --n-hashes 2 --n-buckets 4
                                --chunk-len 4 --seed 0] [--plot FILE.png]
 
 Hash, sort, per-round attention and combine are lsh_jax's own functions
@@ -29,10 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 
 import lsh_jax
-from lsh_jax import hashing
+from lsh_jax.core import hashing
 from lsh_jax import oracle
-from lsh_jax import validation
-from lsh_jax import weights as weights_lib
+from lsh_jax.core import validation
+from lsh_jax.core import weights as weights_lib
 
 HELP = 'walk one small example through every step of LSH attention'
 # Printing every chunk is only readable for short sequences.
@@ -197,12 +197,12 @@ def _rounds(q, v, khash, *, n_buckets, n_hashes, chunk_len, n_chunks_before,
     rotations [D, R, rot / 2], buckets [R, L], sticker [R, L], undo [R, L],
     o [R, L, Dv], lse [R, L], and `lsh_attention`'s output [L, Dv].
   """
-  rotations = lsh_jax.random_rotations(khash, q.shape[-1], n_buckets,
+  rotations = lsh_jax.core.random_rotations(khash, q.shape[-1], n_buckets,
                                        n_hashes)
-  buckets = lsh_jax.hash_with_rotations(q, rotations, n_buckets)
-  sticker, undo = lsh_jax.sort_buckets(buckets)
+  buckets = lsh_jax.core.hash_with_rotations(q, rotations, n_buckets)
+  sticker, undo = lsh_jax.core.sort_buckets(buckets)
   one_round = functools.partial(
-      lsh_jax.attend_round, q=q, keys=lsh_jax.normalize_keys(q), v=v,
+      lsh_jax.core.attend_round, q=q, keys=lsh_jax.core.normalize_keys(q), v=v,
       mask=None, sticker=sticker, undo=undo, chunk_len=chunk_len,
       n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
       causal=causal)
@@ -330,8 +330,8 @@ def walk(settings, out=None):
     p(f'    lse[{h}]  ' + ''.join(_num(x, 7) for x in lse[h]))
 
   # 5. Combine.
-  weights = np.asarray(lsh_jax.round_weights(jnp.asarray(lse)))  # [R, L]
-  combined = np.asarray(lsh_jax.combine_rounds(jnp.asarray(o),
+  weights = np.asarray(lsh_jax.core.round_weights(jnp.asarray(lse)))  # [R, L]
+  combined = np.asarray(lsh_jax.core.combine_rounds(jnp.asarray(o),
                                                jnp.asarray(lse)))
   query = (s.query if s.query is not None
            else _pick_query(weights, sticker, s))
@@ -424,7 +424,7 @@ def run(args):
     print(f'lsh-jax explain: error: {error}', file=sys.stderr)
     return 2
   if args.plot:
-    from lsh_jax import plots  # imports matplotlib
+    from lsh_jax.apps import plots  # imports matplotlib
     plots.plot_explain(result, args.plot)
     print(f'\nfigure written to {args.plot}')
   return 0 if result.passed else 1
@@ -432,7 +432,7 @@ def run(args):
 
 def main(argv=None):
   parser = argparse.ArgumentParser(
-      prog='python -m lsh_jax.explain', description=__doc__,
+      prog='python -m lsh_jax.apps.explain', description=__doc__,
       formatter_class=argparse.RawDescriptionHelpFormatter)
   add_arguments(parser)
   return run(parser.parse_args(argv))

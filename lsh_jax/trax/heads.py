@@ -1,6 +1,6 @@
 """Runs a one-head, one-example attention function over a batch: `vmap`.
 
-Pure JAX (no Trax import); the batching behind `lsh_jax.trax_layer`.
+Pure JAX (no Trax import); the batching behind `lsh_jax.trax`.
 
 Shapes: B batch, H heads, L length, Dm model depth, P = B * H (example, head)
 pairs, numbered p = example * H + head as in Trax's layer state. A *block*

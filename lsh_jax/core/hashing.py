@@ -9,7 +9,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from lsh_jax import validation
+from lsh_jax.core import validation
 
 # Tokens hashed per step for long inputs (see `hash_with_rotations`).
 _TOKENS_PER_BLOCK = 4096

@@ -24,7 +24,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from lsh_jax import masks
+from lsh_jax.core import masks
 
 
 def normalize_keys(sq):
@@ -252,7 +252,7 @@ def chunked_attend(sq, q_pos, k_ext, v_ext, pos_ext, valid_ext=None, *,
   """Attention within chunks and their neighbours, one hash round.
 
   With E = before + N + after extended chunks: the round's halo before,
-  its own N chunks, its halo after (see `lsh_jax.rounds`):
+  its own N chunks, its halo after (see `lsh_jax.core.rounds`):
 
   Args:
     sq: float[L, D] this round's sorted queries, L = N * C.
@@ -296,7 +296,7 @@ def chunked_attend_backward(sq, q_pos, k_ext, v_ext, pos_ext, valid_ext, slse,
                             g_slse_adds_delta=False):
   """The VJP of `chunked_attend` for given output cotangents.
 
-  For callers that keep their own residuals (`lsh_jax.rounds`): the same
+  For callers that keep their own residuals (`lsh_jax.core.rounds`): the same
   arguments as `chunked_attend`, plus its `slse` output and the cotangents
   g_so float[L, Dv] and g_slse float[L] of its two outputs.
 

@@ -23,10 +23,10 @@ import jax
 import jax.numpy as jnp
 
 import lsh_jax
-from lsh_jax import attention
-from lsh_jax import hashing
-from lsh_jax import masks
-from lsh_jax import trax_heads
+from lsh_jax.core import attention
+from lsh_jax.core import hashing
+from lsh_jax.core import masks
+from lsh_jax.trax import heads as trax_heads
 
 
 @dataclasses.dataclass(frozen=True)

@@ -13,12 +13,11 @@ import os
 import subprocess
 import sys
 
-from lsh_jax import commands
+from lsh_jax.apps import commands
 
 PASSTHROUGH = True  # unknown options go to benchmarks/run.py
 HELP = 'benchmark lsh_jax against Trax, PyTorch peers and dense attention'
-RUN_PY = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), 'benchmarks', 'run.py')
+RUN_PY = os.path.join(commands.CHECKOUT, 'benchmarks', 'run.py')
 
 
 def add_arguments(parser):

@@ -17,7 +17,7 @@ Both numbers are averaged over `--seeds` hash keys (and over the sequences,
 layers and heads of a trained model). `--plot` draws the error against
 `n_hashes`, one line per `chunk_len`.
 
-    python -m lsh_jax.quality [--length 1024 --chunk-lens 32 64 128
+    python -m lsh_jax.apps.quality [--length 1024 --chunk-lens 32 64 128
                                --n-hashes 1 2 4 8 16] [--run-dir DIR]
                               [--plot FILE.png]
 
@@ -48,7 +48,7 @@ import numpy as np
 
 import lsh_jax
 from lsh_jax import oracle
-from lsh_jax import weights as weights_lib
+from lsh_jax.core import weights as weights_lib
 
 HELP = 'LSH attention vs full attention: error, covered mass, time'
 
@@ -107,10 +107,10 @@ def _lsh_and_sticker(q, v, key, mask, *, n_buckets, **kwargs):
   """
   out = lsh_jax.lsh_attention(q, v, key, mask=mask, n_buckets=n_buckets,
                               **kwargs)
-  rotations = lsh_jax.random_rotations(key, q.shape[-1], n_buckets,
+  rotations = lsh_jax.core.random_rotations(key, q.shape[-1], n_buckets,
                                        kwargs['n_hashes'])
-  buckets = lsh_jax.hash_with_rotations(q, rotations, n_buckets, mask)
-  return out, lsh_jax.sort_buckets(buckets)[0]
+  buckets = lsh_jax.core.hash_with_rotations(q, rotations, n_buckets, mask)
+  return out, lsh_jax.core.sort_buckets(buckets)[0]
 
 
 def _median_ms(fn, repeats):
@@ -155,7 +155,7 @@ def measure(samples, *, n_hashes, chunk_len, n_buckets=None,
     valid = (np.ones(len(sample.q), bool) if sample.mask is None
              else np.asarray(sample.mask, bool))
     length = len(sample.q)
-    buckets_arg = lsh_jax.validation.check_n_buckets(
+    buckets_arg = lsh_jax.core.validation.check_n_buckets(
         n_buckets if n_buckets is not None
         else lsh_jax.auto_n_buckets(length, chunk_len))
     for seed in range(seeds):
@@ -273,8 +273,8 @@ def real_samples(run_dir, n_sequences=4, seed=0):
   import gin  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from trax import shapes  # pylint: disable=import-outside-toplevel
-  from lsh_jax import copy_task  # pylint: disable=import-outside-toplevel
-  from lsh_jax import trax_layer  # pylint: disable=import-outside-toplevel
+  from lsh_jax.apps import copy_task  # pylint: disable=import-outside-toplevel
+  from lsh_jax.trax import layers as trax_layer  # pylint: disable=import-outside-toplevel
   try:
     copy_task.parse_config(config)
     vocab_size, length = copy_task.copy_task_params()
@@ -386,10 +386,10 @@ def add_arguments(parser):
 def run(args):
   """The subcommand; returns the exit status."""
   try:
-    lsh_jax.validation.check_chunking(1, args.n_chunks_before,
+    lsh_jax.core.validation.check_chunking(1, args.n_chunks_before,
                                       args.n_chunks_after)
     if args.n_buckets is not None:
-      lsh_jax.validation.check_n_buckets(args.n_buckets)
+      lsh_jax.core.validation.check_n_buckets(args.n_buckets)
   except ValueError as error:
     print(f'lsh-jax quality: error: {error}', file=sys.stderr)
     return 2
@@ -433,7 +433,7 @@ def run(args):
   print()
   print(f'total {time.time() - start:.0f} s; machine: {machine()}')
   if args.plot:
-    from lsh_jax import plots  # imports matplotlib
+    from lsh_jax.apps import plots  # imports matplotlib
     plots.plot_quality([r for r in rows if r['n_hashes'] is not None],
                        args.plot)
     print(f'figure written to {args.plot}')
@@ -442,7 +442,7 @@ def run(args):
 
 def main(argv=None):
   parser = argparse.ArgumentParser(
-      prog='python -m lsh_jax.quality', description=__doc__,
+      prog='python -m lsh_jax.apps.quality', description=__doc__,
       formatter_class=argparse.RawDescriptionHelpFormatter)
   add_arguments(parser)
   return run(parser.parse_args(argv))

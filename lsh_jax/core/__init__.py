@@ -1,0 +1,42 @@
+"""The LSH attention pipeline in pure JAX, one step per module.
+
+Building blocks (public, documented in docs/api.md; the entry points that
+chain them are re-exported by `lsh_jax`):
+
+  hashing     `hash_vectors`, `random_rotations`, `hash_with_rotations`,
+              `auto_n_buckets`                                  (§1)
+  sorting     `sort_buckets`, `undo_sort`                       (§2, §4)
+  chunked     `chunked_attend`, `normalize_keys`                (§3)
+  rounds      `attend_round`: one round, sort to unsort; the
+              rounds vmapped or run in turn                     (§2-§4)
+  combine     `combine_rounds`, `round_weights`                 (§5)
+  attention   `lsh_attention`, `lsh_attention_from_buckets`,
+              `full_attention`: the entry points
+  weights     `attention_weights`: the effective [L, L] matrix
+  masks, padding, validation: shared helpers (mask constants, any-length
+              padding, argument checks)
+
+Section numbers refer to docs/algorithm.md.
+"""
+from lsh_jax.core.attention import full_attention
+from lsh_jax.core.attention import lsh_attention
+from lsh_jax.core.attention import lsh_attention_from_buckets
+from lsh_jax.core.chunked import chunked_attend
+from lsh_jax.core.chunked import normalize_keys
+from lsh_jax.core.combine import combine_rounds
+from lsh_jax.core.combine import round_weights
+from lsh_jax.core.hashing import auto_n_buckets
+from lsh_jax.core.hashing import hash_vectors
+from lsh_jax.core.hashing import hash_with_rotations
+from lsh_jax.core.hashing import random_rotations
+from lsh_jax.core.rounds import attend_round
+from lsh_jax.core.sorting import sort_buckets
+from lsh_jax.core.sorting import undo_sort
+from lsh_jax.core.weights import attention_weights
+
+__all__ = [
+    'attend_round', 'attention_weights', 'auto_n_buckets', 'chunked_attend',
+    'combine_rounds', 'full_attention', 'hash_vectors', 'hash_with_rotations',
+    'lsh_attention', 'lsh_attention_from_buckets', 'normalize_keys',
+    'random_rotations', 'round_weights', 'sort_buckets', 'undo_sort',
+]
