@@ -130,7 +130,7 @@ def lsh_attention(q, v, rng, *, n_buckets, n_hashes, chunk_len,
                   n_chunks_before=1, n_chunks_after=0, causal=False,
                   mask=None, attention_dropout=0.0, dropout_rng=None,
                   sequential_rounds=None):
-  """LSH self-attention for one head of one sequence (SPEC.md).
+  """LSH self-attention for one head of one sequence (docs/algorithm.md).
 
   Any length L >= 1 works: when L is not a multiple of `chunk_len` (or
   `chunk_len > L`) the inputs are padded internally with masked positions
