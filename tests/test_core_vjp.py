@@ -12,7 +12,7 @@ every token) and of the pipeline with the custom VJP switched off, in every
 setting that changes the backward: causal, padding, dropout, chunks before
 and after, blocks, sequential rounds, and a cotangent on `lse` (the round
 combine gives it one). Float32 gradients agree to ~1e-5 here; tolerances
-are the float32 gradient default of STYLE.md.
+are JAX's own float32 gradient default (2e-3).
 """
 import itertools
 
