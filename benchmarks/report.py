@@ -1,6 +1,8 @@
 """Tables, target checks and the plot, from the cases' JSON records."""
 import collections
 
+import report_training
+
 CHUNK_LEN, WINDOW, DEPTH = 64, 2, 64  # chunk 64, itself + one chunk back
 MATMUL_N = 2048
 LSH = ('lsh_jax', 'trax', 'hf', 'lucidrains', 'lsh_jax_seq')
@@ -41,6 +43,9 @@ def one_line(r):
   head = f"{r['impl']} L={fmt_len(r['length'])} R={r['hashes']} {r['mode']}"
   if 'skip' in r:
     return f'{head}: skipped ({r["skip"]})'
+  if 'group' in r:
+    return (f"{head}: {r['median_ms']:.1f} ms (CPU {r['cpu_median_ms']:.1f}),"
+            f" compile {r['compile_s']:.1f} s, XLA {r['xla_temp_mb']:.0f} MB")
   return (f"{head}: {r['median_ms']:.1f} ms (min {r['min_ms']:.1f}), "
           f"compile {r['compile_s'] or 0:.1f} s, "
           f"peak +{_delta_mb(r):.0f} MB")
@@ -219,6 +224,8 @@ def targets(merged, rate):
 
 
 def render(records, meta):
+  groups = report_training.render(records)
+  records = [r for r in records if 'group' not in r]
   merged = merge(records)
   rate, best_rate = matmul_gflops(merged)
   m = meta['machine']
@@ -265,12 +272,15 @@ def render(records, meta):
   if lm:
     out += ['', 'ReformerLM training steps (vocab 256, d_model 128, '
             '2 layers, 2 heads, SGD step = jit(grad + update)):', '', lm]
+  if groups:
+    out += ['', groups]
   out += ['', 'Targets (issue 4), on this run:', '', targets(merged, rate), '']
   return '\n'.join(out)
 
 
 def plot(records, path):
   """Time and peak memory against length, log-log, fwd and fwd+bwd."""
+  records = [r for r in records if 'group' not in r]
   try:
     import matplotlib
     matplotlib.use('Agg')

@@ -35,6 +35,12 @@ DENSE_IMPLS = ('dense_blocked', 'dense_plain', 'dense_nn')
 TORCH_IMPLS = ('hf', 'lucidrains')
 DEFAULT_IMPLS = LSH_IMPLS + DENSE_IMPLS
 LM_IMPLS = ('reformerlm_lsh_jax', 'reformerlm_trax')
+# Training groups (training.py), each timed in one process, interleaved:
+# the layer at issue 18's two sizes, ReformerLM steps, multi-head attention.
+DEFAULT_GROUPS = ('layer:4K:8', 'layer:16K:1', 'lm:1K:2', 'lm:4K:2',
+                  'lm:16K:2', 'lm:1K:6', 'lm:4K:6', 'lm:16K:6',
+                  'multihead:4K:8', 'multihead:16K:1')
+QUICK_GROUPS = ('layer:1K:8', 'lm:1K:2', 'multihead:1K:8')
 
 
 def parse_length(text):
@@ -90,6 +96,21 @@ class Runner:
     cmd = [python, os.path.join(HERE, 'case.py'), '--impl', impl,
            '--length', str(length), '--hashes', str(n_hashes), '--mode', mode,
            '--repeats', str(a.repeats), '--budget', str(a.budget)]
+    return self._spawn(cmd, base, (impl, mode), (length, n_hashes))[-1]
+
+  def run_group(self, spec):
+    """A `training.py` group in one process: one record per function."""
+    a = self.args
+    cmd = [sys.executable, os.path.join(HERE, 'case.py'), '--group', spec,
+           '--repeats', str(a.group_repeats),
+           '--budget', str(a.group_budget)]
+    base = dict(group=spec, impl=spec, length=0, hashes=0, mode='-')
+    return self._spawn(cmd, base, None, None, timeout=a.group_timeout)
+
+  def _spawn(self, cmd, base, fail_key, size, timeout=None):
+    """Runs `cmd`, watching memory and time; returns its BENCH records."""
+    a = self.args
+    timeout = timeout or a.timeout
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', OMP_WAIT_POLICY='PASSIVE')
     self.log.write(f'\n$ {shlex.join(cmd)}\n')
     self.log.flush()
@@ -103,24 +124,24 @@ class Runner:
       peak_seen = max(peak_seen, rss)
       if rss > a.mem_cap_gb:
         killed = f'over the {a.mem_cap_gb:g} GB memory cap'
-      elif time.time() - t0 > a.timeout:
-        killed = f'over the {a.timeout:g} s case limit'
+      elif time.time() - t0 > timeout:
+        killed = f'over the {timeout:g} s case limit'
       if killed:
         proc.kill()
         break
     out = proc.communicate()[0]
-    record = None
-    for line in out.splitlines():
-      if line.startswith('BENCH '):
-        record = json.loads(line[len('BENCH '):])
-    if record is None:
+    records = [json.loads(line[len('BENCH '):]) for line in out.splitlines()
+               if line.startswith('BENCH ')]
+    if not records:
       reason = killed or f'crashed (exit {proc.returncode}; see bench.log)'
       if proc.returncode in (-9, 137) and not killed:
         reason = 'killed by the OS (out of memory?)'
-      record = dict(base, skip=reason)
-      self.failed.setdefault((impl, mode), (length, n_hashes, reason))
-    record['wall_s'] = round(time.time() - t0, 2)
-    return record
+      records = [dict(base, skip=reason)]
+      if fail_key:
+        self.failed.setdefault(fail_key, size + (reason,))
+    for record in records:
+      record['wall_s'] = round(time.time() - t0, 2)
+    return records
 
 
 def _rss_gb(pid):
@@ -204,6 +225,15 @@ def main(argv=None):
   p.add_argument('--lm-lengths', default='4K',
                  help="ReformerLM training-step lengths ('' for none)")
   p.add_argument('--lm-hashes', default='4')
+  p.add_argument('--groups', default=','.join(DEFAULT_GROUPS),
+                 help='training groups, kind:length:size (training.py): '
+                 'layer:L:batch, lm:L:n_layers, multihead:L:batch '
+                 "('' for none)")
+  p.add_argument('--group-repeats', type=int, default=5,
+                 help='interleaved calls of each function of a group')
+  p.add_argument('--group-budget', type=float, default=120.0,
+                 help='seconds of timed calls per group (at least 3 each)')
+  p.add_argument('--group-timeout', type=float, default=1500.0)
   p.add_argument('--repeats', type=int, default=10,
                  help='timed calls per case and round (fewer if slow)')
   p.add_argument('--budget', type=float, default=4.0,
@@ -226,6 +256,7 @@ def main(argv=None):
   if args.quick:
     args.lengths, args.hashes, args.rounds, args.repeats = '1K,4K', '1,4', 1, 5
     args.lm_lengths = '1K'
+    args.groups = ','.join(QUICK_GROUPS)
   if args.full:
     args.lengths += ',256K,1M'
     args.impls += ',lsh_jax_seq'
@@ -235,6 +266,7 @@ def main(argv=None):
   args.impls = [x for x in args.impls.split(',') if x]
   args.lm_lengths = [parse_length(x) for x in args.lm_lengths.split(',') if x]
   args.lm_hashes = [int(x) for x in args.lm_hashes.split(',') if x]
+  args.groups = [x for x in args.groups.split(',') if x]
   os.makedirs(args.out, exist_ok=True)
   if args.report_only:
     return report_only(args.out)
@@ -272,6 +304,12 @@ def main(argv=None):
         f.flush()
         print(f'[bench] round {rnd + 1}/{args.rounds} case {n + 1}/'
               f'{len(cases)}: {report.one_line(record)}', flush=True)
+    for spec in args.groups:  # each interleaved within its own process
+      for record in runner.run_group(spec):
+        records.append(record)
+        f.write(json.dumps(record) + '\n')
+        f.flush()
+        print(f'[bench] group {spec}: {report.one_line(record)}', flush=True)
   meta['machine']['load_end'] = os.getloadavg()
   meta['finished'] = time.strftime('%Y-%m-%d %H:%M')
   meta['earlier'] = earlier
