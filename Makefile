@@ -72,7 +72,7 @@ fuzz: install
 bench: install  # the benchmark table (~25 min); BENCH_ARGS=--quick for a few minutes
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
 
-# One small example through every step of the algorithm, with its figure.
+# One small example through every step of docs/algorithm.md, with its figure.
 explain: install
 	$(PY) -m lsh_jax.apps.explain --plot runs/explain.png
 

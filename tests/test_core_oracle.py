@@ -1,18 +1,18 @@
 """lsh_jax against the NumPy oracle over many random settings (hypothesis).
 
-The oracle (float64, written from SPEC.md step by step) is given the very
-rotation array that the JAX code drew from the same key, so both hash the
-same way; expected values are the oracle's. Any length is generated: when L
-is not a multiple of chunk_len the oracle runs on the input padded to the
-next multiple with masked positions (the documented contract of
-`lsh_attention`). Half-precision inputs are compared with the oracle on the
-same rounded inputs.
+The oracle (float64, written from docs/algorithm.md step by step) is given
+the very rotation array that the JAX code drew from the same key, so both
+hash the same way; expected values are the oracle's. Any length is
+generated: when L is not a multiple of chunk_len the oracle runs on the
+input padded to the next multiple with masked positions (the documented
+contract of `lsh_attention`). Half-precision inputs are compared with the
+oracle on the same rounded inputs.
 
 Valid queries are compared at 1e-5 (float32), and for bfloat16/float16
 outputs at a relative 2**-8 / 2**-11 (one final rounding) on top. Queries
 whose only unmasked candidate in every round is themselves (e.g. causal
 position 0) carry logits near -1e5, where float32 resolves only steps of
-2**-7: those are compared at 2e-2 in a test of their own (SPEC.md §5
+2**-7: those are compared at 2e-2 in a test of their own (docs/algorithm.md §5
 caveat). Padded queries' outputs must be exactly zero.
 
 `make fuzz` runs the same properties over 2,000 settings each (fixed seed:
@@ -242,7 +242,7 @@ def test_gradients_match_finite_differences(s):
 @pytest.mark.parametrize('n_hashes', [1, 3])
 @pytest.mark.parametrize('causal,padded', [(False, False), (True, True)])
 def test_single_chunk_equals_full_attention(n_hashes, causal, padded):
-  """SPEC check: chunk_len == L, no neighbours -> dense, whatever the hash."""
+  """chunk_len == L, no neighbours: dense, any hash (docs/algorithm.md §3)."""
   length = 24
   rng = np.random.default_rng(n_hashes)
   q = jnp.asarray(rng.normal(size=(length, 5)), jnp.float32)
@@ -282,8 +282,8 @@ def test_running_combine_equals_combine_rounds():
   against all at once: `combine_rounds` in float32 and the oracle's in
   float64. Rows: lse spread widely; a running top that moves up twice past
   rounds whose weight underflows; and self-only rows near -1e5, where
-  float32 cannot resolve the normaliser (SPEC.md §5): there the running
-  combine must give `combine_rounds`' float32 result (Trax's), and the
+  float32 cannot resolve the normaliser (docs/algorithm.md §5): there the
+  running combine must give `combine_rounds`' float32 result (Trax's), and the
   float64 oracle only to the 2e-2 of that caveat."""
   rng = np.random.default_rng(3)
   n_rounds, length, d_v = 5, 6, 4

@@ -34,7 +34,7 @@ def test_default_walkthrough_passes_for_several_seeds(seed, capsys):
   assert explain.main(['--seed', str(seed)]) == 0
   text = capsys.readouterr().out
   positions = [text.index(step) for step in STEPS]
-  assert positions == sorted(positions)  # in the order of SPEC.md
+  assert positions == sorted(positions)  # in the order of docs/algorithm.md
   assert re.search(r'check: max \|combined - direct\| = \S+ <= 1e-05: PASS',
                    text)
   for shape in ('rotations [4, 2, 2]', 'buckets [2, 16]', 'sticker [2, 16]',

@@ -1,8 +1,8 @@
 """`quality`: LSH attention against full attention on clustered queries.
 
 Expected values: with one chunk per round LSH attention is dense attention
-(SPEC.md), so the error must vanish and the covered mass be 1; the covered
-mass must equal the full-attention probability on the support of
+(docs/algorithm.md), so the error must vanish and the covered mass be 1;
+the covered mass must equal the full-attention probability on the support of
 `attention_weights` (an independent route to the candidate sets); more hash
 rounds must find more of the mass and cut the error.
 """

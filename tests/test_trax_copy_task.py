@@ -95,7 +95,7 @@ def test_evaluate_n_hashes_tabulates_accuracies(trained_run):
                            'full attention (dense)']
   assert all(0.0 <= accuracy <= 1.0 for accuracy in results.values())
   # One chunk holds the whole sequence: every round sees every token, so
-  # LSH attention is full attention (SPEC.md), whatever n_hashes.
+  # LSH attention is full attention (docs/algorithm.md), whatever n_hashes.
   assert len(set(round(a, 6) for a in results.values())) == 1
 
 

@@ -26,7 +26,7 @@ _STATIC = ('chunk_len', 'n_chunks_before', 'n_chunks_after', 'causal',
            'attention_dropout', 'sequential_rounds', 'n_ids')
 # Logits processed per step of the chunk loop, summed over rounds: small
 # enough to stay in the L2 cache while masks, exp and the value matmul read
-# them (PERF_NOTES: one huge score tensor runs ~15x slower per chunk).
+# them (measured: one huge score tensor runs ~15x slower per chunk).
 # Measured at 64K, one round of C = 64, W = 2: 4 chunks a step (2**15
 # logits) run the forward 1.5x and the backward 1.25x faster than 16, and
 # 8 chunks are as slow as 16; 1 to 4 are about equal.
@@ -130,7 +130,7 @@ def lsh_attention(q, v, rng, *, n_buckets, n_hashes, chunk_len,
                   n_chunks_before=1, n_chunks_after=0, causal=False,
                   mask=None, attention_dropout=0.0, dropout_rng=None,
                   sequential_rounds=None):
-  """LSH self-attention for one head of one sequence (SPEC.md).
+  """LSH self-attention for one head of one sequence (docs/algorithm.md).
 
   Any length L >= 1 works: when L is not a multiple of `chunk_len` (or
   `chunk_len > L`) the inputs are padded internally with masked positions

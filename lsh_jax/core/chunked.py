@@ -1,4 +1,4 @@
-"""Chunked attention over sorted tokens, one hash round (SPEC.md §3).
+"""Chunked attention over sorted tokens, one hash round (docs/algorithm.md §3).
 
 Each round's sorted sequence is cut into N = L / C chunks of C tokens.
 Chunk c of round h has flat index f = h * N + c on the axis of all R * N
@@ -93,7 +93,7 @@ def _block_forward(q, q_pos, k_ext, v_ext, pos_ext, valid_ext, *, multiplier,
   # One exp per logit: exp(dots - lse) written as exp(dots - top) *
   # exp(top - lse), with lse = top + log(sum exp(dots - top)) as
   # logsumexp computes it. Where a query sees only copies of itself (logits
-  # near -1e5, SPEC.md §5) dots == top, so its probabilities are
+  # near -1e5, docs/algorithm.md §5) dots == top, so its probabilities are
   # exp(top - lse) with the same float32 rounding as Trax's exp(dots - lse);
   # elsewhere the two differ by an ulp.
   top = jnp.max(dots, axis=-1, keepdims=True)
@@ -133,8 +133,8 @@ def _block_backward(q, q_pos, k_ext, v_ext, pos_ext, valid_ext, lse, g_so,
   # exp(dots - lse) as the forward used them, and the exact softmax through
   # which lse itself depends on dots. They differ where float32 cannot
   # resolve lse (a query that sees only copies of itself, logits near
-  # -1e5, SPEC.md §5); using each where autodiff would keeps the gradients
-  # equal to Trax's there too.
+  # -1e5, docs/algorithm.md §5); using each where autodiff would keeps the
+  # gradients equal to Trax's there too.
   top = jnp.max(dots, axis=-1, keepdims=True)
   weights = jnp.exp(dots - top)  # [B, C, W*C]
   softmax = weights / jnp.sum(weights, axis=-1, keepdims=True)

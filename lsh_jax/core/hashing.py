@@ -1,4 +1,4 @@
-"""Angular LSH: random rotations and bucket ids (SPEC.md §1).
+"""Angular LSH: random rotations and bucket ids (docs/algorithm.md §1).
 
 One hash round is `_hash_round`; `hash_vectors` vmaps it over the rounds'
 slices of one rotation array, drawn with the same shape and key as Trax's
@@ -47,7 +47,8 @@ def auto_n_buckets(length, chunk_len):
 def random_rotations(rng, depth, n_buckets, n_hashes):
   """Draws the random rotations: float32[D, R, sum(factors) // 2].
 
-  The shape and order of this draw are part of the contract (SPEC.md §1).
+  The shape and order of this draw are part of the contract
+  (docs/algorithm.md §1).
   """
   rot_size = sum(bucket_factors(n_buckets))
   return jax.random.normal(rng, (depth, n_hashes, rot_size // 2), jnp.float32)

@@ -4,7 +4,7 @@ Chunked attention needs L to be a multiple of C. The public entry points
 accept any L >= 1: they append `padded_length(L, C) - L` masked positions
 (zeros in q and v, False in the mask), run the usual computation and cut
 the padding off again. The real positions' outputs are exactly what the
-padded, masked computation gives (SPEC.md §3: padding keys get no
+padded, masked computation gives (docs/algorithm.md §3: padding keys get no
 probability); they are not what some unpadded computation would give,
 because none exists for such L.
 

@@ -31,7 +31,7 @@ layer pads to the next multiple with masked positions (padding goes to its
 own bucket and is never attended to) and strips the padding from the
 output; the state then holds buckets for the padded length. Lengths that
 are multiples run exactly as in Trax.
-Deliberate difference (lsh_jax SPEC.md §3): padding is masked at every
+Deliberate difference (docs/algorithm.md §3): padding is masked at every
 position; Trax 1.4.1 leaves padding at positions 0 and 1 visible.
 
 Both classes are gin-configurable as `lsh_jax.LSHSelfAttention` and
