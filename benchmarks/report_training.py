@@ -87,7 +87,7 @@ def render(records):
          '4 rounds. CPU ms: process CPU time per call (both cores count). '
          'XLA MB: the compiled function\'s temporaries.', '']
   for spec, rs in groups.items():
-    kind, length, size = spec.split(':')
+    kind, length, size = spec.split(':')[:3]
     what = {'layer': f'batch {size}', 'lm': f'{size} layers',
             'multihead': f'batch {size}'}.get(kind, size)
     out += [f'**{kind}, L = {length}, {what}**', '']

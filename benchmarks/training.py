@@ -47,7 +47,7 @@ def _layer_classes():
   return {'lsh_jax': lsh_trax.LSHSelfAttention, 'trax': tl.LSHSelfAttention}
 
 
-def layer_group(length, batch):
+def layer_group(length, batch, parallel_heads=PARALLEL_HEADS):
   """The multi-head Trax layer, forward+backward in input and weights.
 
   What a training step computes per attention layer: `jax.grad` of
@@ -55,6 +55,9 @@ def layer_group(length, batch):
   backward: recompute from the stored buckets, then the vjp), jitted, at
   each n_parallel_heads of `PARALLEL_HEADS`; forward alone at Trax's
   default. Returns {name: (fn, args)}.
+
+  parallel_heads: the n_parallel_heads settings (`layer:L:B:1+8` in a
+  group spec).
   """
   from trax import shapes
   x = jax.random.normal(jax.random.PRNGKey(0), (batch, length, D_MODEL))
@@ -62,7 +65,7 @@ def layer_group(length, batch):
   rng = jax.random.PRNGKey(1)
   group = {}
   for impl, cls in _layer_classes().items():
-    for nph in PARALLEL_HEADS:
+    for nph in parallel_heads:
       layer = cls(n_heads=N_HEADS, n_parallel_heads=nph, mode='train',
                   **_attention_kwargs(length))
       layer.init(shapes.signature(x))
@@ -112,7 +115,7 @@ def lm_group(length, n_layers):
       grads = jax.grad(loss)(weights)
       return optimizer.tree_update(0, grads, weights, slots, opt_params)[:2]
     group[f'lm_{impl}/train'] = (step, (model.weights, slots, tokens))
-  for name, (fn, args) in layer_group(length, 1).items():
+  for name, (fn, args) in layer_group(length, 1, parallel_heads=(1,)).items():
     if name.endswith('[nph=1]/bwd'):
       group[name] = (fn, args)
   return group
@@ -164,20 +167,24 @@ GROUPS = {'layer': layer_group, 'lm': lm_group, 'multihead': multihead_group}
 
 
 def parse_group(spec):
-  """'layer:4K:8' -> ('layer', 4096, 8): kind, length, batch or layers."""
+  """'layer:4K:8' -> ('layer', 4096, 8, {}): kind, length, batch or layers,
+  options ('layer:4K:8:1+8': n_parallel_heads 1 and 8)."""
   import run  # pylint: disable=import-outside-toplevel
-  kind, length, size = spec.split(':')
+  kind, length, size, *rest = spec.split(':')
   if kind not in GROUPS:
     raise ValueError(f'group kind must be one of {sorted(GROUPS)}, got '
                      f'{kind!r}')
-  return kind, run.parse_length(length), int(size)
+  options = {}
+  if rest and kind == 'layer':
+    options['parallel_heads'] = tuple(int(n) for n in rest[0].split('+'))
+  return kind, run.parse_length(length), int(size), options
 
 
 def time_group(spec, *, repeats, budget_s):
   """Compiles and times one group, interleaved; returns one record each."""
   import timing  # pylint: disable=import-outside-toplevel
-  kind, length, size = parse_group(spec)
-  group = GROUPS[kind](length, size)
+  kind, length, size, options = parse_group(spec)
+  group = GROUPS[kind](length, size, **options)
   compiled, records = {}, {}
   for name, (fn, args) in group.items():
     jax.block_until_ready(args)
