@@ -17,6 +17,8 @@ it returns gradients too, taking each block's vjp right after recomputing
 its forward pass, so no block's intermediates outlive it (Trax's [FW-BW-1]
 order): the memory of one block, not of the whole batch.
 """
+import functools
+
 import jax
 import jax.numpy as jnp
 from jax import lax
@@ -73,7 +75,11 @@ def _block_forward(head_fn, x_blk, mask_blk, w_blk, s_blk):
   def one_example(x_e, mask_e, s_e):
     heads = jax.vmap(lambda w_h, s_h: head_fn(x_e, mask_e, w_h, s_h))
     out, new_s = heads(w_blk, s_e)  # [H', L', Dm]
-    return jnp.sum(out, axis=0), new_s
+    # H' - 1 adds, not a reduce over the head axis: XLA:CPU hands that
+    # reduce (and its transpose, a broadcast to [H', L', Dm]) to a library
+    # call that took longer than the block's attention (4 heads, L 2K,
+    # d_model 256: 166 ms against 95 ms in a per-op profile).
+    return functools.reduce(jnp.add, list(out)), new_s
   if mask_blk is None:
     return jax.vmap(lambda x_e, s_e: one_example(x_e, None, s_e))(
         x_blk, s_blk)
