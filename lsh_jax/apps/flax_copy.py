@@ -237,7 +237,7 @@ def restore(path, config: CopyConfig = CopyConfig(), *, n_hashes=-1):
 def run_demo(output_dir=None, steps=None, out=None):
   """`lsh-jax demo --framework flax`: train, save, tabulate n_hashes."""
   # The Trax demo's table format; that module imports Trax only in `run`.
-  from lsh_jax.apps.commands import demo  # pylint: disable=import-outside-toplevel
+  from lsh_jax.apps import machine  # pylint: disable=import-outside-toplevel
   from lsh_jax.apps.commands import evaluate as evaluate_command  # pylint: disable=import-outside-toplevel
   out = out or sys.stdout
   config = CopyConfig()
@@ -258,6 +258,6 @@ def run_demo(output_dir=None, steps=None, out=None):
   print(f'{steps or 1000} training steps (Flax NNX, optax); wall time: '
         f'training {trained - start:.0f} s (with compilation), evaluation '
         f'{done - trained:.0f} s, total {done - start:.0f} s', file=out)
-  print(f'machine: {demo.machine()}', file=out)
+  print(f'machine: {machine.describe()}', file=out)
   print(f'parameters: {checkpoint}', file=out)
   return results
