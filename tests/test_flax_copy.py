@@ -49,3 +49,11 @@ def test_training_lowers_the_loss_and_parameters_round_trip(tmp_path):
   # The dense twin on restored parameters equals the dense twin on the
   # trained ones: restore loses nothing.
   assert results == flax_copy.evaluate(model, TINY, (1, 2), n_batches=1)
+
+
+def test_demo_command_has_the_flax_framework():
+  from lsh_jax.apps import cli  # pylint: disable=import-outside-toplevel
+  args = cli.build_parser().parse_args(['demo', '--framework', 'flax',
+                                        '--steps', '5'])
+  assert args.framework == 'flax' and args.steps == 5
+  assert cli.build_parser().parse_args(['demo']).framework == 'trax'

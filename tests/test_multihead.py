@@ -54,10 +54,10 @@ def _per_head(q, v, key, mask, dropout_key=None, **settings):
 
 @pytest.mark.parametrize('settings', [
     dict(SETTINGS),
-    dict(SETTINGS, causal=True, masked=True),
-    dict(SETTINGS, n_chunks_before=0, n_chunks_after=1, n_hashes=3),
-    dict(n_buckets=[2, 4], n_hashes=1, chunk_len=12, masked=True),  # T % C
-    dict(n_buckets=None, n_hashes=2, chunk_len=8, causal=True),
+    dict(n_buckets=None, n_hashes=2, chunk_len=8, causal=True, masked=True),
+    # T % C != 0 (padded inside), factorised buckets, a chunk after.
+    dict(n_buckets=[2, 4], n_hashes=3, chunk_len=12, n_chunks_before=0,
+         n_chunks_after=1, masked=True),
 ])
 def test_equals_lsh_attention_per_head(settings):
   settings = dict(settings)
@@ -125,8 +125,7 @@ def test_mask_of_length_t_is_shared_by_examples():
   assert bool(jnp.all(got[:, 3] == 0))  # masked positions are zeros
 
 
-@pytest.mark.parametrize('causal,masked', [(False, False), (True, False),
-                                           (False, True), (True, True)])
+@pytest.mark.parametrize('causal,masked', [(False, False), (True, True)])
 def test_one_chunk_equals_full_attention_per_head(causal, masked):
   q, v = _inputs()
   mask = _mask() if masked else None
@@ -145,13 +144,12 @@ def test_one_chunk_equals_full_attention_per_head(causal, masked):
   np.testing.assert_allclose(got[:, :start], expected[:, :start], atol=1e-2)
 
 
-@pytest.mark.parametrize('causal', [False, True])
-def test_gradients_match_finite_differences(causal):
+def test_gradients_match_finite_differences():
   q, v = _inputs(batch=1, length=16)
   mask = jnp.arange(16)[None] < 13
   f = lambda q, v: lsh_jax.lsh_self_attention(
       q, v, KEY, n_buckets=4, n_hashes=2, chunk_len=4, n_chunks_after=1,
-      causal=causal, mask=mask)
+      causal=True, mask=mask)
   # As tests/test_core_api.py: float32 central differences with eps = 1e-3
   # (far below the hash margins of these inputs, so no token changes
   # bucket); tolerance 2e-2 for float32 difference quotients.
@@ -281,8 +279,7 @@ _SHARDED_CHECK = textwrap.dedent('''
     mesh = Mesh(np.array(devices).reshape(2, 4), ('batch', 'heads'))
     report = dict(n_devices=len(devices))
     for name, spec in (('batch', P('batch')),
-                       ('heads', P(None, None, 'heads')),
-                       ('both', P('batch', None, 'heads'))):
+                       ('heads', P(None, None, 'heads'))):
       sharding = NamedSharding(mesh, spec)
       args = (jax.device_put(q, sharding), jax.device_put(v, sharding),
               jax.device_put(mask, NamedSharding(mesh, P(spec[0]))))
@@ -305,7 +302,7 @@ def test_named_sharding_over_batch_and_heads_equals_one_device():
   assert result.returncode == 0 and reports, result.stderr[-3000:]
   report = json.loads(reports[-1][len('REPORT '):])
   assert report['n_devices'] == 8
-  for name in ('batch', 'heads', 'both'):
+  for name in ('batch', 'heads'):
     assert report[name]['devices'] > 1, report  # really partitioned
     # Each device runs the same per-(example, head) program.
     assert report[name]['max_diff'] <= 1e-6, report
