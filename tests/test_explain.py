@@ -107,6 +107,7 @@ def test_bad_settings_exit_2_with_one_line(argv, match, capsys):
   assert re.search(match, err) and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.plots
 def test_plot_is_a_valid_png(tmp_path, capsys):
   path = tmp_path / 'explain.png'
   assert explain.main(['--plot', str(path)]) == 0

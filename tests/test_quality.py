@@ -73,6 +73,7 @@ def test_covered_mass_is_full_probability_on_the_weights_support():
   assert result['covered_mass'] == pytest.approx(expected, abs=1e-6)
 
 
+@pytest.mark.plots
 def test_command_prints_the_table_and_writes_the_plot(tmp_path, capsys):
   path = tmp_path / 'quality.png'
   argv = ['--length', str(LENGTH), '--depth', str(DEPTH), '--d-v', str(D_V),

@@ -9,9 +9,11 @@ before tracing; the computation is one jit-compiled function per static
 configuration.
 """
 import functools
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from lsh_jax.core import chunked
 from lsh_jax.core import combine
@@ -123,10 +125,13 @@ def _hash_and_attend(q, v, rng, mask, dropout_rng, *, n_buckets, n_hashes,
                          **static)
 
 
-def lsh_attention(q, v, rng, *, n_buckets, n_hashes, chunk_len,
-                  n_chunks_before=1, n_chunks_after=0, causal=False,
-                  mask=None, attention_dropout=0.0, dropout_rng=None,
-                  sequential_rounds=None):
+def lsh_attention(q: ArrayLike, v: ArrayLike, rng: ArrayLike, *,
+                  n_buckets: hashing.NBuckets, n_hashes: int, chunk_len: int,
+                  n_chunks_before: int = 1, n_chunks_after: int = 0,
+                  causal: bool = False, mask: Optional[ArrayLike] = None,
+                  attention_dropout: float = 0.0,
+                  dropout_rng: Optional[ArrayLike] = None,
+                  sequential_rounds: Optional[bool] = None) -> jax.Array:
   """LSH self-attention for one head of one sequence (docs/algorithm.md).
 
   Any length L >= 1 works: when L is not a multiple of `chunk_len` (or
@@ -185,10 +190,13 @@ def lsh_attention(q, v, rng, *, n_buckets, n_hashes, chunk_len,
           None if sequential_rounds is None else bool(sequential_rounds)))
 
 
-def lsh_attention_from_buckets(q, v, buckets, *, chunk_len, n_chunks_before=1,
-                               n_chunks_after=0, causal=False, mask=None,
-                               attention_dropout=0.0, dropout_rng=None,
-                               sequential_rounds=None, n_ids=None):
+def lsh_attention_from_buckets(
+    q: ArrayLike, v: ArrayLike, buckets: ArrayLike, *, chunk_len: int,
+    n_chunks_before: int = 1, n_chunks_after: int = 0, causal: bool = False,
+    mask: Optional[ArrayLike] = None, attention_dropout: float = 0.0,
+    dropout_rng: Optional[ArrayLike] = None,
+    sequential_rounds: Optional[bool] = None,
+    n_ids: Optional[int] = None) -> jax.Array:
   """LSH self-attention given precomputed buckets (e.g. a layer's state).
 
   Any length L >= 1, as in `lsh_attention`: appended padding positions take
@@ -280,7 +288,9 @@ def dense_attention(q, k, v, mask, *, causal, dropout_multiplier=None):
 _full_attention = jax.jit(dense_attention, static_argnames=('causal',))
 
 
-def full_attention(q, v, *, k=None, causal=False, mask=None):
+def full_attention(q: ArrayLike, v: ArrayLike, *,
+                   k: Optional[ArrayLike] = None, causal: bool = False,
+                   mask: Optional[ArrayLike] = None) -> jax.Array:
   """Dense attention with the same conventions as `lsh_attention`.
 
   With shared QK (`k=None`): length-normalised keys scaled by 1/sqrt(D) and

@@ -14,10 +14,15 @@ back to original positions, weighted by the round weights). So
 from the sort alone (NumPy, no attention computed): the support that the
 effective matrix may use.
 """
+from typing import Optional
+
+import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 import numpy as np
 
 from lsh_jax.core import attention
+from lsh_jax.core import hashing
 from lsh_jax.core import validation
 
 # attention_weights refuses lengths whose float32 [L, L] matrix is larger:
@@ -48,9 +53,12 @@ def check_dense_size(name, length, max_bytes, itemsize=4):
         f'a larger max_bytes')
 
 
-def attention_weights(q, rng, *, n_buckets, n_hashes, chunk_len,
-                      n_chunks_before=1, n_chunks_after=0, causal=False,
-                      mask=None, max_bytes=DEFAULT_MAX_BYTES):
+def attention_weights(q: ArrayLike, rng: ArrayLike, *,
+                      n_buckets: hashing.NBuckets, n_hashes: int,
+                      chunk_len: int, n_chunks_before: int = 1,
+                      n_chunks_after: int = 0, causal: bool = False,
+                      mask: Optional[ArrayLike] = None,
+                      max_bytes: int = DEFAULT_MAX_BYTES) -> jax.Array:
   """The [L, L] attention matrix that `lsh_attention` applies.
 
   Row i holds, for every key position j, the probability that query i gives

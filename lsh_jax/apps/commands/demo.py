@@ -1,8 +1,8 @@
 """The main job: train the CPU-sized copy model, then tabulate n_hashes.
 
-Trains configs/reformer_copy_cpu.gin (ReformerLM with lsh_jax's LSH layer,
-2 hash rounds) with Trax's training loop, saves the checkpoint in a run
-folder, evaluates it with n_hashes = 1, 2, 4, 8 and with dense attention,
+Trains the packaged config reformer_copy_cpu.gin (ReformerLM with lsh_jax's
+LSH layer, 2 hash rounds) with Trax's training loop, saves the checkpoint in
+a run folder, evaluates it with n_hashes = 1, 2, 4, 8 and with dense attention,
 and prints the table with the wall time and the machine.
 """
 import os
@@ -14,12 +14,13 @@ from lsh_jax.apps.commands import evaluate
 from lsh_jax.apps.commands import train
 
 HELP = 'train the CPU-sized copy model and print accuracy per n_hashes'
-CONFIG = os.path.join(commands.CHECKOUT, 'configs', 'reformer_copy_cpu.gin')
+CONFIG = os.path.join(commands.CONFIG_DIR, 'reformer_copy_cpu.gin')
 
 
 def add_arguments(parser):
   parser.add_argument('--config', default=CONFIG,
-                      help='default: configs/reformer_copy_cpu.gin')
+                      help='gin file or packaged config name (default: '
+                      'reformer_copy_cpu)')
   parser.add_argument('--output-dir', default=None,
                       help='run folder (default: runs/<config name>-<time>)')
   parser.add_argument('--steps', type=commands.positive_int, default=None,
@@ -28,13 +29,14 @@ def add_arguments(parser):
 
 def run(args):
   start = time.time()
-  loop = train.train(args.config, args.output_dir, args.steps, [])
+  config = commands.resolve_config(args.config)
+  loop = train.train(config, args.output_dir, args.steps, [])
   trained = time.time()
   checkpoint = os.path.join(loop.output_dir, 'model.pkl.gz')
-  length, results = evaluate.evaluate(args.config, checkpoint, [1, 2, 4, 8])
+  length, results = evaluate.evaluate(config, checkpoint, [1, 2, 4, 8])
   done = time.time()
   from lsh_jax.apps import copy_task  # already imported by train
-  copy_task.parse_config(args.config)
+  copy_task.parse_config(config)
   trained_with = copy_task.query('lsh_jax.LSHSelfAttention.n_hashes')
   print()
   print(evaluate.format_table(length, results, trained_with))
