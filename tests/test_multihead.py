@@ -199,14 +199,15 @@ def test_half_precision_in_half_precision_out():
 
 
 def test_one_compilation_per_static_configuration():
-  compiled = multihead._lsh_self_attention  # pylint: disable=protected-access
+  # pylint: disable=protected-access
+  compiled = multihead._lsh_self_attention
   q, v = _inputs(length=24)  # a length no other test uses
-  before = compiled._cache_size()  # pylint: disable=protected-access
+  before = compiled._cache_size()
   lsh_jax.lsh_self_attention(q, v, KEY, **SETTINGS)
   lsh_jax.lsh_self_attention(2 * q, v, jax.random.PRNGKey(9), **SETTINGS)
-  assert compiled._cache_size() == before + 1  # pylint: disable=protected-access
+  assert compiled._cache_size() == before + 1
   lsh_jax.lsh_self_attention(q, v, KEY, **dict(SETTINGS, n_hashes=3))
-  assert compiled._cache_size() == before + 2  # pylint: disable=protected-access
+  assert compiled._cache_size() == before + 2
 
 
 @pytest.mark.parametrize('q_shape,v_shape,mask_shape,match', [

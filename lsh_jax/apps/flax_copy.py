@@ -237,8 +237,9 @@ def restore(path, config: CopyConfig = CopyConfig(), *, n_hashes=-1):
 def run_demo(output_dir=None, steps=None, out=None):
   """`lsh-jax demo --framework flax`: train, save, tabulate n_hashes."""
   # The Trax demo's table format; that module imports Trax only in `run`.
-  from lsh_jax.apps import machine  # pylint: disable=import-outside-toplevel
-  from lsh_jax.apps.commands import evaluate as evaluate_command  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from lsh_jax.apps import machine
+  from lsh_jax.apps.commands import evaluate as evaluate_command
   out = out or sys.stdout
   config = CopyConfig()
   output_dir = output_dir or os.path.join(

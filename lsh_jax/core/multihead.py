@@ -74,9 +74,9 @@ def _check_inputs(query, value, mask):
     allowed = [(length,)] + ([(q_shape[0], length)] if batched else [])
     m_shape = tuple(np.shape(mask))
     if m_shape not in allowed:
-      raise ValueError(f'mask must have shape {" or ".join(map(_show, allowed))}'
-                       f' (one flag per token, shared by the heads), got '
-                       f'{m_shape}')
+      shapes = ' or '.join(map(_show, allowed))
+      raise ValueError(f'mask must have shape {shapes} (one flag per token, '
+                       f'shared by the heads), got {m_shape}')
     dtype = jnp.result_type(mask)
     if dtype != jnp.bool_:
       raise ValueError(f'mask must be boolean (True = real token), got '
