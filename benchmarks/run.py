@@ -259,7 +259,8 @@ def main(argv=None):
     return report_only(args.out)
 
   peers_python, peers_reason = None, 'not requested'
-  if any(i in TORCH_IMPLS for i in args.impls):
+  # Only kernel cases run the PyTorch peers (no lengths: nothing to install).
+  if args.lengths and any(i in TORCH_IMPLS for i in args.impls):
     peers_python, peers_reason = peers.ensure()
     if peers_reason:
       print(f'[bench] {peers_reason}; the PyTorch peers are skipped')
