@@ -124,9 +124,9 @@ def lm_group(length, n_layers):
 def multihead_group(length, batch):
   """Multi-head attention without projections, forward+backward in q, v.
 
-  `lsh_jax.lsh_self_attention` ([B, T, N, H], when this checkout has it),
-  the Flax module's attention (when it exists), the nested-vmap form of
-  `lsh_attention`, and dense `jax.nn.dot_product_attention` (causal, the
+  `lsh_jax.lsh_self_attention` ([B, T, N, H], when this checkout has it;
+  no Flax module row yet), the nested-vmap form of `lsh_attention`, and
+  dense `jax.nn.dot_product_attention` (causal, the
   exact answer LSH approximates) at the same sizes.
   """
   import lsh_jax
