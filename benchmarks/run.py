@@ -41,7 +41,7 @@ LM_IMPLS = ('reformerlm_lsh_jax', 'reformerlm_trax')
 DEFAULT_GROUPS = ('layer:4K:8', 'layer:16K:1', 'lm:1K:2', 'lm:4K:2',
                   'lm:16K:2', 'lm:1K:6', 'lm:4K:6', 'lm:16K:6',
                   'multihead:4K:8', 'multihead:16K:1')
-QUICK_GROUPS = ('layer:1K:8', 'lm:1K:2', 'multihead:1K:8')
+QUICK_GROUPS = ('layer:1K:2:1', 'lm:1K:2', 'multihead:1K:2')
 
 
 def parse_length(text):
