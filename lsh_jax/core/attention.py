@@ -114,18 +114,15 @@ def _at_least_float32(x):
   return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC + ('n_buckets', 'n_hashes'))
-def _lsh_attention(q, v, rng, mask, dropout_rng, *, n_buckets, n_hashes,
-                   **static):
+def _hash_and_attend(q, v, rng, mask, dropout_rng, *, n_buckets, n_hashes,
+                     **static):
+  """Steps 1-5 on a multiple of chunk_len; returns float[L, Dv]."""
   rotations = hashing.random_rotations(rng, q.shape[-1], n_buckets, n_hashes)
   buckets = hashing.hash_with_rotations(_at_least_float32(q), rotations,
                                         n_buckets, mask)
   n_ids = hashing.n_buckets_total(n_buckets) + 1  # + the padding id
   return _attend_buckets(q, v, buckets, mask, dropout_rng, n_ids=n_ids,
                          **static)
-
-
-_lsh_attention_from_buckets = jax.jit(_attend_buckets, static_argnames=_STATIC)
 
 
 def lsh_attention(q: ArrayLike, v: ArrayLike, rng: ArrayLike, *,
@@ -231,6 +228,7 @@ def lsh_attention_from_buckets(
           'n_ids', n_ids))
 
 
+# The entry points' only jits (the helpers they call are traced into them).
 # Any length (lsh_jax.core.padding) inside the same compiled program as the
 # attention: one dispatch per call, and the same program whether or not the
 # caller is itself jitted, so the results are bit-identical either way.
@@ -240,7 +238,7 @@ def _lsh_attention_any_length(q, v, rng, mask, dropout_rng, **static):
   if padding.needs_preparing(length, static['chunk_len'], mask):
     q, v, mask, _ = padding.prepare(q, v, mask,
                                     chunk_len=static['chunk_len'])
-  out = _lsh_attention(q, v, rng, mask, dropout_rng, **static)
+  out = _hash_and_attend(q, v, rng, mask, dropout_rng, **static)
   return padding.strip(out, length)
 
 
@@ -250,13 +248,23 @@ def _from_buckets_any_length(q, v, buckets, mask, dropout_rng, **static):
   if padding.needs_preparing(length, static['chunk_len'], mask):
     q, v, mask, buckets = padding.prepare(q, v, mask, buckets,
                                           chunk_len=static['chunk_len'])
-  out = _lsh_attention_from_buckets(q, v, buckets, mask, dropout_rng,
-                                    **static)
+  out = _attend_buckets(q, v, buckets, mask, dropout_rng, **static)
   return padding.strip(out, length)
 
 
-@functools.partial(jax.jit, static_argnames=('causal',))
-def _full_attention(q, k, v, mask, *, causal):
+def dense_attention(q, k, v, mask, *, causal, dropout_multiplier=None):
+  """Dense attention: `full_attention`'s computation, unchecked, unjitted.
+
+  Args:
+    q: float[L, D]; k: float[L, D] or None (shared QK); v: float[L, Dv];
+    mask: bool[L] or None.
+    causal: a query does not see later positions.
+    dropout_multiplier: float[L, L] applied to the probabilities, or None
+      (the Trax layer's attention dropout with separate keys).
+
+  Returns:
+    float[L, Dv]; zeros at padded positions.
+  """
   out_dtype = jnp.result_type(q, v)
   q, v = _at_least_float32(q), _at_least_float32(v)
   k = None if k is None else _at_least_float32(k)
@@ -268,10 +276,16 @@ def _full_attention(q, k, v, mask, *, causal):
     dots = q @ (k / jnp.sqrt(jnp.asarray(k.shape[-1], k.dtype))).T
     dots = masks.mask_logits(dots, positions, positions, mask, causal=causal,
                              exclude_self=False)
-  out = jax.nn.softmax(dots, axis=-1) @ v
+  probs = jax.nn.softmax(dots, axis=-1)
+  if dropout_multiplier is not None:
+    probs = probs * dropout_multiplier
+  out = probs @ v
   if mask is not None:
     out = jnp.where(mask[:, None], out, 0)
   return out.astype(out_dtype)
+
+
+_full_attention = jax.jit(dense_attention, static_argnames=('causal',))
 
 
 def full_attention(q: ArrayLike, v: ArrayLike, *,

@@ -6,10 +6,10 @@ a run folder, evaluates it with n_hashes = 1, 2, 4, 8 and with dense attention,
 and prints the table with the wall time and the machine.
 """
 import os
-import platform
 import time
 
 from lsh_jax.apps import commands
+from lsh_jax.apps import machine
 from lsh_jax.apps.commands import evaluate
 from lsh_jax.apps.commands import train
 
@@ -25,21 +25,6 @@ def add_arguments(parser):
                       help='run folder (default: runs/<config name>-<time>)')
   parser.add_argument('--steps', type=commands.positive_int, default=None,
                       help='training steps (default: the config\'s)')
-
-
-def machine():
-  """CPU model, core count, JAX version and backend."""
-  import jax  # pylint: disable=import-outside-toplevel
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open('/proc/cpuinfo') as f:
-      cpu = next(line.split(':', 1)[1].strip() for line in f
-                 if line.startswith('model name'))
-  except (OSError, StopIteration):
-    pass
-  return (f'{cpu}, '
-          f'{os.cpu_count()} CPU cores, JAX {jax.__version__} on '
-          f'{jax.default_backend()}')
 
 
 def run(args):
@@ -59,6 +44,6 @@ def run(args):
   print(f'{loop.step} training steps; wall time: training {trained - start:.0f}'
         f' s (with Trax import and compilation), evaluation '
         f'{done - trained:.0f} s, total {done - start:.0f} s')
-  print(f'machine: {machine()}')
+  print(f'machine: {machine.describe()}')
   print(f'run folder: {loop.output_dir}')
   return 0
