@@ -9,7 +9,7 @@ export TF_CPP_MIN_LOG_LEVEL := 3
 # keep both cores of a small CI machine busy.
 TEST_WORKERS ?= 2
 
-.PHONY: install demo test fuzz bench explain quality clean
+.PHONY: install demo test fuzz bench explain quality table2 clean
 
 $(VENV)/.installed: setup.cfg pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,12 @@ explain: install
 # QUALITY_ARGS=--run-dir runs/<run> adds a trained model's queries.
 quality: install
 	$(PY) -m lsh_jax.apps.quality --plot runs/quality.png $(QUALITY_ARGS)
+
+# The Reformer paper's Table 2 on the duplication task (docs/paper.md): four
+# 1-layer models trained and evaluated (~30 min on an idle 2-core CPU);
+# TABLE2_ARGS=--paper for the paper's size. Resumes from runs/table2.
+table2: install
+	$(PY) -m lsh_jax.apps.cli table2 $(TABLE2_ARGS)
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis

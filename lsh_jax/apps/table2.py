@@ -299,11 +299,13 @@ def _fresh_state(model, seed):
   return renew(model.state)
 
 
-def run_table(settings, folder, *, exact=True, out=sys.stdout):
+def run_table(settings, folder, *, exact=True, out=sys.stdout,
+              rows=TRAINED, columns=None):
   """Trains the four models and fills the table; returns the results dict.
 
   results[trained][evaluated] = accuracy; already finished cells (in
-  `folder/results.json`) are kept, already trained models resumed.
+  `folder/results.json`) are kept, already trained models resumed. `rows`
+  and `columns` choose a part of the table (default: all of it).
   """
   os.makedirs(folder, exist_ok=True)
   path = os.path.join(folder, 'results.json')
@@ -316,15 +318,16 @@ def run_table(settings, folder, *, exact=True, out=sys.stdout):
     else:
       print(f'{path} holds another size: starting the table afresh',
             file=out, flush=True)
-  columns = EVALUATED + (EXACT if exact else ())
+  if columns is None:
+    columns = EVALUATED + (EXACT if exact else ())
   checkpoints = {}
-  for trained in TRAINED:
+  for trained in rows:
     print(f'training {NAMES[trained]} ({settings.steps} steps)', file=out,
           flush=True)
     checkpoints[trained] = train_model(settings, trained,
                                        os.path.join(folder, trained), out=out)
   for evaluated in columns:
-    todo = {t: checkpoints[t] for t in TRAINED
+    todo = {t: checkpoints[t] for t in rows
             if evaluated not in results.get(t, {})}
     if not todo:
       continue
@@ -399,10 +402,13 @@ def plot(results, path):
   return plots._save(figure, path)  # pylint: disable=protected-access
 
 
-def main(settings, folder, *, exact=True, out=sys.stdout):
-  """Runs everything; writes table2.md and table2.png; returns the report."""
+def main(settings, folder, *, exact=True, out=sys.stdout, **part):
+  """Runs everything; writes table2.md and table2.png; returns the report.
+
+  `part`: `rows` and `columns` of `run_table`, for a part of the table.
+  """
   start = time.time()
-  results = run_table(settings, folder, exact=exact, out=out)
+  results = run_table(settings, folder, exact=exact, out=out, **part)
   text = report(settings, results, time.time() - start)
   with open(os.path.join(folder, 'table2.md'), 'w') as f:
     f.write(text + '\n')
