@@ -1,12 +1,13 @@
 """The Trax layers' computation as pure JAX functions (no Trax import).
 
-Shapes: B batch, H heads, L length, Dm model depth, D = d_qk, Dv = d_v.
+Shapes (the package glossary): B batch, H heads, L length, Dm model depth
+(d_model), D = d_qk, Dv = d_v, P = B * H (example, head) pairs.
 Weights per head, as Trax stores them (leading axis H):
   LSH and shared-QK dense: (w_q [Dm, D], w_v [Dm, Dv], w_o [Dv, Dm]),
     with bias also (b_q [D], b_v [Dv]);
   dense, separate keys: (w_q, w_k [Dm, D], w_v, w_o), with bias also
     (b_q, b_k, b_v).
-LSH state per (example, head) pair (leading axis B * H): (buckets
+LSH state per (example, head) pair (leading axis P): (buckets
 int32[R * Lb], hash key uint32[2]), where buckets are Trax's flat ids with
 round offsets, `bucket + h * ids_per_round`, zero-padded to
 Lb = max_length_for_buckets (or L). The dense layer has no state.
@@ -25,7 +26,6 @@ import jax.numpy as jnp
 import lsh_jax
 from lsh_jax.core import attention
 from lsh_jax.core import hashing
-from lsh_jax.core import masks
 from lsh_jax.trax import heads as trax_heads
 
 
@@ -108,27 +108,6 @@ def lsh_head(x, mask, weights, state, *, spec, attend_rng, update_state):
   return o @ w_o, state
 
 
-def _separate_keys_attention(q, k, v, *, causal, mask, dropout_multiplier):
-  """Dense attention with separate keys: Trax's `attend(q, k, v)`.
-
-  Keys are only scaled by 1/sqrt(D) (no length normalisation) and a token
-  may attend to itself. `lsh_jax.full_attention(q, v, k=k)` computes the
-  same but has no attention dropout; this is used only with dropout.
-  """
-  dots = q @ (k / jnp.sqrt(jnp.asarray(k.shape[-1], k.dtype))).T  # [L, L]
-  positions = jnp.arange(q.shape[0])
-  if causal:
-    dots = dots - masks.CAUSAL_PENALTY * (
-        positions[:, None] < positions[None, :]).astype(dots.dtype)
-  if mask is not None:
-    dots = dots - masks.PADDING_PENALTY * jnp.logical_not(
-        mask[None, :]).astype(dots.dtype)
-  probs = jnp.exp(dots - jax.nn.logsumexp(dots, axis=-1, keepdims=True))
-  if dropout_multiplier is not None:
-    probs = probs * dropout_multiplier
-  return probs @ v
-
-
 def dense_head(x, mask, weights, state, *, spec, attend_rng, update_state):
   """One head of the dense `SelfAttention` on one example.
 
@@ -136,7 +115,7 @@ def dense_head(x, mask, weights, state, *, spec, attend_rng, update_state):
   attention dropout and shared QK, `lsh_attention_from_buckets` with every
   token in bucket 0 (one round: the sort is the identity, so only the chunk
   windows limit attention); separate keys with attention dropout,
-  `_separate_keys_attention`.
+  `attention.dense_attention` with the dropout multiplier.
 
   Returns:
     (out [L, Dm] before output dropout, state unchanged).
@@ -149,8 +128,8 @@ def dense_head(x, mask, weights, state, *, spec, attend_rng, update_state):
   elif k is not None:
     multiplier = attention.dropout_multiplier(
         attend_rng, spec.attention_dropout, length, length, q.dtype)
-    o = _separate_keys_attention(q, k, v, causal=spec.causal, mask=mask,
-                                 dropout_multiplier=multiplier)
+    o = attention.dense_attention(q, k, v, mask, causal=spec.causal,
+                                  dropout_multiplier=multiplier)
   else:
     chunked = spec.chunk_len is not None
     o = lsh_jax.lsh_attention_from_buckets(
