@@ -128,7 +128,7 @@ def _draw_inputs(s, n_buckets=4, d_qk=5, d_v=3, check_margin=True):
   return q, v, key, mask, np.asarray(rotations)
 
 
-@hypothesis.settings(max_examples=20)
+@hypothesis.settings(max_examples=12)
 @hypothesis.given(settings())
 def test_matches_oracle_and_the_union(s):
   q, v, key, mask, rotations = _draw_inputs(s)
