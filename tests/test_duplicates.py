@@ -291,3 +291,22 @@ def test_no_quadratic_buffer_at_64k(backward):
   largest = max(int(np.prod([int(d) for d in dims.split(',') if d]))
                 for dims in _SHAPE.findall(text))
   assert largest <= n_rounds * length * n_windows * chunk_len
+
+
+def test_multihead_entry_point_passes_the_flags():
+  """lsh_self_attention's heads equal lsh_attention with the same flags
+  and the per-head keys (its documented contract), here with the
+  correction on."""
+  query = jax.random.normal(jax.random.PRNGKey(20), (2, 16, 3, 4))
+  value = jax.random.normal(jax.random.PRNGKey(21), (2, 16, 3, 5))
+  key = jax.random.PRNGKey(22)
+  flags = dict(allow_duplicate_attention=False, attend_across_buckets=False)
+  common = dict(n_buckets=4, n_hashes=3, chunk_len=4, causal=True)
+  out = lsh_jax.lsh_self_attention(query, value, key, **common, **flags)
+  keys = lsh_jax.core.multihead.head_keys(key, 2, 3)
+  for b in range(2):
+    for n in range(3):
+      expected = lsh_jax.lsh_attention(query[b, :, n], value[b, :, n],
+                                       keys[b, n], **common, **flags)
+      np.testing.assert_allclose(out[b, :, n], expected, rtol=1e-6,
+                                 atol=1e-6)
