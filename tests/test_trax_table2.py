@@ -34,11 +34,12 @@ def test_tiny_table_end_to_end_and_resume(tmp_path):
   # The paper's cell (trained LSH-1, evaluated full) printed beside ours.
   ours = results['lsh1']['full']
   assert f'| LSH-1 | {ours:.1%} / 0.8% ({100 * (ours - 0.008):+.1f})' in text
-  assert 'step      4/4' in out.getvalue()
+  assert 'step      4/4 | train loss' in out.getvalue()
 
   again = io.StringIO()
   text_again = table2.main(table2.TINY, folder, out=again, **PART)
-  assert 'step' not in again.getvalue()  # trained models are not retrained
+  # Trained models are not retrained: no progress lines.
+  assert 'train loss' not in again.getvalue()
   assert text_again.split('wall time')[0] == text.split('wall time')[0]
 
 
