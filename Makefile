@@ -19,7 +19,7 @@ PACKAGE_FILES := $(shell find lsh_jax -name '*.py' -o -name '*.gin' -o -name py.
 # test_flax_*.py are marked by tests/conftest.py; matplotlib tests `plots`).
 EXTRAS := trax or flax or plots
 
-.PHONY: install install-core demo test test-core test-extras fuzz bench \
+.PHONY: install install-core demo test test-all test-core test-extras fuzz bench \
 	explain quality table2 clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
@@ -45,7 +45,13 @@ demo: install
 	$(PY) -m lsh_jax.apps.cli demo
 
 # Everything `make test-core` and `make test-extras` run, in one environment.
-test: install
+# The whole suite, each test once: the core tier in an environment without
+# any optional dependency (proves the core installs and runs alone), then
+# the tests that need Trax, Flax or matplotlib in the full one.
+test: test-core test-extras
+
+# Every test in the full environment alone (no core venv).
+test-all: install
 	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
 
 # The tests that need jax and numpy only, without any optional dependency
@@ -54,7 +60,7 @@ test-core: install-core
 	$(CORE_PY) -m pytest -q -n $(TEST_WORKERS) tests
 
 # The complement of test-core: the tests that need Trax, Flax or matplotlib
-# (.ci/run runs both tiers instead of running the core tests twice).
+# (`make test` runs both tiers instead of running the core tests twice).
 test-extras: install
 	$(PY) -m pytest -q -n $(TEST_WORKERS) -m '($(EXTRAS)) and not long' tests \
 	  || test $$? -eq 5  # 5: nothing selected (no such tests): not a failure

@@ -9,12 +9,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax import test_util as jtu
 
 import lsh_jax
 from lsh_jax.core import attention
 from lsh_jax.core import hashing
 from lsh_jax.core import sorting
+from helpers import assert_rows_close
 from helpers import random_qv
 
 KW = dict(n_buckets=4, n_hashes=2, chunk_len=4)
@@ -214,15 +214,39 @@ def test_second_call_with_same_shapes_does_not_retrace(monkeypatch):
 
 @pytest.mark.parametrize('causal,padded', [(False, False), (True, True)])
 def test_gradients_match_finite_differences(causal, padded):
+  """Every row of d loss/dq and d loss/dv against a central difference
+  along a random direction within that row (expected: the difference).
+
+  Causal position 0 sees only itself (docs/algorithm.md §5, float32
+  caveat): its rows at SELF_ONLY_TOL. Every other row at the noise of a
+  float32 central difference with eps=1e-3 (measured <= 1.1e-3 absolute).
+  """
   q, v = _qv()
   mask = jnp.arange(16) % 5 != 2 if padded else None
   f = lambda q, v: lsh_jax.lsh_attention(
       q, v, KEY, n_buckets=4, n_hashes=3, chunk_len=4, n_chunks_after=1,
       causal=causal, mask=mask)
+  rng = np.random.default_rng(0)
+  ct = jnp.asarray(rng.normal(size=(16, 5)), jnp.float32)
+  loss = jax.jit(lambda q, v: jnp.vdot(f(q, v), ct))
+  grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(q, v)
   # A finite-difference step that moved a token to another bucket would
   # break the comparison loudly; eps is far below these inputs' margins.
-  jtu.check_grads(f, (q, v), order=1, modes=['rev'], eps=1e-3, atol=2e-2,
-                  rtol=2e-2)
+  eps = 1e-3
+  for arg, (x, grad) in enumerate(zip((q, v), grads)):
+    numeric, analytic = [], []
+    for row in range(x.shape[0]):
+      direction = np.zeros(x.shape, np.float32)
+      direction[row] = rng.normal(size=x.shape[1])
+      step = [q, v]
+      step[arg] = x + eps * direction
+      back = [q, v]
+      back[arg] = x - eps * direction
+      numeric.append((float(loss(*step)) - float(loss(*back))) / (2 * eps))
+      analytic.append(float(jnp.vdot(grad, direction)))
+    assert_rows_close(numeric, analytic, rtol=2e-3, atol=3e-3,
+                      self_only_rows=[0] if causal else [],
+                      err_msg='dq' if arg == 0 else 'dv')
 
 
 def test_undo_sort_gradient_is_a_gather_not_a_scatter():

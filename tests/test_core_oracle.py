@@ -43,9 +43,10 @@ DTYPE_RTOL = {'float32': 0.0, 'bfloat16': 2**-8, 'float16': 2**-11}
 
 @st.composite
 def settings(draw, causal=(False, True),
-             dtypes=('float32', 'float32', 'bfloat16', 'float16')):
-  """One generated setting; `causal` and `dtypes` narrow it by
-  construction (not by a filter that would reject draws)."""
+             dtypes=('float32', 'float32', 'bfloat16', 'float16'),
+             paddings=('none', 'random', 'first', 'almost_all', 'all')):
+  """One generated setting; `causal`, `dtypes` and `paddings` narrow it
+  by construction (not by a filter or `assume` that would reject draws)."""
   chunk_len = draw(st.sampled_from([1, 2, 4, 8, 16, 32]))
   n_chunks = draw(st.integers(1, max(1, min(16, 512 // chunk_len))))
   # Any length: a multiple of chunk_len minus a remainder (n_chunks == 1 and
@@ -57,8 +58,7 @@ def settings(draw, causal=(False, True),
       st.none(),
       st.sampled_from([2, 4, 6, 8, 16, 32]),
       st.lists(st.sampled_from([2, 4, 6]), min_size=1, max_size=3)))
-  padding_kind = draw(st.sampled_from(['none', 'random', 'first',
-                                       'almost_all', 'all']))
+  padding_kind = draw(st.sampled_from(paddings))
   return dict(
       length=length, chunk_len=chunk_len, n_buckets=n_buckets,
       d_qk=draw(st.sampled_from([1, 2, 3, 7, 16, 64])),
@@ -177,7 +177,10 @@ FD_EPS = 1e-3
 # in `make fuzz`.
 @hypothesis.settings(
     max_examples=max(20, hypothesis.settings().max_examples // 10))
-@hypothesis.given(settings(dtypes=('float32',)))
+# All-padding settings have no output to differentiate: not generated
+# (`assume` rejected 14% of the draws when they were).
+@hypothesis.given(settings(dtypes=('float32',),
+                           paddings=('none', 'random', 'first', 'almost_all')))
 def test_gradients_match_finite_differences(s):
   """Directional derivatives of a random linear loss on the outputs of
   normal valid queries (self-only outputs resolve only ~1e-2, see above):

@@ -25,6 +25,7 @@ import lsh_jax
 from lsh_jax.core import chunked
 from lsh_jax.core import masks
 from lsh_jax.core import rounds
+from helpers import assert_rows_close
 
 C, D, DV, N = 4, 3, 5, 6  # distinct sizes: a swapped axis cannot pass
 
@@ -143,11 +144,11 @@ def test_one_chunk_gradients_equal_dense_attention(causal, padded, sequential):
   want = jax.grad(lambda q, v: jnp.vdot(dense(q, v), ct),
                   argnums=(0, 1))(q, v)
   # Causal position 0 sees only itself through the -1e5 self mask, where
-  # float32 resolves 2**-7 (docs/algorithm.md §5): its gradient agrees to
-  # ~1e-2.
-  for a, b in zip(got, want):
-    np.testing.assert_allclose(a, b, rtol=2e-2 if causal else 2e-3,
-                               atol=2e-2 if causal else 2e-4)
+  # float32 resolves 2**-7 (docs/algorithm.md §5): its gradient row agrees
+  # to ~1e-2 (measured 4e-3 in dv), every other row to ~1e-7.
+  for name, a, b in zip(('dq', 'dv'), got, want):
+    assert_rows_close(a, b, rtol=2e-3, atol=2e-4,
+                      self_only_rows=[0] if causal else [], err_msg=name)
 
 
 @pytest.mark.parametrize('causal,padded,dropout,after,sequential', [
@@ -188,6 +189,7 @@ def test_pipeline_gradients_equal_autodiff_without_the_custom_vjp(
     want = grads()
   finally:
     jax.clear_caches()
-  tol = 2e-2 if causal else 2e-3
+  # Both sides run the same float32 forward, so even the self-only rows of
+  # causal position 0 agree: measured <= 5e-7 in every row, causal or not.
   for a, b in zip(got, want):
-    np.testing.assert_allclose(a, b, rtol=tol, atol=tol / 10)
+    np.testing.assert_allclose(a, b, rtol=2e-3, atol=2e-4)

@@ -5,6 +5,7 @@ The noise lines are copied from a real `lsh-jax train` run with TensorFlow
 kept in order). The end-to-end check with Trax is tests/test_trax_quiet.py.
 """
 import os
+import subprocess
 import sys
 
 from lsh_jax.apps import quiet
@@ -45,3 +46,10 @@ def test_filtered_stderr_writes_back_when_the_body_raises(capfd):
   except ImportError:
     pass
   assert capfd.readouterr().err == 'before the error\n'
+
+
+def test_looking_up_gyms_notice_does_not_import_gym():
+  """`import gym` prints the notice, so the lookup must not import it."""
+  code = ('import sys\nfrom lsh_jax.apps import quiet\nquiet.gym_notice()\n'
+          'assert "gym" not in sys.modules')
+  subprocess.run([sys.executable, '-c', code], check=True, timeout=300)

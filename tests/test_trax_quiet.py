@@ -25,7 +25,7 @@ def test_a_trax_command_prints_no_framework_start_up_lines(tmp_path):
   result = subprocess.run(
       [sys.executable, '-m', 'lsh_jax.apps.cli', 'train', 'lab_lsh_layer',
        '--output-dir', str(tmp_path / 'run'), '-b', 'no_such_thing.x = 1'],
-      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
+      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1800,
       check=False)
   output = result.stdout + result.stderr
   assert result.returncode == 2, output

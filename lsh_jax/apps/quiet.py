@@ -16,6 +16,7 @@ TF_ENABLE_ONEDNN_OPTS is left alone: it would silence a line by changing
 numerics.
 """
 import contextlib
+import importlib.metadata
 import importlib.util
 import io
 import os
@@ -39,9 +40,10 @@ NOISE = (
 def gym_notice() -> str:
   """The notice gym prints on import ('' if none or no gym)."""
   try:
+    # Not `import gym`: that prints the notice.
+    version = importlib.metadata.version('gym')
     # pylint: disable-next=import-outside-toplevel
     from gym_notices import notices
-    version = importlib.import_module('gym.version').VERSION
   except Exception:  # pylint: disable=broad-except  (no gym: no notice)
     return ''
   return notices.notices.get(version, '')
