@@ -20,7 +20,7 @@ PACKAGE_FILES := $(shell find lsh_jax -name '*.py' -o -name '*.gin' -o -name py.
 EXTRAS := trax or flax or plots
 
 .PHONY: install install-core demo test test-all test-core test-extras fuzz bench \
-	explain quality clean
+	explain quality table2 clean
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -86,6 +86,12 @@ explain: install
 # QUALITY_ARGS=--run-dir runs/<run> adds a trained model's queries.
 quality: install
 	$(PY) -m lsh_jax.apps.quality --plot runs/quality.png $(QUALITY_ARGS)
+
+# The Reformer paper's Table 2 on the duplication task (docs/paper.md): four
+# 1-layer models trained and evaluated (~30 min on an idle 2-core CPU);
+# TABLE2_ARGS=--paper for the paper's size. Resumes from runs/table2.
+table2: install
+	$(PY) -m lsh_jax.apps.cli table2 $(TABLE2_ARGS)
 
 clean:
 	rm -rf $(VENV) $(CORE_VENV) *.egg-info build .pytest_cache .hypothesis

@@ -85,8 +85,10 @@ def test_command_prints_the_table_and_writes_the_plot(tmp_path, capsys):
   table = [line for line in captured.out.splitlines()
            if line.startswith('| clustered')]
   assert len(table) == 2  # n_hashes 2 at chunk_len 16 (48 skipped), dense
+  # rel. error, exact error (allow_duplicate_attention=False), mass, time.
   assert re.match(r'\| clustered L=128 \(8 clusters\) \| 16 \| 16 \| 2 \| '
-                  r'\d\.\d{3} \| \d+\.\d% \| \d+\.\d\d \|', table[0])
+                  r'\d\.\d{3} \| \d\.\d{3} \| \d+\.\d% \| \d+\.\d\d \|',
+                  table[0])
   assert 'full attention' in table[1]
   assert 'skipping --run-dir' in captured.err
   assert 'config.gin not found' in captured.err

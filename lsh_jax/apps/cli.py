@@ -5,6 +5,7 @@
     lsh-jax demo [--output-dir DIR]
     lsh-jax sample RUN_DIR [--examples N] [--n-hashes R]
     lsh-jax explain | quality | bench [...]
+    lsh-jax table2 [--output-dir DIR] [--steps N] [--paper]
 
 Each subcommand is a module of `lsh_jax.apps.commands` with `HELP`,
 `add_arguments(parser)` and `run(args) -> int`, listed in `COMMANDS`; it
@@ -29,6 +30,7 @@ COMMANDS = {
     'quality': 'lsh_jax.apps.quality',
     'sample': 'lsh_jax.apps.commands.sample',
     'bench': 'lsh_jax.apps.commands.bench',
+    'table2': 'lsh_jax.apps.commands.table2',
 }
 
 

@@ -6,6 +6,9 @@ model trained by the main job), reports:
 
   rel. error    ||lsh - full|| / ||full|| over all valid queries (Frobenius,
                 outputs of `lsh_attention` and float64 dense attention);
+  exact error   the same for `allow_duplicate_attention=False`, the paper's
+                exact multi-round attention (each candidate counted once,
+                however many rounds found it; docs/paper.md);
   covered mass  the share of full attention's probability that falls on keys
                 LSH attention saw: sum over the union of a query's candidate
                 sets (its windows in all rounds, from the sort) of the full
@@ -98,7 +101,7 @@ def full_probabilities(q, *, causal, mask=None):
 
 @functools.partial(jax.jit, static_argnames=(
     'n_buckets', 'n_hashes', 'chunk_len', 'n_chunks_before', 'n_chunks_after',
-    'causal'))
+    'causal', 'allow_duplicate_attention'))
 def _lsh_and_sticker(q, v, key, mask, *, n_buckets, **kwargs):
   """`lsh_attention` and the sorted positions it used, one compilation.
 
@@ -139,9 +142,10 @@ def measure(samples, *, n_hashes, chunk_len, n_buckets=None,
       from `full_probabilities`, to reuse across settings.
 
   Returns:
-    dict with 'rel_error', 'covered_mass', 'time_ms' (NaN if not timed).
+    dict with 'rel_error', 'exact_error', 'covered_mass', 'time_ms' (NaN
+    if not timed).
   """
-  errors, masses = [], []
+  errors, exact_errors, masses = [], [], []
   time_ms = float('nan')
   kwargs = dict(n_buckets=n_buckets, n_hashes=n_hashes, chunk_len=chunk_len,
                 n_chunks_before=n_chunks_before,
@@ -165,6 +169,12 @@ def measure(samples, *, n_hashes, chunk_len, n_buckets=None,
       out = np.asarray(out, np.float64)
       errors.append(np.linalg.norm((out - full)[valid]) /
                     np.linalg.norm(full[valid]))
+      exact, _ = _lsh_and_sticker(sample.q, sample.v, key, sample.mask,
+                                  allow_duplicate_attention=False,
+                                  **dict(kwargs, n_buckets=buckets_arg))
+      exact_errors.append(
+          np.linalg.norm((np.asarray(exact, np.float64) - full)[valid]) /
+          np.linalg.norm(full[valid]))
       union = weights_lib.candidate_union(
           sticker, chunk_len=chunk_len, n_chunks_before=n_chunks_before,
           n_chunks_after=n_chunks_after)
@@ -173,6 +183,7 @@ def measure(samples, *, n_hashes, chunk_len, n_buckets=None,
       time_ms = _median_ms(lambda: lsh_jax.lsh_attention(
           sample.q, sample.v, key, mask=sample.mask, **kwargs), repeats)
   return dict(rel_error=float(np.mean(errors)),
+              exact_error=float(np.mean(exact_errors)),
               covered_mass=float(np.mean(masses)), time_ms=time_ms)
 
 
@@ -210,7 +221,8 @@ def measure_grid(samples, *, data, n_hashes_list=(1, 2, 4, 8, 16),
       sample.q, sample.v, causal=causal, mask=sample.mask),
                         repeats) if repeats else float('nan')
   rows.append(dict(data=data, length=length, chunk_len=None, n_buckets=None,
-                   n_hashes=None, rel_error=0.0, covered_mass=1.0,
+                   n_hashes=None, rel_error=0.0, exact_error=0.0,
+                   covered_mass=1.0,
                    time_ms=dense_ms))
   return rows
 
@@ -222,15 +234,18 @@ def _ms(value):
 def format_table(rows):
   """A Markdown table of the rows (dense attention last, per data set)."""
   lines = ['| data | chunk_len | n_buckets | n_hashes | rel. error | '
-           'covered mass | time (ms) |', '|---|---|---|---|---|---|---|']
+           'exact error | covered mass | time (ms) |',
+           '|---|---|---|---|---|---|---|---|']
   for r in rows:
     if r['n_hashes'] is None:
-      lines.append(f"| {r['data']} | full attention | | | 0 | 100% | "
+      lines.append(f"| {r['data']} | full attention | | | 0 | 0 | 100% | "
                    f"{_ms(r['time_ms'])} |")
       continue
+    exact = r.get('exact_error')
+    exact = '-' if exact is None else f'{exact:.3f}'
     lines.append(
         f"| {r['data']} | {r['chunk_len']} | {r['n_buckets']} | "
-        f"{r['n_hashes']} | {r['rel_error']:.3f} | "
+        f"{r['n_hashes']} | {r['rel_error']:.3f} | {exact} | "
         f"{100 * r['covered_mass']:.1f}% | {_ms(r['time_ms'])} |")
   return '\n'.join(lines)
 

@@ -17,6 +17,7 @@ from jax.typing import ArrayLike
 
 from lsh_jax.core import chunked
 from lsh_jax.core import combine
+from lsh_jax.core import duplicates
 from lsh_jax.core import hashing
 from lsh_jax.core import masks
 from lsh_jax.core import padding
@@ -25,7 +26,8 @@ from lsh_jax.core import sorting
 from lsh_jax.core import validation
 
 _STATIC = ('chunk_len', 'n_chunks_before', 'n_chunks_after', 'causal',
-           'attention_dropout', 'sequential_rounds', 'n_ids')
+           'attention_dropout', 'sequential_rounds', 'n_ids',
+           'allow_duplicate_attention', 'attend_across_buckets')
 # Logits processed per step of the chunk loop, summed over rounds: small
 # enough to stay in the L2 cache while masks, exp and the value matmul read
 # them (measured: one huge score tensor runs ~15x slower per chunk).
@@ -73,7 +75,9 @@ def round_schedule(sequential_rounds, n_rounds, length):
 
 def _attend_buckets(q, v, buckets, mask, dropout_rng, *, chunk_len,
                     n_chunks_before, n_chunks_after, causal,
-                    attention_dropout, sequential_rounds, n_ids=None):
+                    attention_dropout, sequential_rounds, n_ids=None,
+                    allow_duplicate_attention=True,
+                    attend_across_buckets=True):
   """Steps 2-5 for given buckets int[R, L]; returns float[L, Dv]."""
   out_dtype = jnp.result_type(q, v)
   # Half-precision inputs: logits near the -1e5 self mask, log-sum-exps and
@@ -92,6 +96,8 @@ def _attend_buckets(q, v, buckets, mask, dropout_rng, *, chunk_len,
       mask=mask, sticker=sticker, undo=undo, chunk_len=chunk_len,
       n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
       causal=causal, dropout_multiplier=multiplier,
+      buckets=buckets, correction=(allow_duplicate_attention,
+                                   attend_across_buckets),
       chunks_per_block=chunks_per_block(
           1 if sequential_rounds else n_rounds, q.shape[0] // chunk_len,
           chunk_len * window_len))
@@ -131,7 +137,9 @@ def lsh_attention(q: ArrayLike, v: ArrayLike, rng: ArrayLike, *,
                   causal: bool = False, mask: Optional[ArrayLike] = None,
                   attention_dropout: float = 0.0,
                   dropout_rng: Optional[ArrayLike] = None,
-                  sequential_rounds: Optional[bool] = None) -> jax.Array:
+                  sequential_rounds: Optional[bool] = None,
+                  allow_duplicate_attention: bool = True,
+                  attend_across_buckets: bool = True) -> jax.Array:
   """LSH self-attention for one head of one sequence (docs/algorithm.md).
 
   Any length L >= 1 works: when L is not a multiple of `chunk_len` (or
@@ -164,6 +172,17 @@ def lsh_attention(q: ArrayLike, v: ArrayLike, rng: ArrayLike, *,
       all at once (`vmap`); None (default): automatic, by R * L
       (`round_schedule`). The same results either way, to a few float32
       ulps.
+    allow_duplicate_attention: True (default; the lab's and Trax 1.4.1's
+      attention): a key in k of a query's windows counts k times in the
+      round combine. False: the Reformer paper's exact multi-round
+      attention (its Appendix A): each copy's logit gets -log N_ij, N_ij the
+      number of the query's window entries (all rounds) that hold key j, so
+      the output is softmax attention over the union of the candidate sets,
+      each key once (`lsh_jax.core.duplicates`; docs/paper.md).
+    attend_across_buckets: True (default): every key of a window is a
+      candidate. False: only keys hashed, in the query's round, to the
+      query's bucket (the paper's P_i^r); the others, and keys of another
+      round's chunks, are masked.
 
   Returns:
     float[L, Dv] in the inputs' dtype (half-precision inputs are computed
@@ -187,7 +206,11 @@ def lsh_attention(q: ArrayLike, v: ArrayLike, rng: ArrayLike, *,
       chunk_len=chunk_len, n_chunks_before=n_chunks_before,
       n_chunks_after=n_chunks_after, causal=bool(causal),
       attention_dropout=rate, sequential_rounds=(
-          None if sequential_rounds is None else bool(sequential_rounds)))
+          None if sequential_rounds is None else bool(sequential_rounds)),
+      allow_duplicate_attention=duplicates.check_flag(
+          'allow_duplicate_attention', allow_duplicate_attention),
+      attend_across_buckets=duplicates.check_flag(
+          'attend_across_buckets', attend_across_buckets))
 
 
 def lsh_attention_from_buckets(
@@ -196,7 +219,8 @@ def lsh_attention_from_buckets(
     mask: Optional[ArrayLike] = None, attention_dropout: float = 0.0,
     dropout_rng: Optional[ArrayLike] = None,
     sequential_rounds: Optional[bool] = None,
-    n_ids: Optional[int] = None) -> jax.Array:
+    n_ids: Optional[int] = None, allow_duplicate_attention: bool = True,
+    attend_across_buckets: bool = True) -> jax.Array:
   """LSH self-attention given precomputed buckets (e.g. a layer's state).
 
   Any length L >= 1, as in `lsh_attention`: appended padding positions take
@@ -204,8 +228,9 @@ def lsh_attention_from_buckets(
 
   Args:
     q, v, chunk_len, n_chunks_before, n_chunks_after, causal, mask,
-      attention_dropout, dropout_rng, sequential_rounds: as in
-      `lsh_attention`.
+      attention_dropout, dropout_rng, sequential_rounds,
+      allow_duplicate_attention, attend_across_buckets: as in
+      `lsh_attention` (buckets are compared within a round only).
     buckets: int[R, L] bucket ids per round. Round offsets may be present or
       not: only the order within each round matters.
     n_ids: a static bound, all bucket ids < n_ids, or None. Only speed
@@ -225,7 +250,11 @@ def lsh_attention_from_buckets(
       sequential_rounds=(None if sequential_rounds is None
                          else bool(sequential_rounds)),
       n_ids=None if n_ids is None else validation.check_positive_int(
-          'n_ids', n_ids))
+          'n_ids', n_ids),
+      allow_duplicate_attention=duplicates.check_flag(
+          'allow_duplicate_attention', allow_duplicate_attention),
+      attend_across_buckets=duplicates.check_flag(
+          'attend_across_buckets', attend_across_buckets))
 
 
 # The entry points' only jits (the helpers they call are traced into them).

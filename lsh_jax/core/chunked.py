@@ -63,8 +63,12 @@ def halo_chunk_ids(round_index, n_rounds, n_chunks, n_chunks_before,
   return before, after
 
 
-def _block_logits(q, q_pos, k_ext, pos_ext, valid_ext, *, n_windows, causal):
+def _block_logits(q, q_pos, k_ext, pos_ext, valid_ext, bias=None, *,
+                  n_windows, causal):
   """Masked logits of K query chunks: q [K, C, D], k_ext [K+W-1, C, D].
+
+  bias: float[K, C, W*C] subtracted after the masks (the duplicate-count
+  correction, `lsh_jax.core.duplicates`), or None.
 
   Returns:
     float[K, C, W*C]: query chunk c against extended chunks c, ..., c+W-1.
@@ -80,15 +84,16 @@ def _block_logits(q, q_pos, k_ext, pos_ext, valid_ext, *, n_windows, causal):
   dots = jnp.concatenate(
       [jnp.einsum('ncd,nkd->nck', q, k_ext[w:w + n_chunks])
        for w in range(n_windows)], axis=-1)  # [K, C, W*C]
-  return masks.mask_logits(dots, q_pos, k_pos, k_valid, causal=causal)
+  dots = masks.mask_logits(dots, q_pos, k_pos, k_valid, causal=causal)
+  return dots if bias is None else dots - bias
 
 
-def _block_forward(q, q_pos, k_ext, v_ext, pos_ext, valid_ext, *, multiplier,
-                   n_windows, causal):
+def _block_forward(q, q_pos, k_ext, v_ext, pos_ext, valid_ext, bias=None, *,
+                   multiplier, n_windows, causal):
   """One block's (so [K, C, Dv], lse [K, C])."""
   chunk_len = q.shape[1]
   n_chunks = q.shape[0]
-  dots = _block_logits(q, q_pos, k_ext, pos_ext, valid_ext,
+  dots = _block_logits(q, q_pos, k_ext, pos_ext, valid_ext, bias,
                        n_windows=n_windows, causal=causal)
   # One exp per logit: exp(dots - lse) written as exp(dots - top) *
   # exp(top - lse), with lse = top + log(sum exp(dots - top)) as
@@ -110,8 +115,9 @@ def _block_forward(q, q_pos, k_ext, v_ext, pos_ext, valid_ext, *, multiplier,
   return so, lse[..., 0]
 
 
-def _block_backward(q, q_pos, k_ext, v_ext, pos_ext, valid_ext, lse, g_so,
-                    g_lse, *, multiplier, n_windows, causal, g_lse_adds_delta):
+def _block_backward(q, q_pos, k_ext, v_ext, pos_ext, valid_ext, bias, lse,
+                    g_so, g_lse, *, multiplier, n_windows, causal,
+                    g_lse_adds_delta):
   """One block's gradients, the probabilities recomputed from lse.
 
   With p = exp(dots - lse) and pd = p * multiplier: so = pd v, so
@@ -127,7 +133,7 @@ def _block_backward(q, q_pos, k_ext, v_ext, pos_ext, valid_ext, lse, g_so,
   """
   chunk_len = q.shape[1]
   n_chunks = q.shape[0]
-  dots = _block_logits(q, q_pos, k_ext, pos_ext, valid_ext,
+  dots = _block_logits(q, q_pos, k_ext, pos_ext, valid_ext, bias,
                        n_windows=n_windows, causal=causal)
   # Two normalisations, as autodiff of the forward sees them: `probs` =
   # exp(dots - lse) as the forward used them, and the exact softmax through
@@ -180,41 +186,46 @@ def _halo_slice(x, start, size):
   return None if x is None else jax.lax.dynamic_slice_in_dim(x, start, size)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10))
 def _attend_blocks(q, q_pos, k_ext, v_ext, pos_ext, valid_ext, multiplier,
-                   n_windows, causal, block):
-  """All N query chunks, K at a time: (so [N, C, Dv], lse [N, C])."""
+                   bias, n_windows, causal, block):
+  """All N query chunks, K at a time: (so [N, C, Dv], lse [N, C]).
+
+  bias: float[N, C, W*C] or None, see `_block_logits` (no gradient).
+  """
   n_chunks = q.shape[0]
   attend = functools.partial(_block_forward, multiplier=multiplier,
                              n_windows=n_windows, causal=causal)
   if block >= n_chunks:
-    return attend(q, q_pos, k_ext, v_ext, pos_ext, valid_ext)
+    return attend(q, q_pos, k_ext, v_ext, pos_ext, valid_ext, bias)
   span = block + n_windows - 1
 
   def one_block(args):
-    start, q_b, q_pos_b = args
+    start, q_b, q_pos_b, bias_b = args
     return attend(q_b, q_pos_b, *(_halo_slice(x, start, span) for x in (
-        k_ext, v_ext, pos_ext, valid_ext)))
+        k_ext, v_ext, pos_ext, valid_ext)), bias_b)
 
   so, lse = jax.lax.map(one_block, (_starts(n_chunks, block),
                                     _by_block(q, block),
-                                    _by_block(q_pos, block)))
+                                    _by_block(q_pos, block),
+                                    _by_block(bias, block)))
   return so.reshape(n_chunks, *so.shape[2:]), lse.reshape(n_chunks, -1)
 
 
 def _attend_blocks_fwd(q, q_pos, k_ext, v_ext, pos_ext, valid_ext, multiplier,
-                       n_windows, causal, block):
+                       bias, n_windows, causal, block):
   so, lse = _attend_blocks(q, q_pos, k_ext, v_ext, pos_ext, valid_ext,
-                           multiplier, n_windows, causal, block)
+                           multiplier, bias, n_windows, causal, block)
   # Only the inputs and lse: the backward recomputes the probabilities
   # block by block instead of keeping [N, C, W*C] of them per round.
   return (so, lse), (q, q_pos, k_ext, v_ext, pos_ext, valid_ext, multiplier,
-                     lse)
+                     bias, lse)
 
 
 def _attend_blocks_bwd(n_windows, causal, block, residuals, grads, *,
                        g_lse_adds_delta=False):
-  q, q_pos, k_ext, v_ext, pos_ext, valid_ext, multiplier, lse = residuals
+  q, q_pos, k_ext, v_ext, pos_ext, valid_ext, multiplier, bias, lse = (
+      residuals)
   g_so, g_lse = grads
   n_chunks = q.shape[0]
   block = min(block, n_chunks)
@@ -224,15 +235,15 @@ def _attend_blocks_bwd(n_windows, causal, block, residuals, grads, *,
                                g_lse_adds_delta=g_lse_adds_delta)
 
   def one_block(args):
-    start, q_b, q_pos_b, lse_b, g_so_b, g_lse_b = args
+    start, q_b, q_pos_b, bias_b, lse_b, g_so_b, g_lse_b = args
     k_b, v_b, pos_b, valid_b = (_halo_slice(x, start, span) for x in (
         k_ext, v_ext, pos_ext, valid_ext))
-    return backward(q_b, q_pos_b, k_b, v_b, pos_b, valid_b, lse_b, g_so_b,
-                    g_lse_b)
+    return backward(q_b, q_pos_b, k_b, v_b, pos_b, valid_b, bias_b, lse_b,
+                    g_so_b, g_lse_b)
 
   dq, dk, dv = jax.lax.map(one_block, (
       _starts(n_chunks, block),
-      *(_by_block(x, block) for x in (q, q_pos, lse, g_so, g_lse))))
+      *(_by_block(x, block) for x in (q, q_pos, bias, lse, g_so, g_lse))))
 
   def fold(d):
     """[N / K, W, K, C, ...] per window -> [N + W - 1, C, ...] extended."""
@@ -240,7 +251,8 @@ def _attend_blocks_bwd(n_windows, causal, block, residuals, grads, *,
     pad = lambda w: ((w, n_windows - 1 - w),) + ((0, 0),) * (d.ndim - 2)
     return sum(jnp.pad(d[w], pad(w)) for w in range(n_windows))
 
-  return (dq.reshape(q.shape), None, fold(dk), fold(dv), None, None, None)
+  return (dq.reshape(q.shape), None, fold(dk), fold(dv), None, None, None,
+          None)
 
 
 _attend_blocks.defvjp(_attend_blocks_fwd, _attend_blocks_bwd)
@@ -248,7 +260,8 @@ _attend_blocks.defvjp(_attend_blocks_fwd, _attend_blocks_bwd)
 
 def chunked_attend(sq, q_pos, k_ext, v_ext, pos_ext, valid_ext=None, *,
                    n_chunks_before=1, n_chunks_after=0, causal=False,
-                   dropout_multiplier=None, chunks_per_block=None):
+                   dropout_multiplier=None, chunks_per_block=None,
+                   logit_bias=None):
   """Attention within chunks and their neighbours, one hash round.
 
   With E = before + N + after extended chunks: the round's halo before,
@@ -270,6 +283,9 @@ def chunked_attend(sq, q_pos, k_ext, v_ext, pos_ext, valid_ext=None, *,
     chunks_per_block: a divisor K of N, or None for all N at once. Query
       chunks are processed K at a time (a `lax.map`), so the [K, C, W*C]
       logits stay cache-sized; results do not depend on it.
+    logit_bias: float[N, C, W * C] subtracted from the masked logits (the
+      duplicate-count correction, `lsh_jax.core.duplicates`), or None. It
+      takes no gradient.
 
   Returns:
     (so float[L, Dv], slse float[L]): outputs and log-sum-exp normalisers
@@ -285,7 +301,8 @@ def chunked_attend(sq, q_pos, k_ext, v_ext, pos_ext, valid_ext=None, *,
     raise ValueError(f'chunks_per_block ({block}) must divide the number '
                      f'of chunks per round ({n_chunks})')
   so, lse = _attend_blocks(q, q_pos, k_ext, v_ext, pos_ext, valid_ext,
-                           dropout_multiplier, n_windows, causal, block)
+                           dropout_multiplier, logit_bias, n_windows, causal,
+                           block)
   return so.reshape(sq.shape[0], -1), lse.reshape(sq.shape[0])
 
 
@@ -293,7 +310,7 @@ def chunked_attend_backward(sq, q_pos, k_ext, v_ext, pos_ext, valid_ext, slse,
                             g_so, g_slse, *, n_chunks_before=1,
                             n_chunks_after=0, causal=False,
                             dropout_multiplier=None, chunks_per_block=None,
-                            g_slse_adds_delta=False):
+                            g_slse_adds_delta=False, logit_bias=None):
   """The VJP of `chunked_attend` for given output cotangents.
 
   For callers that keep their own residuals (`lsh_jax.core.rounds`): the same
@@ -313,8 +330,8 @@ def chunked_attend_backward(sq, q_pos, k_ext, v_ext, pos_ext, valid_ext, slse,
   n_windows = 1 + n_chunks_before + n_chunks_after
   by_chunk = lambda x: x.reshape(n_chunks, chunk_len, *x.shape[1:])
   residuals = (by_chunk(sq), by_chunk(q_pos), k_ext, v_ext, pos_ext,
-               valid_ext, dropout_multiplier, by_chunk(slse))
-  d_q, _, d_k_ext, d_v_ext, _, _, _ = _attend_blocks_bwd(
+               valid_ext, dropout_multiplier, logit_bias, by_chunk(slse))
+  d_q, _, d_k_ext, d_v_ext, _, _, _, _ = _attend_blocks_bwd(
       n_windows, causal, chunks_per_block or n_chunks, residuals,
       (by_chunk(g_so), by_chunk(g_slse)), g_lse_adds_delta=g_slse_adds_delta)
   return d_q.reshape(sq.shape), d_k_ext, d_v_ext

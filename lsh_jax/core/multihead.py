@@ -26,11 +26,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from lsh_jax.core import attention
+from lsh_jax.core import duplicates
 from lsh_jax.core import hashing
 from lsh_jax.core import validation
 
 _STATIC = ('n_buckets', 'n_hashes', 'chunk_len', 'n_chunks_before',
-           'n_chunks_after', 'causal', 'attention_dropout')
+           'n_chunks_after', 'causal', 'attention_dropout',
+           'allow_duplicate_attention', 'attend_across_buckets')
 
 
 def head_keys(key: jax.Array, batch: int, heads: int) -> jax.Array:
@@ -116,6 +118,8 @@ def lsh_self_attention(
     mask: Optional[jax.typing.ArrayLike] = None,
     attention_dropout: float = 0.0,
     dropout_key: Optional[jax.Array] = None,
+    allow_duplicate_attention: bool = True,
+    attend_across_buckets: bool = True,
 ) -> jax.Array:
   """LSH self-attention over batch and heads, jax.nn's layout.
 
@@ -135,6 +139,9 @@ def lsh_self_attention(
       a [T] mask is shared by the examples too.
     dropout_key: PRNG key for attention dropout, required when the rate is
       > 0; split per (example, head) like `key`.
+    allow_duplicate_attention, attend_across_buckets: as in
+      `lsh_attention` (False: the Reformer paper's exact multi-round
+      attention, per-bucket candidates; docs/paper.md).
 
   Returns:
     float[B, T, N, Hv] (or [T, N, Hv]) in the inputs' dtype; zeros at
@@ -155,7 +162,11 @@ def lsh_self_attention(
       n_hashes=validation.check_positive_int('n_hashes', n_hashes),
       chunk_len=chunk_len, n_chunks_before=n_chunks_before,
       n_chunks_after=n_chunks_after, causal=bool(causal),
-      attention_dropout=rate)
+      attention_dropout=rate,
+      allow_duplicate_attention=duplicates.check_flag(
+          'allow_duplicate_attention', allow_duplicate_attention),
+      attend_across_buckets=duplicates.check_flag(
+          'attend_across_buckets', attend_across_buckets))
   if not batched:  # one example: the keys of a batch's first example
     mask = None if mask is None else jnp.asarray(mask)[None]
     return _lsh_self_attention(jnp.asarray(query)[None],

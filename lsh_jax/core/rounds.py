@@ -22,12 +22,18 @@ import jax.numpy as jnp
 
 from lsh_jax.core import chunked
 from lsh_jax.core import combine
+from lsh_jax.core import duplicates
 from lsh_jax.core import sorting
+
+# The flags of the duplicate-count correction, (allow_duplicate_attention,
+# attend_across_buckets); this value changes nothing (docs/algorithm.md).
+NO_CORRECTION = (True, True)
 
 
 def attend_round(round_index, *, q, keys, v, mask, sticker, undo, chunk_len,
                  n_chunks_before, n_chunks_after, causal,
-                 dropout_multiplier=None, chunks_per_block=None):
+                 dropout_multiplier=None, chunks_per_block=None,
+                 buckets=None, correction=NO_CORRECTION):
   """Steps 2-4 of docs/algorithm.md for round `round_index`.
 
   Args:
@@ -41,15 +47,21 @@ def attend_round(round_index, *, q, keys, v, mask, sticker, undo, chunk_len,
     undo: int32[R, L] every round's inverse permutation.
     chunk_len, n_chunks_before, n_chunks_after, causal, dropout_multiplier,
       chunks_per_block: see `chunked.chunked_attend`.
+    buckets: int[R, L] every round's bucket ids; needed only with
+      `correction`'s attend_across_buckets False.
+    correction: (allow_duplicate_attention, attend_across_buckets), see
+      `lsh_jax.core.duplicates`; the default changes nothing.
 
   Returns:
     (o float[L, Dv], lse float[L]): round h's output and log-sum-exp
     normaliser per position, in original order.
   """
+  layout = _round_layout(round_index, sticker, undo, mask, chunk_len,
+                         n_chunks_before, n_chunks_after)
+  bias = _round_bias(round_index, sticker, undo, buckets, layout[2],
+                     chunk_len, n_chunks_before, n_chunks_after, correction)
   return _sorted_attention(
-      q, keys, v, dropout_multiplier,
-      *_round_layout(round_index, sticker, undo, mask, chunk_len,
-                     n_chunks_before, n_chunks_after),
+      q, keys, v, dropout_multiplier, *layout, bias,
       n_chunks_before, n_chunks_after, causal, chunks_per_block)
 
 
@@ -70,6 +82,33 @@ def _round_layout(round_index, sticker, undo, mask, chunk_len,
   return perm, inverse, pos_ext, valid_ext
 
 
+def _round_bias(round_index, sticker, undo, buckets, pos_ext, chunk_len,
+                n_chunks_before, n_chunks_after, correction):
+  """Round h's duplicate-count correction float[N, C, W*C], or None."""
+  if tuple(correction) == NO_CORRECTION:
+    return None
+  n_rounds, length = sticker.shape
+  n_chunks = length // chunk_len
+  n_windows = 1 + n_chunks_before + n_chunks_after
+  ids_before, ids_after = chunked.halo_chunk_ids(
+      round_index, n_rounds, n_chunks, n_chunks_before, n_chunks_after)
+  chunk_ext = jnp.concatenate([
+      ids_before, round_index * n_chunks + jnp.arange(n_chunks,
+                                                       dtype=jnp.int32),
+      ids_after])  # [E] flat chunk of each extended chunk
+  chunk_ext = jnp.broadcast_to(chunk_ext[:, None], pos_ext.shape)  # [E, C]
+  # Each query chunk's window, in the order `chunked` lays its keys out.
+  window = lambda x: jnp.concatenate(
+      [x[w:w + n_chunks] for w in range(n_windows)], axis=1)  # [N, W*C]
+  allow_duplicate, across_buckets = correction
+  return duplicates.round_logit_bias(
+      round_index, table=duplicates.flat_chunks(undo, chunk_len),
+      buckets=buckets, q_pos=sticker[round_index].reshape(n_chunks, -1),
+      k_pos=window(pos_ext), k_chunk=window(chunk_ext),
+      n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
+      allow_duplicate=allow_duplicate, across_buckets=across_buckets)
+
+
 def _rows(x, positions):
   """x[positions] for in-bounds int32 positions of any shape."""
   return x.at[positions].get(mode='promise_in_bounds')
@@ -80,52 +119,54 @@ def _sorted_inputs(q, keys, v, perm, pos_ext):
 
 
 def _attend_and_unsort(q, keys, v, multiplier, perm, inverse, pos_ext,
-                       valid_ext, n_chunks_before, n_chunks_after, causal,
-                       block):
+                       valid_ext, bias, n_chunks_before, n_chunks_after,
+                       causal, block):
   """((o [L, Dv], lse [L]) in original order, slse [L] in sorted order)."""
   sq, k_ext, v_ext = _sorted_inputs(q, keys, v, perm, pos_ext)
   so, slse = chunked.chunked_attend(
       sq, perm, k_ext, v_ext, pos_ext, valid_ext,
       n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
-      causal=causal, dropout_multiplier=multiplier, chunks_per_block=block)
+      causal=causal, dropout_multiplier=multiplier, chunks_per_block=block,
+      logit_bias=bias)
   return (sorting.undo_sort(so, inverse, perm),
           sorting.undo_sort(slse, inverse, perm)), slse
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10, 11))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(9, 10, 11, 12))
 def _sorted_attention(q, keys, v, multiplier, perm, inverse, pos_ext,
-                      valid_ext, n_chunks_before, n_chunks_after, causal,
-                      block):
+                      valid_ext, bias, n_chunks_before, n_chunks_after,
+                      causal, block):
   """Sort, attend in chunks, undo the sort: (o [L, Dv], lse [L])."""
   return _attend_and_unsort(q, keys, v, multiplier, perm, inverse, pos_ext,
-                            valid_ext, n_chunks_before, n_chunks_after,
+                            valid_ext, bias, n_chunks_before, n_chunks_after,
                             causal, block)[0]
 
 
 def _sorted_attention_fwd(q, keys, v, multiplier, perm, inverse, pos_ext,
-                          valid_ext, n_chunks_before, n_chunks_after, causal,
-                          block):
+                          valid_ext, bias, n_chunks_before, n_chunks_after,
+                          causal, block):
   outputs, slse = _attend_and_unsort(
-      q, keys, v, multiplier, perm, inverse, pos_ext, valid_ext,
+      q, keys, v, multiplier, perm, inverse, pos_ext, valid_ext, bias,
       n_chunks_before, n_chunks_after, causal, block)
   # q, keys and v are the same arrays in every round: a loop over rounds
   # keeps them once, not a sorted copy per round.
   return outputs, (q, keys, v, multiplier, perm, inverse, pos_ext, valid_ext,
-                   slse)
+                   bias, slse)
 
 
 def _sorted_attention_bwd(n_chunks_before, n_chunks_after, causal, block,
                           residuals, grads):
-  q, keys, v, multiplier, perm, inverse, pos_ext, valid_ext, slse = residuals
+  (q, keys, v, multiplier, perm, inverse, pos_ext, valid_ext, bias,
+   slse) = residuals
   return _round_backward(
       q, keys, v, multiplier, perm, inverse, pos_ext, valid_ext, slse,
       *grads, n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
-      causal=causal, block=block) + (None,) * 5
+      causal=causal, block=block, bias=bias) + (None,) * 6
 
 
 def _round_backward(q, keys, v, multiplier, perm, inverse, pos_ext, valid_ext,
                     slse, g_o, g_lse, *, n_chunks_before, n_chunks_after,
-                    causal, block, g_lse_adds_delta=False):
+                    causal, block, g_lse_adds_delta=False, bias=None):
   """Gradients (dq [L, D], dkeys [L, D], dv [L, Dv]) of one round.
 
   g_o [L, Dv] and g_lse [L] are the cotangents of the round's o and lse in
@@ -138,7 +179,7 @@ def _round_backward(q, keys, v, multiplier, perm, inverse, pos_ext, valid_ext,
       _rows(g_o, perm), _rows(g_lse, perm),
       n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
       causal=causal, dropout_multiplier=multiplier, chunks_per_block=block,
-      g_slse_adds_delta=g_lse_adds_delta)
+      g_slse_adds_delta=g_lse_adds_delta, logit_bias=bias)
   unsort = functools.partial(_unsort_extended, perm=perm, inverse=inverse,
                              pos_ext=pos_ext, n_before=n_chunks_before)
   return (sorting.undo_sort(d_sq, inverse, perm), unsort(d_k_ext),
@@ -169,7 +210,8 @@ def _unsort_extended(d_ext, *, perm, inverse, pos_ext, n_before):
 
 def attend_rounds_in_turn(*, q, keys, v, mask, sticker, undo, chunk_len,
                           n_chunks_before, n_chunks_after, causal,
-                          dropout_multiplier=None, chunks_per_block=None):
+                          dropout_multiplier=None, chunks_per_block=None,
+                          buckets=None, correction=NO_CORRECTION):
   """All R rounds one after another, each combined as it finishes (§2-5).
 
   The same arguments as `attend_round`, less the round index. Equals
@@ -183,27 +225,38 @@ def attend_rounds_in_turn(*, q, keys, v, mask, sticker, undo, chunk_len,
     float[L, Dv] the combined output.
   """
   return _rounds_in_turn(q, keys, v, dropout_multiplier, sticker, undo, mask,
-                         chunk_len, n_chunks_before, n_chunks_after, causal,
-                         chunks_per_block)
+                         buckets, chunk_len, n_chunks_before, n_chunks_after,
+                         causal, chunks_per_block, tuple(correction))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9, 10, 11))
-def _rounds_in_turn(q, keys, v, multiplier, sticker, undo, mask, chunk_len,
-                    n_chunks_before, n_chunks_after, causal, block):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10, 11, 12, 13))
+def _rounds_in_turn(q, keys, v, multiplier, sticker, undo, mask, buckets,
+                    chunk_len, n_chunks_before, n_chunks_after, causal, block,
+                    correction):
   """`attend_rounds_in_turn` with positional arguments: out [L, Dv]."""
   return _rounds_in_turn_fwd(q, keys, v, multiplier, sticker, undo, mask,
-                             chunk_len, n_chunks_before, n_chunks_after,
-                             causal, block)[0]
+                             buckets, chunk_len, n_chunks_before,
+                             n_chunks_after, causal, block, correction)[0]
 
 
-def _rounds_in_turn_fwd(q, keys, v, multiplier, sticker, undo, mask,
+def _layout_and_bias(h, sticker, undo, mask, buckets, chunk_len,
+                     n_chunks_before, n_chunks_after, correction):
+  """Round h's `_round_layout` plus its correction bias (or None)."""
+  layout = _round_layout(h, sticker, undo, mask, chunk_len, n_chunks_before,
+                         n_chunks_after)
+  return layout + (_round_bias(h, sticker, undo, buckets, layout[2],
+                               chunk_len, n_chunks_before, n_chunks_after,
+                               correction),)
+
+
+def _rounds_in_turn_fwd(q, keys, v, multiplier, sticker, undo, mask, buckets,
                         chunk_len, n_chunks_before, n_chunks_after, causal,
-                        block):
+                        block, correction):
   def one_round(state, h):
     (o, lse), slse = _attend_and_unsort(
         q, keys, v, multiplier,
-        *_round_layout(h, sticker, undo, mask, chunk_len, n_chunks_before,
-                       n_chunks_after),
+        *_layout_and_bias(h, sticker, undo, mask, buckets, chunk_len,
+                          n_chunks_before, n_chunks_after, correction),
         n_chunks_before, n_chunks_after, causal, block)
     return combine.add_round(state, o, lse), (lse, slse)
 
@@ -211,12 +264,14 @@ def _rounds_in_turn_fwd(q, keys, v, multiplier, sticker, undo, mask,
       one_round, combine.no_rounds(*v.shape, v.dtype),
       jnp.arange(sticker.shape[0], dtype=jnp.int32))
   out = combine.finish_rounds(state, lse)
-  return out, (q, keys, v, multiplier, sticker, undo, mask, lse, slse, out)
+  return out, (q, keys, v, multiplier, sticker, undo, mask, buckets, lse,
+               slse, out)
 
 
 def _rounds_in_turn_bwd(chunk_len, n_chunks_before, n_chunks_after, causal,
-                        block, residuals, g):
-  q, keys, v, multiplier, sticker, undo, mask, lse, slse, out = residuals
+                        block, correction, residuals, g):
+  (q, keys, v, multiplier, sticker, undo, mask, buckets, lse, slse,
+   out) = residuals
   # out = sum_h w_h o_h with w_h = exp(lse_h - logsumexp(lse)): o_h gets
   # w_h g and lse_h gets w_h (g . o_h) - s_h (g . out), where
   # s = softmax(lse) is the derivative of logsumexp. (s equals w but for
@@ -230,19 +285,21 @@ def _rounds_in_turn_bwd(chunk_len, n_chunks_before, n_chunks_after, causal,
   g_dot_out = jnp.sum(g * out, axis=-1)  # [L]
 
   def one_round(grads, h):
+    # The correction is recomputed from the sort, not kept per round.
+    *layout, bias = _layout_and_bias(h, sticker, undo, mask, buckets,
+                                     chunk_len, n_chunks_before,
+                                     n_chunks_after, correction)
     round_grads = _round_backward(
-        q, keys, v, multiplier,
-        *_round_layout(h, sticker, undo, mask, chunk_len, n_chunks_before,
-                       n_chunks_after),
+        q, keys, v, multiplier, *layout,
         slse[h], g * weights[h][:, None], -softmax[h] * g_dot_out,
         n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
-        causal=causal, block=block, g_lse_adds_delta=True)
+        causal=causal, block=block, g_lse_adds_delta=True, bias=bias)
     return tuple(a + b for a, b in zip(grads, round_grads)), None
 
   (d_q, d_keys, d_v), _ = jax.lax.scan(
       one_round, (jnp.zeros_like(q), jnp.zeros_like(keys), jnp.zeros_like(v)),
       jnp.arange(sticker.shape[0], dtype=jnp.int32))
-  return d_q, d_keys, d_v, None, None, None, None
+  return d_q, d_keys, d_v, None, None, None, None, None
 
 
 _rounds_in_turn.defvjp(_rounds_in_turn_fwd, _rounds_in_turn_bwd)

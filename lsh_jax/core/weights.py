@@ -58,7 +58,9 @@ def attention_weights(q: ArrayLike, rng: ArrayLike, *,
                       chunk_len: int, n_chunks_before: int = 1,
                       n_chunks_after: int = 0, causal: bool = False,
                       mask: Optional[ArrayLike] = None,
-                      max_bytes: int = DEFAULT_MAX_BYTES) -> jax.Array:
+                      max_bytes: int = DEFAULT_MAX_BYTES,
+                      allow_duplicate_attention: bool = True,
+                      attend_across_buckets: bool = True) -> jax.Array:
   """The [L, L] attention matrix that `lsh_attention` applies.
 
   Row i holds, for every key position j, the probability that query i gives
@@ -76,8 +78,10 @@ def attention_weights(q: ArrayLike, rng: ArrayLike, *,
     q: float[L, D] shared queries/keys.
     rng: PRNG key for the hash rotations, as in `lsh_attention`.
     n_buckets, n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal,
-      mask: as in `lsh_attention` (no attention dropout: the matrix is the
-      deterministic one).
+      mask, allow_duplicate_attention, attend_across_buckets: as in
+      `lsh_attention` (no attention dropout: the matrix is the deterministic
+      one). With allow_duplicate_attention=False each row is the softmax
+      over the query's union of candidates (docs/paper.md).
     max_bytes: refuse lengths whose float32 [L, L] matrix is larger than
       this (default 1 GiB, i.e. L <= 16384) with a ValueError.
 
@@ -102,7 +106,9 @@ def attention_weights(q: ArrayLike, rng: ArrayLike, *,
     out = attention.lsh_attention(
         q, eye, rng, n_buckets=n_buckets, n_hashes=n_hashes,
         chunk_len=chunk_len, n_chunks_before=n_chunks_before,
-        n_chunks_after=n_chunks_after, causal=causal, mask=mask)
+        n_chunks_after=n_chunks_after, causal=causal, mask=mask,
+        allow_duplicate_attention=allow_duplicate_attention,
+        attend_across_buckets=attend_across_buckets)
     columns.append(out[:, :min(block, length - start)])
   return columns[0] if len(columns) == 1 else jnp.concatenate(columns, 1)
 

@@ -31,6 +31,7 @@ import numpy as np
 from flax import nnx
 
 import lsh_jax
+from lsh_jax.core import duplicates
 from lsh_jax.core import validation
 
 default_kernel_init = nnx.initializers.lecun_normal()
@@ -204,14 +205,23 @@ class LSHSelfAttention(SelfAttention):
     chunk_len: C.
     n_chunks_before, n_chunks_after: neighbouring chunks each chunk sees.
     attention_dropout: dropout rate on the attention probabilities.
+    allow_duplicate_attention, attend_across_buckets: as in
+      `lsh_jax.lsh_attention` (False: the Reformer paper's exact
+      multi-round attention, per-bucket candidates; docs/paper.md).
   """
 
   def __init__(self, num_heads: int, in_features: int, *,
                n_hashes: int = 2,
                n_buckets: Union[int, Sequence[int], None] = None,
                chunk_len: int = 64, n_chunks_before: int = 1,
-               n_chunks_after: int = 0, rngs: nnx.Rngs, **kwargs):
+               n_chunks_after: int = 0, rngs: nnx.Rngs,
+               allow_duplicate_attention: bool = True,
+               attend_across_buckets: bool = True, **kwargs):
     super().__init__(num_heads, in_features, rngs=rngs, **kwargs)
+    self.allow_duplicate_attention = duplicates.check_flag(
+        'allow_duplicate_attention', allow_duplicate_attention)
+    self.attend_across_buckets = duplicates.check_flag(
+        'attend_across_buckets', attend_across_buckets)
     self.n_hashes = validation.check_positive_int('n_hashes', n_hashes)
     self.n_buckets = (None if n_buckets is None
                       else validation.check_n_buckets(n_buckets))
@@ -234,4 +244,6 @@ class LSHSelfAttention(SelfAttention):
         chunk_len=self.chunk_len, n_chunks_before=self.n_chunks_before,
         n_chunks_after=self.n_chunks_after, causal=self.causal, mask=mask,
         attention_dropout=self.attention_dropout if dropout_key is not None
-        else 0.0, dropout_key=dropout_key)
+        else 0.0, dropout_key=dropout_key,
+        allow_duplicate_attention=self.allow_duplicate_attention,
+        attend_across_buckets=self.attend_across_buckets)

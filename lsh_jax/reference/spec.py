@@ -21,6 +21,14 @@ one axis of R * L entries):
   4. `unsort_rounds`      back to the original order              (§4)
   5. `combine_rounds`     re-weight the rounds by their lse       (§5)
 
+With `allow_duplicate_attention=False` (the paper's exact multi-round
+attention, Appendix A), `duplicate_counts` first counts, for every query i
+and key j, how many window entries of all rounds hold the pair (i, j), and
+`attend` subtracts log N_ij from each of them, so the combined output is
+softmax attention over the union of the candidate sets, each key once.
+With `attend_across_buckets=False` a window key counts as a candidate only
+if it was hashed, in the query's round, to the query's bucket.
+
 `lsh_self_attention` runs all five; `full_attention` is dense attention
 with the same conventions. The lab's teaching helpers live in
 `lsh_jax.reference.lab`, the decoding reference in `lsh_jax.reference.decode`.
@@ -43,6 +51,10 @@ SELF_PENALTY = 1e5
 # Padding keys must never receive probability, at any position (including
 # positions 0 and 1, which Trax 1.4.1 leaves unmasked).
 PADDING_PENALTY = 1e9
+# attend_across_buckets=False: a window key hashed to another bucket (or
+# taken from another round's chunk) is removed. Below the self penalty, so a
+# token still falls back on itself, and far above any real logit.
+BUCKET_PENALTY = 1e7
 # Keeps the key normalisation finite for an all-zero query.
 NORM_EPSILON = 1e-6
 
@@ -255,7 +267,7 @@ def adjacent_chunks(chunk, n_chunks_total, n_chunks_before, n_chunks_after):
 
 def attend(sq, sv, q_pos, *, chunk_len, n_hashes, n_chunks_before=1,
            n_chunks_after=0, causal=False, kv_valid=None,
-           dropout_multiplier=None):
+           dropout_multiplier=None, sbuckets=None, counts=None):
   """Chunked shared-QK attention, flat sorted layout (docs/algorithm.md §3).
 
   Args:
@@ -269,6 +281,12 @@ def attend(sq, sv, q_pos, *, chunk_len, n_hashes, n_chunks_before=1,
     kv_valid: bool[R * L], True for real tokens, or None (no padding).
     dropout_multiplier: float[C, W * C] (keep / (1 - rate)), applied to
       the probabilities of every chunk after lse is taken, or None.
+    sbuckets: int[R * L] flat bucket ids with round offsets in sorted order,
+      or None. Given: a window key whose id differs from the query's (another
+      bucket, or a chunk of another round) is masked (attend_across_buckets
+      False).
+    counts: `duplicate_counts(...)`, or None. Given: every candidate entry
+      (i, j) gets -log counts[i][j] (allow_duplicate_attention False).
 
   Returns:
     (so float[R * L, Dv], slse float[R * L]) in sorted order.
@@ -301,6 +319,18 @@ def attend(sq, sv, q_pos, *, chunk_len, n_hashes, n_chunks_before=1,
     dots = sq[rows] @ k_window.T  # [C, W*C]
     dots = mask_logits(dots, q_pos[rows], pos_window, valid_window,
                        causal=causal)
+    candidate = np.ones(dots.shape, bool)
+    if sbuckets is not None:
+      b_window = np.concatenate([sbuckets[s] for s in window])
+      candidate = sbuckets[rows][:, None] == b_window[None, :]
+      dots = dots - BUCKET_PENALTY * ~candidate
+    if counts is not None:
+      # Appendix A of the paper: a pair seen N times in all rounds' windows
+      # has each copy's weight divided by N, so it counts once in the union.
+      for a, i in enumerate(q_pos[rows]):
+        for b, j in enumerate(pos_window):
+          if candidate[a, b]:
+            dots[a, b] -= np.log(counts[i][j])
     lse = logsumexp(dots, axis=-1, keepdims=True)  # [C, 1]
     probs = np.exp(dots - lse)
     if dropout_multiplier is not None:
@@ -309,6 +339,49 @@ def attend(sq, sv, q_pos, *, chunk_len, n_hashes, n_chunks_before=1,
     so[rows] = probs @ v_window
     slse[rows] = lse[:, 0]
   return so, slse
+
+
+def duplicate_counts(sticker, sbuckets, *, chunk_len, n_hashes, seqlen,
+                     n_chunks_before=1, n_chunks_after=0):
+  """N_ij: how many window entries of all rounds pair query i with key j.
+
+  The definition of the paper's duplicate count (Appendix A) for this
+  layout: query i has one entry per round (its sorted position in that
+  round); each entry's window holds the entries of the chunks
+  `adjacent_chunks` lists, some of which belong to neighbouring rounds, and
+  a window wider than all chunks holds some entries twice. Every such
+  (query entry, key entry) pair with key position j counts once. Masks that
+  depend only on positions (causal, self, padding) treat all copies of a
+  pair alike and do not change the count; the bucket restriction does: with
+  `sbuckets`, only copies whose key shares the query entry's bucket id (same
+  round, same bucket) count.
+
+  Args:
+    sticker: int[R * L] flat sorted indices h * L + t (`sort_buckets`).
+    sbuckets: int[R * L] sorted flat bucket ids with round offsets, or None
+      (attend_across_buckets: every window entry is a candidate).
+    chunk_len, n_hashes, n_chunks_before, n_chunks_after: the layout.
+    seqlen: L.
+
+  Returns:
+    A list of L dicts: counts[i][j] = N_ij >= 1 for every candidate j of
+    i (absent keys are never candidates).
+  """
+  sticker = np.asarray(sticker)
+  st = sticker % seqlen  # original position of each sorted entry
+  n_chunks_total = sticker.shape[0] // chunk_len
+  counts = [dict() for _ in range(seqlen)]
+  for query_index in range(sticker.shape[0]):  # every (round, query) entry
+    i = st[query_index]
+    for chunk in adjacent_chunks(query_index // chunk_len, n_chunks_total,
+                                 n_chunks_before, n_chunks_after):
+      for key_index in range(chunk * chunk_len, (chunk + 1) * chunk_len):
+        if (sbuckets is not None
+            and sbuckets[key_index] != sbuckets[query_index]):
+          continue
+        j = st[key_index]
+        counts[i][j] = counts[i].get(j, 0) + 1
+  return counts
 
 
 # ---------------------------------------------------------------------------
@@ -359,7 +432,8 @@ def combine_rounds(o, lse):
 def lsh_self_attention(q, v, rotations, *, n_buckets, n_hashes, chunk_len,
                        n_chunks_before=1, n_chunks_after=0, causal=False,
                        mask=None, dropout_multiplier=None,
-                       return_rounds=False):
+                       return_rounds=False, allow_duplicate_attention=True,
+                       attend_across_buckets=True):
   """LSH self-attention for one head (docs/algorithm.md §1-§5).
 
   Args:
@@ -375,6 +449,13 @@ def lsh_self_attention(q, v, rotations, *, n_buckets, n_hashes, chunk_len,
     mask: bool[L], True for real tokens, or None.
     dropout_multiplier: float[C, W * C] or None, see `attend`.
     return_rounds: also return the per-round results.
+    allow_duplicate_attention: True (the lab's, Trax 1.4.1's): a key seen
+      in k windows counts k times in the combine. False (the paper's
+      Appendix A): each copy's logit gets -log N_ij (`duplicate_counts`),
+      so the output is attention over the union of the candidate sets.
+    attend_across_buckets: True (the lab's, Trax 1.4.1's): every key in a
+      window is a candidate. False: only keys hashed, in the query's round,
+      to the query's bucket (the paper's P_i^r).
 
   Returns:
     float[L, Dv]; with return_rounds, (out float[L, Dv], o float[R, L, Dv],
@@ -397,10 +478,18 @@ def lsh_self_attention(q, v, rotations, *, n_buckets, n_hashes, chunk_len,
                                             n_hashes, length)
   st = sticker % length  # original position of each sorted entry
   kv_valid = None if mask is None else np.asarray(mask, bool)[st]
+  sbuckets = None if attend_across_buckets else buckets[sticker]
+  counts = None
+  if not allow_duplicate_attention:
+    counts = duplicate_counts(
+        sticker, sbuckets, chunk_len=chunk_len, n_hashes=n_hashes,
+        seqlen=length, n_chunks_before=n_chunks_before,
+        n_chunks_after=n_chunks_after)
   so, slse = attend(sq, sv, st, chunk_len=chunk_len, n_hashes=n_hashes,
                     n_chunks_before=n_chunks_before,
                     n_chunks_after=n_chunks_after, causal=causal,
-                    kv_valid=kv_valid, dropout_multiplier=dropout_multiplier)
+                    kv_valid=kv_valid, dropout_multiplier=dropout_multiplier,
+                    sbuckets=sbuckets, counts=counts)
   o, lse = unsort_rounds(so, slse, undo_sort, n_hashes, length)
   out = combine_rounds(o, lse)
   if return_rounds:

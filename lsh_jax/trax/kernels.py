@@ -48,6 +48,8 @@ class Spec:
   max_length_for_buckets: Optional[int] = None
   predict_mem_len: Optional[int] = None  # mode='predict' only
   predict_drop_len: Optional[int] = None
+  allow_duplicate_attention: bool = True  # LSH only, see lsh_attention
+  attend_across_buckets: bool = True
 
 
 def project(x, weights, spec):
@@ -101,7 +103,8 @@ def lsh_head(x, mask, weights, state, *, spec, attend_rng, update_state):
       n_chunks_before=spec.n_chunks_before,
       n_chunks_after=spec.n_chunks_after, causal=spec.causal, mask=mask,
       attention_dropout=spec.attention_dropout, dropout_rng=attend_rng,
-      n_ids=n_ids)
+      n_ids=n_ids, allow_duplicate_attention=spec.allow_duplicate_attention,
+      attend_across_buckets=spec.attend_across_buckets)
   return o @ w_o, state
 
 

@@ -46,6 +46,7 @@ import numpy as np
 from trax.layers.research import efficient_attention
 
 import lsh_jax
+from lsh_jax.core import duplicates
 from lsh_jax.core import padding
 from lsh_jax.trax import kernels as trax_kernels
 from lsh_jax.trax import predict as trax_predict
@@ -202,7 +203,17 @@ class LSHSelfAttention(_Computation,
                predict_mem_len=2048, predict_drop_len=256,
                attention_dropout=0.0, output_dropout=0.0,
                max_length_for_buckets=None, bias=False, n_parallel_heads=1,
-               use_python_loop=False, use_reference_code=False):
+               use_python_loop=False, use_reference_code=False,
+               allow_duplicate_attention=True, attend_across_buckets=True):
+    """Trax 1.4.1's arguments, plus two Trax 1.4.1 lacks (Trax up to 1.2
+    had them): `allow_duplicate_attention=False` is the Reformer paper's
+    exact multi-round attention and `attend_across_buckets=False` its
+    per-bucket candidate sets (see `lsh_jax.lsh_attention`). The defaults
+    compute exactly what Trax 1.4.1 computes."""
+    allow_duplicate_attention = duplicates.check_flag(
+        'allow_duplicate_attention', allow_duplicate_attention)
+    attend_across_buckets = duplicates.check_flag(
+        'attend_across_buckets', attend_across_buckets)
     common = _check_common(
         n_heads=n_heads, d_qk=d_qk, d_v=d_v, causal=causal, mode=mode,
         chunk_len=chunk_len, n_chunks_before=n_chunks_before,
@@ -211,6 +222,13 @@ class LSHSelfAttention(_Computation,
         modes=_LSH_MODES)
     if chunk_len is None:
       raise ValueError('chunk_len must be a positive int, got None')
+    if mode == 'predict' and not (allow_duplicate_attention
+                                  and attend_across_buckets):
+      raise ValueError(
+          "mode='predict' (incremental decoding) computes Trax 1.4.1's "
+          'attention only: allow_duplicate_attention and '
+          'attend_across_buckets must be True there, got '
+          f'{allow_duplicate_attention} and {attend_across_buckets}')
     if mode == 'predict':
       predict_mem_len, predict_drop_len = _check_predict(
           causal=causal, masked=masked, chunk_len=chunk_len,
@@ -238,7 +256,8 @@ class LSHSelfAttention(_Computation,
         max_length_for_buckets=max_length_for_buckets,
         predict_mem_len=predict_mem_len if mode == 'predict' else None,
         predict_drop_len=predict_drop_len if mode == 'predict' else None,
-        **common)
+        allow_duplicate_attention=allow_duplicate_attention,
+        attend_across_buckets=attend_across_buckets, **common)
 
   def _predict(self, x, weights, state, output_grad, update_state):
     """mode='predict': T new tokens in, their outputs and the new state."""
