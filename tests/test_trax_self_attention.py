@@ -96,7 +96,7 @@ def test_lab_example_prints_the_lab_output(trax_env, old_threefry):
 
 
 @pytest.mark.parametrize('kwargs,message', [
-    (dict(chunk_len=4), 'chunk_len needs share_qk=True'),
+    (dict(chunk_len=0), 'chunk_len must be >= 1'),
     (dict(n_chunks_before=1), 'n_chunks_before and n_chunks_after need '
      'chunk_len'),
     (dict(mode='predict', causal=True, chunk_len=4, share_qk=True),

@@ -23,9 +23,8 @@ import jax
 import jax.numpy as jnp
 
 import lsh_jax
-from lsh_jax.core import attention
 from lsh_jax.core import hashing
-from lsh_jax.core import masks
+from lsh_jax.trax import dense as trax_dense
 from lsh_jax.trax import heads as trax_heads
 
 
@@ -105,35 +104,14 @@ def lsh_head(x, mask, weights, state, *, spec, attend_rng, update_state):
   return o @ w_o, state
 
 
-def _separate_keys_attention(q, k, v, *, causal, mask, dropout_multiplier):
-  """Dense attention with separate keys: Trax's `attend(q, k, v)`.
-
-  Keys are only scaled by 1/sqrt(D) (no length normalisation) and a token
-  may attend to itself. `lsh_jax.full_attention(q, v, k=k)` computes the
-  same but has no attention dropout; this is used only with dropout.
-  """
-  dots = q @ (k / jnp.sqrt(jnp.asarray(k.shape[-1], k.dtype))).T  # [L, L]
-  positions = jnp.arange(q.shape[0])
-  if causal:
-    dots = dots - masks.CAUSAL_PENALTY * (
-        positions[:, None] < positions[None, :]).astype(dots.dtype)
-  if mask is not None:
-    dots = dots - masks.PADDING_PENALTY * jnp.logical_not(
-        mask[None, :]).astype(dots.dtype)
-  probs = jnp.exp(dots - jax.nn.logsumexp(dots, axis=-1, keepdims=True))
-  if dropout_multiplier is not None:
-    probs = probs * dropout_multiplier
-  return probs @ v
-
-
 def dense_head(x, mask, weights, state, *, spec, attend_rng, update_state):
   """One head of the dense `SelfAttention` on one example.
 
-  `lsh_jax.full_attention` (shared QK or separate keys). With chunks or
-  attention dropout and shared QK, `lsh_attention_from_buckets` with every
-  token in bucket 0 (one round: the sort is the identity, so only the chunk
-  windows limit attention); separate keys with attention dropout,
-  `_separate_keys_attention`.
+  Separate keys (Trax's default), chunked or not: `trax_dense.attend`,
+  Trax's `attend` (padded queries computed as in Trax). Shared QK:
+  `lsh_jax.full_attention`, or with chunks or attention dropout
+  `lsh_attention_from_buckets` with every token in bucket 0 (one round: the
+  sort is the identity, so only the chunk windows limit attention).
 
   Returns:
     (out [L, Dm] before output dropout, state unchanged).
@@ -141,13 +119,16 @@ def dense_head(x, mask, weights, state, *, spec, attend_rng, update_state):
   del update_state
   q, k, v, w_o = project(x, weights, spec)
   length = x.shape[0]
-  if spec.chunk_len is None and not spec.attention_dropout:
-    o = lsh_jax.full_attention(q, v, k=k, causal=spec.causal, mask=mask)
-  elif k is not None:
-    multiplier = attention.dropout_multiplier(
-        attend_rng, spec.attention_dropout, length, length, q.dtype)
-    o = _separate_keys_attention(q, k, v, causal=spec.causal, mask=mask,
-                                 dropout_multiplier=multiplier)
+  if k is not None:
+    positions = jnp.arange(length, dtype=jnp.int32)
+    o = trax_dense.attend(
+        q, trax_dense.scale_keys(k), v, q_pos=positions, kv_pos=positions,
+        kv_valid=mask, causal=spec.causal, exclude_self=False,
+        chunk_len=spec.chunk_len, n_chunks_before=spec.n_chunks_before,
+        n_chunks_after=spec.n_chunks_after,
+        dropout_rate=spec.attention_dropout, dropout_rng=attend_rng)
+  elif spec.chunk_len is None and not spec.attention_dropout:
+    o = lsh_jax.full_attention(q, v, causal=spec.causal, mask=mask)
   else:
     chunked = spec.chunk_len is not None
     o = lsh_jax.lsh_attention_from_buckets(

@@ -296,11 +296,9 @@ class LSHSelfAttention(_Computation,
 class SelfAttention(_Computation, efficient_attention.SelfAttention):
   """Dense self-attention, drop-in for `trax.layers.SelfAttention`.
 
-  Computes with `lsh_jax.full_attention`, shared QK or separate keys
-  (Trax's default). Shared QK with chunks or attention dropout: one-bucket
-  `lsh_attention_from_buckets`. Separate keys with attention dropout: a
-  dense function of `trax_kernels` (full_attention has no dropout). Chunks
-  with separate keys: not implemented (ValueError).
+  Separate keys (Trax's default), chunked or not: `lsh_jax.trax.dense`,
+  Trax's `attend` in pure JAX. Shared QK: `lsh_jax.full_attention`, or with
+  chunks or attention dropout the one-bucket `lsh_attention_from_buckets`.
   """
 
   def __init__(self, n_heads=2, d_qk=64, d_v=64, share_qk=False,
@@ -319,10 +317,6 @@ class SelfAttention(_Computation, efficient_attention.SelfAttention):
       raise ValueError('n_chunks_before and n_chunks_after need chunk_len, '
                        f'got chunk_len=None and {n_chunks_before}, '
                        f'{n_chunks_after}')
-    if chunk_len is not None and not share_qk:
-      raise ValueError('chunk_len needs share_qk=True in '
-                       'lsh_jax.trax.SelfAttention (chunked attention '
-                       'with separate keys is not implemented)')
     super().__init__(
         n_heads=n_heads, d_qk=d_qk, d_v=d_v, share_qk=bool(share_qk),
         causal=causal, masked=masked, chunk_len=chunk_len,
