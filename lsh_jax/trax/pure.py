@@ -119,23 +119,18 @@ class PureLSHSelfAttention(efficient_attention.PureLSHSelfAttention):
     """
     qk, v, mask = self._unpack(inputs)
     batch, length = qk.shape[0] // self._n_heads, qk.shape[1]
-    padded = padding.padded_length(length, self._chunk_len)
-    if padded != length:
-      if mask is None:
-        mask = jnp.ones((batch, length), jnp.bool_)
-      pad = lambda a: jnp.pad(a, ((0, 0), (0, padded - length)) +
-                              ((0, 0),) * (a.ndim - 2))
-      qk, v, mask = pad(qk), pad(v), pad(mask)
-      if output_grad is not None:
-        output_grad = pad(jnp.asarray(output_grad))
+    pair_mask = None if mask is None else jnp.repeat(mask, self._n_heads,
+                                                     axis=0)
+    if output_grad is not None:
+      output_grad = jnp.asarray(output_grad)
+    (qk, v, output_grad), pair_mask = padding.pad_to_chunks(
+        (qk, v, output_grad), pair_mask, chunk_len=self._chunk_len, axis=1)
     trax_layers.LSHSelfAttention._check_length(  # pylint: disable=protected-access
-        self, length, padded, state, update_state)
+        self, length, qk.shape[1], state, update_state)
     if rng is None:
       if self._spec.attention_dropout:
         raise ValueError('rng is required when dropout rates are > 0')
       rng = jax.random.PRNGKey(0)  # unused: nothing is random
-    pair_mask = None if mask is None else jnp.repeat(mask, self._n_heads,
-                                                     axis=0)
     out, new_state, x_grad, _ = trax_kernels.run(
         (qk, v), pair_mask, (), tuple(state), rng, output_grad,
         spec=self._spec, update_state=update_state)

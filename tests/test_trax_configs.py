@@ -1,4 +1,4 @@
-"""Every gin file in configs/ parses and its model builds; gin names.
+"""Every packaged gin file (lsh_jax/configs/) parses and builds; gin names.
 
 Expected values: the configs' own bindings (the data batch feeds the model,
 the LSH configs put lsh_jax's layer in the model) and gin's documented
@@ -10,11 +10,10 @@ import os
 import gin
 import pytest
 
+from lsh_jax.apps import commands
 from trax_testing import trax_env  # noqa: F401  (fixture)
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), 'configs')
-CONFIGS = sorted(glob.glob(os.path.join(CONFIG_DIR, '*.gin')))
+CONFIGS = sorted(glob.glob(os.path.join(commands.CONFIG_DIR, '*.gin')))
 
 
 @pytest.fixture(autouse=True)
