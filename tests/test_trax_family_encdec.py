@@ -21,8 +21,10 @@ BATCH, LQ, LK, DM, DK = 2, 6, 8, 5, 7
 
 
 @pytest.fixture(scope='module')
-def ours_module(trax_env):  # pylint: disable=redefined-outer-name,unused-argument
-  from lsh_jax.trax import encdec  # pylint: disable=import-outside-toplevel
+# pylint: disable-next=redefined-outer-name,unused-argument
+def ours_module(trax_env):
+  # pylint: disable-next=import-outside-toplevel
+  from lsh_jax.trax import encdec
   return encdec
 
 

@@ -6,6 +6,7 @@ family against Trax 1.4.1 over the test cases (docs/trax_family.md).
 Gradient differences are relative to the largest entry of each gradient.
 Not collected by pytest (no test_ prefix); imports the test modules' cases.
 """
+# pylint: disable=protected-access,import-outside-toplevel
 import os
 import sys
 import types
@@ -36,22 +37,22 @@ def out_diff(a, b, valid=None):
 
 
 def main():
-  from trax import fastmath, shapes  # pylint: disable=import-outside-toplevel
-  from trax import layers as tl  # pylint: disable=import-outside-toplevel
-  from trax.layers.research import efficient_attention as ea  # pylint: disable=import-outside-toplevel
+  from trax import fastmath, shapes
+  from trax import layers as tl
+  from trax.layers.research import efficient_attention as ea
 
-  from lsh_jax.trax import encdec, layers, pure  # pylint: disable=import-outside-toplevel
+  from lsh_jax.trax import encdec, layers, pure
   env = types.SimpleNamespace(tl=tl, shapes=shapes, fastmath=fastmath,
                               ours=layers)
   rng = jax.random.PRNGKey(3)
   rows = []
   worst = {}
   for case, kwargs in sa_tests.CASES.items():
-    inputs = sa_tests._inputs(kwargs)  # pylint: disable=protected-access
+    inputs = sa_tests._inputs(kwargs)
     theirs, ours = trax_testing.init_pair(env, 'SelfAttention', kwargs,
                                           inputs)
     if kwargs.get('bias'):
-      sa_tests._random_biases(theirs, ours)  # pylint: disable=protected-access
+      sa_tests._random_biases(theirs, ours)
     x = inputs[0] if isinstance(inputs, tuple) else inputs
     cot = jax.random.normal(jax.random.PRNGKey(4), x.shape)
     e = trax_testing.run_with_grads(theirs, inputs, rng, cot)
@@ -60,28 +61,28 @@ def main():
                  rel_grad(g[2:], e[2:])))
   for case, kwargs in pure_tests.CASES.items():
     kwargs = dict(kwargs, d_qk=pure_tests.D_QK, d_v=pure_tests.D_V)
-    inputs = pure_tests._pair_inputs(kwargs)  # pylint: disable=protected-access
-    theirs = pure_tests._init(ea.PureLSHSelfAttention(**kwargs), env, inputs)  # pylint: disable=protected-access
-    ours = pure_tests._init(pure.PureLSHSelfAttention(**kwargs), env, inputs)  # pylint: disable=protected-access
+    inputs = pure_tests._pair_inputs(kwargs)
+    theirs = pure_tests._init(ea.PureLSHSelfAttention(**kwargs), env, inputs)
+    ours = pure_tests._init(pure.PureLSHSelfAttention(**kwargs), env, inputs)
     shape = inputs[1].shape
-    valid = (np.repeat(pure_tests._valid(), kwargs['n_heads'], axis=0)  # pylint: disable=protected-access
+    valid = (np.repeat(pure_tests._valid(), kwargs['n_heads'], axis=0)
              if kwargs.get('masked') else np.ones(shape[:2], bool))
     cot = jax.random.normal(jax.random.PRNGKey(4), shape) * valid[..., None]
-    e = pure_tests._run_pure(theirs, inputs, rng, cot)  # pylint: disable=protected-access
-    g = pure_tests._run_pure(ours, inputs, rng, cot)  # pylint: disable=protected-access
+    e = pure_tests._run_pure(theirs, inputs, rng, cot)
+    g = pure_tests._run_pure(ours, inputs, rng, cot)
     rows.append(('PureLSHSelfAttention', case, out_diff(g[0], e[0], valid),
                  rel_grad(g[2], e[2])))
   for name, kwargs in (('plain', dict(n_heads=2, d_qk=3, d_v=4)),
                        ('dropout', dict(n_heads=3, d_qk=4, d_v=2,
                                         attention_dropout=0.3,
                                         output_dropout=0.2))):
-    inputs = encdec_tests._activations()  # pylint: disable=protected-access
+    inputs = encdec_tests._activations()
     kwargs = dict(kwargs, masked=False)
-    theirs = encdec_tests._init(tl.EncDecAttention(**kwargs), env, inputs)  # pylint: disable=protected-access
-    ours = encdec_tests._init(encdec.EncDecAttention(**kwargs), env, inputs)  # pylint: disable=protected-access
+    theirs = encdec_tests._init(tl.EncDecAttention(**kwargs), env, inputs)
+    ours = encdec_tests._init(encdec.EncDecAttention(**kwargs), env, inputs)
     cot = jax.random.normal(jax.random.PRNGKey(4), (2, 6, 5))
-    e = encdec_tests._run(theirs, inputs, rng, cot)  # pylint: disable=protected-access
-    g = encdec_tests._run(ours, inputs, rng, cot)  # pylint: disable=protected-access
+    e = encdec_tests._run(theirs, inputs, rng, cot)
+    g = encdec_tests._run(ours, inputs, rng, cot)
     rows.append(('EncDecAttention', name, out_diff(g[0], e[0]),
                  rel_grad(g[1], e[1])))
   print(f'{"class":<22} {"case":<28} {"max |out diff|":>15} '
