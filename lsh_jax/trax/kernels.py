@@ -24,15 +24,15 @@ import jax
 import jax.numpy as jnp
 
 import lsh_jax
-from lsh_jax.core import attention
 from lsh_jax.core import hashing
+from lsh_jax.trax import dense as trax_dense
 from lsh_jax.trax import heads as trax_heads
 
 
 @dataclasses.dataclass(frozen=True)
 class Spec:
   """A layer's static configuration (hashable: a `jit` static argument)."""
-  kind: str  # 'lsh' or 'dense'
+  kind: str  # 'lsh', 'dense', 'pure' (PureLSHSelfAttention) or 'encdec'
   n_heads: int
   causal: bool
   chunk_len: Optional[int]
@@ -84,7 +84,31 @@ def lsh_head(x, mask, weights, state, *, spec, attend_rng, update_state):
     (out [L, Dm] before output dropout, new state).
   """
   q, _, v, w_o = project(x, weights, spec)
-  length = x.shape[0]
+  o, state = lsh_attend(q, v, mask, state, spec=spec, attend_rng=attend_rng,
+                        update_state=update_state)
+  return o @ w_o, state
+
+
+def pure_head(x, mask, weights, state, *, spec, attend_rng, update_state):
+  """One (example, head) pair of `PureLSHSelfAttention`: no weights.
+
+  x is the pair's (qk [L, D], v [L, Dv]); weights is ().
+
+  Returns:
+    (o [L, Dv], new state).
+  """
+  del weights
+  qk, v = x
+  return lsh_attend(qk, v, mask, state, spec=spec, attend_rng=attend_rng,
+                    update_state=update_state)
+
+
+def lsh_attend(q, v, mask, state, *, spec, attend_rng, update_state):
+  """LSH attention of one head: q [L, D], v [L, Dv] -> (o [L, Dv], state).
+
+  The state and hashing as in `lsh_head`.
+  """
+  length = q.shape[0]
   n_rounds = spec.n_hashes
   n_buckets, n_ids = bucket_ids(spec, length, mask is not None)
   offsets = n_ids * jnp.arange(n_rounds, dtype=jnp.int32)[:, None]  # [R, 1]
@@ -105,17 +129,17 @@ def lsh_head(x, mask, weights, state, *, spec, attend_rng, update_state):
       attention_dropout=spec.attention_dropout, dropout_rng=attend_rng,
       n_ids=n_ids, allow_duplicate_attention=spec.allow_duplicate_attention,
       attend_across_buckets=spec.attend_across_buckets)
-  return o @ w_o, state
+  return o, state
 
 
 def dense_head(x, mask, weights, state, *, spec, attend_rng, update_state):
   """One head of the dense `SelfAttention` on one example.
 
-  `lsh_jax.full_attention` (shared QK or separate keys). With chunks or
-  attention dropout and shared QK, `lsh_attention_from_buckets` with every
-  token in bucket 0 (one round: the sort is the identity, so only the chunk
-  windows limit attention); separate keys with attention dropout,
-  `attention.dense_attention` with the dropout multiplier.
+  Separate keys (Trax's default), chunked or not: `trax_dense.attend`,
+  Trax's `attend` (padded queries computed as in Trax). Shared QK:
+  `lsh_jax.full_attention`, or with chunks or attention dropout
+  `lsh_attention_from_buckets` with every token in bucket 0 (one round: the
+  sort is the identity, so only the chunk windows limit attention).
 
   Returns:
     (out [L, Dm] before output dropout, state unchanged).
@@ -123,13 +147,16 @@ def dense_head(x, mask, weights, state, *, spec, attend_rng, update_state):
   del update_state
   q, k, v, w_o = project(x, weights, spec)
   length = x.shape[0]
-  if spec.chunk_len is None and not spec.attention_dropout:
-    o = lsh_jax.full_attention(q, v, k=k, causal=spec.causal, mask=mask)
-  elif k is not None:
-    multiplier = attention.dropout_multiplier(
-        attend_rng, spec.attention_dropout, length, length, q.dtype)
-    o = attention.dense_attention(q, k, v, mask, causal=spec.causal,
-                                  dropout_multiplier=multiplier)
+  if k is not None:
+    positions = jnp.arange(length, dtype=jnp.int32)
+    o = trax_dense.attend(
+        q, trax_dense.scale_keys(k), v, q_pos=positions, kv_pos=positions,
+        kv_valid=mask, causal=spec.causal, exclude_self=False,
+        chunk_len=spec.chunk_len, n_chunks_before=spec.n_chunks_before,
+        n_chunks_after=spec.n_chunks_after,
+        dropout_rate=spec.attention_dropout, dropout_rng=attend_rng)
+  elif spec.chunk_len is None and not spec.attention_dropout:
+    o = lsh_jax.full_attention(q, v, causal=spec.causal, mask=mask)
   else:
     chunked = spec.chunk_len is not None
     o = lsh_jax.lsh_attention_from_buckets(
@@ -142,7 +169,37 @@ def dense_head(x, mask, weights, state, *, spec, attend_rng, update_state):
   return o @ w_o, state
 
 
-_HEADS = {'lsh': lsh_head, 'dense': dense_head}
+def encdec_head(x, mask, weights, state, *, spec, attend_rng, update_state):
+  """One head of `EncDecAttention` on one example.
+
+  x is (queries' input [Lq, Dm], keys' and values' input [Lk, Dk]); mask
+  bool[Lk] (True = real key) or None; weights (w_q [Dm, D], w_k [Dk, D],
+  w_v [Dk, Dv], w_o [Dv, Dm]). Dense attention, no causal or self mask,
+  padding keys masked (`trax_dense.attend`).
+
+  Returns:
+    (out [Lq, Dm] before output dropout, state unchanged).
+  """
+  del update_state
+  q_in, kv_in = x
+  w_q, w_k, w_v, w_o = weights
+  q, k, v = q_in @ w_q, kv_in @ w_k, kv_in @ w_v
+  o = trax_dense.attend(
+      q, trax_dense.scale_keys(k), v,
+      q_pos=jnp.arange(q.shape[0], dtype=jnp.int32),
+      kv_pos=jnp.arange(k.shape[0], dtype=jnp.int32), kv_valid=mask,
+      causal=False, exclude_self=False, dropout_rate=spec.attention_dropout,
+      dropout_rng=attend_rng)
+  return o @ w_o, state
+
+
+_HEADS = {'lsh': lsh_head, 'dense': dense_head, 'pure': pure_head,
+          'encdec': encdec_head}
+
+
+def out_dtype(x):
+  """The dtype of the layer's output: that of its first input."""
+  return jax.tree_util.tree_leaves(x)[0].dtype
 
 
 @functools.partial(jax.jit, static_argnames=('spec', 'update_state'))
@@ -168,8 +225,9 @@ def run(x, mask, weights, state, rng, output_grad=None, *, spec,
   multiplier = None
   if spec.output_dropout:
     keep_prob = 1.0 - spec.output_dropout
-    keep = jax.random.bernoulli(output_rng, keep_prob, x.shape[-1:])
-    multiplier = keep.astype(x.dtype) / keep_prob  # [Dm], for every position
+    d_model = jax.tree_util.tree_leaves(x)[0].shape[-1]
+    keep = jax.random.bernoulli(output_rng, keep_prob, (d_model,))
+    multiplier = keep.astype(out_dtype(x)) / keep_prob  # [Dm], every position
     if output_grad is not None:
       output_grad = output_grad * multiplier
   out, new_state, x_grad, w_grad = trax_heads.forward_and_or_backward(
