@@ -5,11 +5,12 @@ step (tests/test_trax_predict.py).
 """
 import numpy as np
 
-from lsh_jax.reference.spec import auto_n_buckets  # noqa: F401
 from lsh_jax.reference.spec import lsh_self_attention
 from lsh_jax.reference.spec import mask_logits
+from lsh_jax.reference.spec import our_hash_vectors
 from lsh_jax.reference.spec import our_softmax
 from lsh_jax.reference.spec import shared_qk_keys
+
 
 def predict_prefix(x, rotations, w_q, w_v, w_o, *, n_buckets, chunk_len,
                    n_chunks_before, mem_len, drop_len, return_lse=False):
