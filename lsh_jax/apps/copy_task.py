@@ -27,6 +27,7 @@ from trax import shapes
 from trax.supervised import callbacks
 from trax.supervised import trainer_lib
 
+from lsh_jax.apps.copy_data import copy_batch
 import lsh_jax.trax  # noqa: F401  (registers lsh_jax.* for the configs)
 
 
@@ -143,22 +144,6 @@ def query(binding):
   if isinstance(value, gin.config.ConfigurableReference):
     value = value.scoped_configurable_fn()
   return value
-
-
-def copy_batch(rng, vocab_size, length, batch_size):
-  """One batch of `0 w 0 w` sequences of exactly `length` tokens.
-
-  Returns:
-    (tokens int32[B, L], weights float32[B, L]): weights are 1 on the second
-    `w`, the tokens a model can only get right by copying.
-  """
-  half = length // 2 - 1
-  w = rng.randint(1, vocab_size - 1, size=(batch_size, half))
-  zero = np.zeros((batch_size, 1), np.int64)
-  tokens = np.concatenate([zero, w, zero, w], axis=1).astype(np.int32)
-  weights = np.zeros(tokens.shape, np.float32)
-  weights[:, half + 2:] = 1.0
-  return tokens, weights
 
 
 @gin.configurable(module='lsh_jax')

@@ -30,6 +30,7 @@ import optax
 from flax import nnx
 from flax import serialization
 
+from lsh_jax.apps.copy_data import copy_batch
 from lsh_jax.flax import LSHSelfAttention
 from lsh_jax.flax import SelfAttention
 
@@ -50,22 +51,6 @@ class CopyConfig:
   batch_size: int = 32
   learning_rate: float = 1e-3
   warmup_steps: int = 100
-
-
-def copy_batch(rng, vocab_size, length, batch_size):
-  """`0 w 0 w` batches of exactly `length` tokens.
-
-  Returns:
-    (tokens int32[B, L], weights float32[B, L]): weights are 1 on the
-    second `w`.
-  """
-  half = length // 2 - 1
-  w = rng.randint(1, vocab_size - 1, size=(batch_size, half))
-  zero = np.zeros((batch_size, 1), np.int64)
-  tokens = np.concatenate([zero, w, zero, w], axis=1).astype(np.int32)
-  weights = np.zeros(tokens.shape, np.float32)
-  weights[:, half + 2:] = 1.0
-  return tokens, weights
 
 
 class Block(nnx.Module):
