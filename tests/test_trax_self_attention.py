@@ -99,8 +99,7 @@ def test_lab_example_prints_the_lab_output(trax_env, old_threefry):
     (dict(chunk_len=0), 'chunk_len must be >= 1'),
     (dict(n_chunks_before=1), 'n_chunks_before and n_chunks_after need '
      'chunk_len'),
-    (dict(mode='predict', causal=True, chunk_len=4, share_qk=True),
-     "mode='predict'"),
+    (dict(mode='predict', chunk_len=4), "mode='predict' needs causal=True"),
     (dict(d_qk=0), 'd_qk must be >= 1'),
 ])
 def test_constructor_errors(trax_env, kwargs, message):

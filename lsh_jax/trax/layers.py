@@ -23,9 +23,9 @@ Arguments Trax has and lsh_jax treats differently:
     intermediates (more memory, same values). The default custom backward
     recomputes the forward pass per block from the stored buckets and takes
     its vjp there (what reversible layers call; the Reformer memory saving).
-  mode='predict' (LSH layer, causal=True, masked=False): incremental
-    decoding with Trax's state layout and algorithm, `lsh_jax.trax.predict`
-    (one jit-compiled call per step); the dense layer has no predict mode.
+  mode='predict' (causal=True, masked=False): incremental decoding with
+    Trax's state layout and algorithm, one jit-compiled call per step:
+    `lsh_jax.trax.predict` (LSH), `lsh_jax.trax.predict_dense` (dense).
 Any length L >= 1 in train/eval: when L is not a multiple of chunk_len the
 layer pads to the next multiple with masked positions (padding goes to its
 own bucket and is never attended to) and strips the padding from the
@@ -49,6 +49,7 @@ import lsh_jax
 from lsh_jax.core import padding
 from lsh_jax.trax import kernels as trax_kernels
 from lsh_jax.trax import predict as trax_predict
+from lsh_jax.trax import predict_dense as trax_predict_dense
 from lsh_jax.core import validation
 
 _MODES = ('train', 'eval')
@@ -72,9 +73,8 @@ def _check_common(*, n_heads, d_qk, d_v, causal, mode, chunk_len,
   """Checks the arguments both layers share; returns the clean values."""
   if mode not in modes:
     if mode == 'predict':
-      raise ValueError("mode='predict' (incremental decoding) is supported "
-                       'by lsh_jax.trax.LSHSelfAttention only; use '
-                       "mode='eval' here")
+      raise ValueError("mode='predict' (incremental decoding) is not "
+                       "supported by this layer; use mode='eval' here")
     names = ', '.join(repr(m) for m in modes)
     raise ValueError(f'mode must be one of {names}, got {mode!r}')
   for name, value in (('n_heads', n_heads), ('d_qk', d_qk), ('d_v', d_v)):
@@ -312,11 +312,17 @@ class SelfAttention(_Computation, efficient_attention.SelfAttention):
         n_heads=n_heads, d_qk=d_qk, d_v=d_v, causal=causal, mode=mode,
         chunk_len=chunk_len, n_chunks_before=n_chunks_before,
         n_chunks_after=n_chunks_after, attention_dropout=attention_dropout,
-        output_dropout=output_dropout, n_parallel_heads=n_parallel_heads)
+        output_dropout=output_dropout, n_parallel_heads=n_parallel_heads,
+        modes=_LSH_MODES)
     if chunk_len is None and (n_chunks_before or n_chunks_after):
       raise ValueError('n_chunks_before and n_chunks_after need chunk_len, '
                        f'got chunk_len=None and {n_chunks_before}, '
                        f'{n_chunks_after}')
+    if mode == 'predict':
+      predict_mem_len, predict_drop_len = _check_dense_predict(
+          causal=causal, masked=masked, chunk_len=chunk_len,
+          n_chunks_before=n_chunks_before, predict_mem_len=predict_mem_len,
+          predict_drop_len=predict_drop_len)
     super().__init__(
         n_heads=n_heads, d_qk=d_qk, d_v=d_v, share_qk=bool(share_qk),
         causal=causal, masked=masked, chunk_len=chunk_len,
@@ -326,8 +332,20 @@ class SelfAttention(_Computation, efficient_attention.SelfAttention):
         attention_dropout=attention_dropout, output_dropout=output_dropout,
         n_parallel_heads=n_parallel_heads, use_python_loop=use_python_loop,
         use_reference_code=use_reference_code)
-    self._spec = trax_kernels.Spec(kind='dense', bias=bool(bias),
-                                   share_qk=bool(share_qk), **common)
+    self._spec = trax_kernels.Spec(
+        kind='dense', bias=bool(bias), share_qk=bool(share_qk),
+        predict_mem_len=predict_mem_len if mode == 'predict' else None,
+        predict_drop_len=predict_drop_len if mode == 'predict' else None,
+        **common)
+
+  def _predict(self, x, weights, state, output_grad, update_state):
+    """mode='predict': T new tokens in, their outputs and the new state."""
+    if output_grad is not None or not update_state:
+      raise ValueError("mode='predict' has no backward pass (decoding only); "
+                       "train with mode='train'")
+    out, new_state = trax_predict_dense.call(
+        x, tuple(weights), _as_tuples(state), spec=self._spec)
+    return out, new_state, None, None
 
   def forward_unbatched(self, x, mask=None, *, weights, state, rng,
                         update_state):
@@ -359,6 +377,33 @@ def _check_predict(*, causal, masked, chunk_len, n_chunks_before,
   if n_chunks_after:
     raise ValueError(f"mode='predict' needs n_chunks_after=0 (later chunks "
                      f'are not decoded yet), got {n_chunks_after}')
+  mem_len = validation.check_positive_int(
+      'predict_mem_len', predict_mem_len or chunk_len * (1 + n_chunks_before))
+  drop_len = validation.check_positive_int('predict_drop_len',
+                                           predict_drop_len or chunk_len)
+  if drop_len > mem_len:
+    raise ValueError(f'predict_drop_len must be <= predict_mem_len='
+                     f'{mem_len}, got {drop_len}')
+  return mem_len, drop_len
+
+
+def _check_dense_predict(*, causal, masked, chunk_len, n_chunks_before,
+                         predict_mem_len, predict_drop_len):
+  """Checks the dense layer's mode='predict' arguments; (mem_len, drop_len).
+
+  None or 0 lengths default as in Trax: memory chunk_len * (1 +
+  n_chunks_before), drop chunk_len; without chunks both must be given.
+  """
+  if not causal:
+    raise ValueError("mode='predict' needs causal=True (decoding sees only "
+                     'earlier tokens), got causal=False')
+  if masked:
+    raise ValueError("mode='predict' needs masked=False (decoding has no "
+                     'padding input)')
+  if chunk_len is None and not (predict_mem_len and predict_drop_len):
+    raise ValueError("mode='predict' without chunk_len needs predict_mem_len "
+                     f'and predict_drop_len, got {predict_mem_len} and '
+                     f'{predict_drop_len}')
   mem_len = validation.check_positive_int(
       'predict_mem_len', predict_mem_len or chunk_len * (1 + n_chunks_before))
   drop_len = validation.check_positive_int('predict_drop_len',

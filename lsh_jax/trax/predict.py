@@ -204,6 +204,32 @@ def _append(mem, mem_end, x, drop_len):
   return mem, q_start
 
 
+def use_memory(x, mem_end, mem, *, spec):
+  """Trax's `_use_predict_mem`: the memory update of one call.
+
+  Args:
+    x: float[B, T, Dm] the new tokens; mem_end: int32[]; mem: float[B, M, Dm].
+    spec: `trax_kernels.Spec` with predict_mem_len and predict_drop_len.
+
+  Returns:
+    (inputs: what the heads read, the memory [B, M, Dm] or a long prefix
+    [B, T, Dm] (NaN when not at the start); the new memory; q_start int32[]
+    the first new token's position in `inputs`; the new mem_end int32[]).
+  """
+  mem_end = jnp.asarray(mem_end, jnp.int32)
+  n_new, mem_len = x.shape[1], spec.predict_mem_len
+  if n_new <= spec.predict_drop_len and n_new < mem_len:
+    mem, q_start = _append(mem, mem_end, x, spec.predict_drop_len)
+    return mem, mem, q_start, q_start + n_new
+  # A long prefix: only at the start of a sequence.
+  inputs = jnp.where(mem_end == 0, x, jnp.nan).astype(x.dtype)
+  if n_new >= mem_len:
+    mem = x[:, n_new - mem_len:].astype(mem.dtype)
+  else:
+    mem = jnp.pad(x, ((0, 0), (0, mem_len - n_new), (0, 0))).astype(mem.dtype)
+  return inputs, mem, jnp.zeros((), jnp.int32), jnp.int32(min(n_new, mem_len))
+
+
 @functools.partial(jax.jit, static_argnames=('spec',))
 def call(x, weights, state, *, spec):
   """The layer in predict mode on T new tokens.
@@ -218,20 +244,8 @@ def call(x, weights, state, *, spec):
     (out float[B, T, Dm], new state).
   """
   mem_end, (mem,), head_state = state
-  mem_end = jnp.asarray(mem_end, jnp.int32)
-  n_new, mem_len = x.shape[1], spec.predict_mem_len
-  if n_new <= spec.predict_drop_len and n_new < mem_len:
-    mem, q_start = _append(mem, mem_end, x, spec.predict_drop_len)
-    inputs, new_end = mem, q_start + n_new
-  else:  # a long prefix: only at the start of a sequence
-    inputs = jnp.where(mem_end == 0, x, jnp.nan).astype(x.dtype)
-    if n_new >= mem_len:
-      mem = x[:, n_new - mem_len:].astype(mem.dtype)
-    else:
-      mem = jnp.pad(x, ((0, 0), (0, mem_len - n_new), (0, 0))).astype(
-          mem.dtype)
-    q_start, new_end = jnp.zeros((), jnp.int32), jnp.int32(min(n_new,
-                                                                mem_len))
+  n_new = x.shape[1]
+  inputs, mem, q_start, new_end = use_memory(x, mem_end, mem, spec=spec)
   if n_new == 1:
     head_fn = functools.partial(step_head, spec=spec, q_start=q_start)
   else:
