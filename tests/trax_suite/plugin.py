@@ -14,6 +14,11 @@ on test files taken from Trax's source distribution (see
    bound at import time in Trax's modules (`ReformerLM(attention_type=
    tl.SelfAttention)`, `ConfigurableTerraformer(encoder_attention_type=...)`).
 
+3. records, per test, which attention classes were built (module:Class,
+   e.g. `lsh_jax:LSHSelfAttention` or `trax:SelfAttention`) as the junit
+   property `attention`, so the tally can tell a test that ran lsh_jax's
+   layers from one that never built one (or still built Trax's).
+
 Set LSH_TRAX_SUITE_SUBSTITUTE=0 to run the same tests on Trax's own classes
 (the baseline: what Trax 1.4.1 itself passes on this JAX).
 """
@@ -122,9 +127,48 @@ def substitute():
   return report
 
 
+FAMILY = ('SelfAttention', 'LSHSelfAttention', 'PureLSHSelfAttention',
+          'PureLSHSelfAttentionWrapper', 'MixedLSHSelfAttention',
+          'EncDecAttention')
+_BUILT = set()
+
+
+def _record_builds():
+  """Wraps the __init__ of Trax's attention classes (ours subclass them or
+  sit beside them) to note the concrete class of every layer built."""
+  from trax.layers.research import efficient_attention as ea  # pylint: disable=import-outside-toplevel
+  classes = [getattr(ea, name) for name in FAMILY if hasattr(ea, name)]
+  try:
+    import lsh_jax.trax as ours  # pylint: disable=import-outside-toplevel
+    classes += [getattr(ours, name) for name in ours.__all__]
+  except ImportError:
+    pass
+  for cls in set(classes):
+    original = cls.__dict__.get('__init__')
+    if original is None or getattr(original, '_suite_spy', False):
+      continue
+
+    def init(self, *args, __original=original, **kwargs):
+      kind = type(self)
+      owner = kind.__module__.split('.')[0]
+      _BUILT.add(f'{owner}:{kind.__name__}')
+      __original(self, *args, **kwargs)
+    init._suite_spy = True  # pylint: disable=protected-access
+    cls.__init__ = init
+
+
+def pytest_runtest_setup(item):  # pylint: disable=unused-argument
+  _BUILT.clear()
+
+
+def pytest_runtest_teardown(item):
+  item.user_properties.append(('attention', ','.join(sorted(_BUILT))))
+
+
 def pytest_configure(config):  # pylint: disable=unused-argument
   _jax_shims()
   report = substitute() if SUBSTITUTE else ['(none: Trax baseline)']
+  _record_builds()
   path = os.environ.get(REPORT_ENV)
   if path:
     with open(path, 'w') as f:

@@ -62,7 +62,8 @@ def run(*, baseline=False, junit=None, keyword=None, timeout=7200):
   paths = sources.test_files()
   test_dir = os.path.dirname(next(iter(paths.values())))
   with open(os.path.join(test_dir, 'pytest.ini'), 'w') as f:
-    f.write('[pytest]\n')  # keeps our setup.cfg's settings out
+    # Keeps our setup.cfg's settings out; xunit1 keeps test properties.
+    f.write('[pytest]\njunit_family = xunit1\n')
   junit = junit or os.path.join(tempfile.mkdtemp(), 'trax_suite.xml')
   repo = os.path.dirname(os.path.dirname(os.path.dirname(
       os.path.abspath(__file__))))
@@ -96,7 +97,11 @@ def parse_junit(path):
         message = (node.get('message') or '').splitlines()[0][:200] \
             if node.get('message') else ''
         break
-    results[name] = (outcome, message)
+    built = ''
+    for prop in case.iter('property'):
+      if prop.get('name') == 'attention':
+        built = prop.get('value')
+    results[name] = (outcome, message, built)
   return results
 
 
@@ -108,10 +113,10 @@ def main(argv=None):
   args = parser.parse_args(argv)
   results = run(baseline=args.baseline, junit=args.junit,
                 keyword=args.keyword)
-  passed = sum(outcome == 'passed' for outcome, _ in results.values())
+  passed = sum(result[0] == 'passed' for result in results.values())
   for name in test_ids():
-    outcome, message = results.get(name, ('not run', ''))
-    print(f'{outcome:8} {name}  {message}')
+    outcome, message, built = results.get(name, ('not run', '', ''))
+    print(f'{outcome:8} {name}  [{built}]  {message}')
   print(f'passed {passed} / {len(test_ids())}')
   return 0
 
