@@ -158,7 +158,7 @@ def parse(case):
   gin.add_config_file_search_path(CONFIG_DIR)
   gin.parse_config_file(os.path.join(CONFIG_DIR, case.name + '.gin'))
   small = SMALL.format(m=case.model, length=case.length)
-  gin.parse_config(small + case.extra)
+  gin.parse_config(small + case.extra.format(m=case.model))
 
 
 def batch(case, seed=0):
