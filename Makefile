@@ -1,42 +1,78 @@
 # Two commands do all set-up on a fresh machine:
-#   make demo   -- create .venv if missing, install, run the main job
+#   make demo   -- create .venv if missing, install '.[all]', run the main job
 #   make test   -- same install, then the whole test suite
+# Every install pins its versions with constraints.txt (the CI environment).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+# The core tier: jax, numpy and the test tools only (no Trax, TensorFlow,
+# gin, matplotlib or Flax), the package installed as a user would (no -e).
+CORE_VENV ?= .venv-core
+CORE_PY := $(CORE_VENV)/bin/python
+CONSTRAINTS := constraints.txt
 export TF_CPP_MIN_LOG_LEVEL := 3
 # Test processes (pytest-xdist): XLA compiles on one thread, so two workers
 # keep both cores of a small CI machine busy.
 TEST_WORKERS ?= 2
+PACKAGE_FILES := $(shell find lsh_jax -name '*.py' -o -name '*.gin' -o -name py.typed)
+# The tests that need an optional dependency (test_trax_*.py and
+# test_flax_*.py are marked by tests/conftest.py; matplotlib tests `plots`).
+EXTRAS := trax or flax or plots
 
-.PHONY: install demo test fuzz bench explain quality clean
+.PHONY: install install-core demo test test-core test-extras fuzz bench \
+	explain quality clean
 
-$(VENV)/.installed: setup.cfg pyproject.toml
+$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[all]'
+	touch $@
+
+# Not editable: this also checks what a wheel ships (configs, py.typed);
+# reinstalled when the package changes.
+$(CORE_VENV)/.installed: pyproject.toml $(CONSTRAINTS) $(PACKAGE_FILES)
+	test -x $(CORE_PY) || $(PYTHON) -m venv $(CORE_VENV)
+	$(CORE_PY) -m pip install -q --upgrade pip
+	$(CORE_PY) -m pip install -q -c $(CONSTRAINTS) '.[test]'
+	$(CORE_PY) -m pip install -q --no-deps --force-reinstall .
 	touch $@
 
 install: $(VENV)/.installed
 
+install-core: $(CORE_VENV)/.installed
+
 demo: install
 	$(PY) -m lsh_jax.apps.cli demo
 
+# Everything `make test-core` and `make test-extras` run, in one environment.
 test: install
 	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
 
+# The tests that need jax and numpy only, without any optional dependency
+# installed (test_trax_*/test_flax_* are not collected, `plots` skipped).
+test-core: install-core
+	$(CORE_PY) -m pytest -q -n $(TEST_WORKERS) tests
+
+# The complement of test-core: the tests that need Trax, Flax or matplotlib
+# (.ci/run runs both tiers instead of running the core tests twice).
+test-extras: install
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m '($(EXTRAS)) and not long' tests \
+	  || test $$? -eq 5  # 5: nothing selected (no such tests): not a failure
+
 # The long hypothesis campaign against the oracle (fixed seed: derandomized;
-# LSH_FUZZ_EXAMPLES=2000 settings per property by default), then the tests
+# LSH_FUZZ_EXAMPLES=2000 settings per property by default) with hypothesis's
+# statistics (how many generated settings `assume` rejected), then the tests
 # marked `long` (more settings, gradients under sharding, Trax training on 8
-# host devices).
+# host devices). Exit status 5 (nothing selected) is not a failure here.
 fuzz: install
-	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q tests/test_core_oracle.py
-	LSH_LONG_TESTS=1 $(PY) -m pytest -q -n $(TEST_WORKERS) -m long tests
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q --hypothesis-show-statistics \
+	  tests/test_core_oracle.py
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m long tests || test $$? -eq 5
 
 bench: install  # the benchmark table (~25 min); BENCH_ARGS=--quick for a few minutes
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
 
-# One small example through every step of SPEC.md, with its figure.
+# One small example through every step of docs/algorithm.md, with its figure.
 explain: install
 	$(PY) -m lsh_jax.apps.explain --plot runs/explain.png
 
@@ -46,4 +82,4 @@ quality: install
 	$(PY) -m lsh_jax.apps.quality --plot runs/quality.png $(QUALITY_ARGS)
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .hypothesis
+	rm -rf $(VENV) $(CORE_VENV) *.egg-info build .pytest_cache .hypothesis

@@ -17,7 +17,6 @@ bench.png.
 import argparse
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -28,6 +27,8 @@ sys.path.insert(0, HERE)
 
 import peers  # noqa: E402  (after the path tweak)
 import report  # noqa: E402
+
+from lsh_jax.apps import machine  # noqa: E402
 
 LSH_IMPLS = ('lsh_jax', 'trax', 'hf', 'lucidrains')
 EXTRA_IMPLS = ('lsh_jax_seq',)  # not in the default list (see --full)
@@ -143,20 +144,6 @@ def _git_revision():
     return '?'
 
 
-def machine_info():
-  info = {'python': platform.python_version(), 'cores': os.cpu_count()}
-  try:
-    with open('/proc/cpuinfo') as f:
-      info['cpu'] = next(l.split(':', 1)[1].strip() for l in f
-                         if l.startswith('model name'))
-    with open('/proc/meminfo') as f:
-      info['mem_gb'] = round(int(f.readline().split()[1]) / 2**20, 1)
-    info['load'] = os.getloadavg()
-  except (OSError, StopIteration):
-    pass
-  return info
-
-
 def case_list(args):
   """One round's cases, grouped so the implementations run side by side."""
   cases = []
@@ -184,7 +171,7 @@ def report_only(out):
     records = [json.loads(line) for line in f if line.strip()]
   with open(os.path.join(out, 'runs.json')) as f:
     runs = json.load(f)
-  meta = dict(runs[-1], machine=machine_info(), rounds=1, earlier=runs[:-1])
+  meta = dict(runs[-1], machine=machine.info(), rounds=1, earlier=runs[:-1])
   meta['machine'].pop('load', None)
   text = report.render(records, meta)
   with open(os.path.join(out, 'table.md'), 'w') as f:
@@ -246,7 +233,7 @@ def main(argv=None):
       print(f'[bench] {peers_reason}; the PyTorch peers are skipped')
   runner = Runner(args, peers_python, peers_reason,
                   os.path.join(args.out, 'bench.log'))
-  meta = dict(machine=machine_info(), started=time.strftime('%Y-%m-%d %H:%M'),
+  meta = dict(machine=machine.info(), started=time.strftime('%Y-%m-%d %H:%M'),
               revision=_git_revision(),
               command=shlex.join([os.path.relpath(sys.executable)] +
                                  [os.path.relpath(sys.argv[0])] + sys.argv[1:]),

@@ -34,8 +34,8 @@ def main(length=1024, d_qk=64, d_v=64, chunk_len=64, n_hashes=4):
   oracle_ms = 1e3 * (time.perf_counter() - start)
   dense = lsh_jax.full_attention(q, v, causal=True)
   # A query whose only candidate is itself (causal position 0, say) has
-  # logits near -1e5, which float32 resolves to ~1e-2 (SPEC.md §5): such
-  # queries are reported apart.
+  # logits near -1e5, which float32 resolves to ~1e-2 (docs/algorithm.md
+  # §5): such queries are reported apart.
   error = np.abs(np.asarray(out) - expected).max(axis=-1)
   self_only = lse.max(axis=0) < -1e4
   print(f'lsh_attention (jit): {fast_ms:8.2f} ms   NumPy oracle: '

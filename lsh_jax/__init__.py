@@ -8,6 +8,7 @@ Shape glossary, one meaning per letter in every docstring of the package:
   N   chunks per round (L / C)   W   chunks in a window (1 + before + after)
   H   heads                      K   chunks per block of the chunk loop
   E   chunks of a round plus its halo (N + before + after)
+  Dm  model depth (d_model)      P   (example, head) pairs, B * H
 
 The package's layers (each imports only the ones above it in this list):
   lsh_jax.core       the pipeline in pure JAX, one step per module; its

@@ -1,4 +1,7 @@
-"""Shared test set-up: quiet TensorFlow, hypothesis profiles, JAX fixtures."""
+"""Shared test set-up: quiet TensorFlow, hypothesis profiles, optional
+dependencies (tiers), JAX fixtures. Imports only jax, pytest, hypothesis."""
+import fnmatch
+import importlib.util
 import os
 import sys
 
@@ -20,26 +23,52 @@ hypothesis.settings.register_profile(
     suppress_health_check=list(hypothesis.HealthCheck))
 hypothesis.settings.load_profile(os.environ.get('HYPOTHESIS_PROFILE', 'ci'))
 
-# Tests marked `long` (more settings of a check `make test` already makes,
-# multi-device Trax training) run in `make fuzz`, or with LSH_LONG_TESTS=1.
-RUN_LONG = (os.environ.get('LSH_LONG_TESTS') == '1' or
-            os.environ.get('HYPOTHESIS_PROFILE') == 'fuzz')
+
+# Optional dependencies. The core tier (`make test-core`: jax, numpy and the
+# test tools only) does not collect the modules that need Trax or Flax; they
+# are named after what they need, so the rule is a file-name glob.
+def _missing(*modules):
+  return [name for name in modules if importlib.util.find_spec(name) is None]
 
 
-def pytest_configure(config):
-  config.addinivalue_line(
-      'markers', 'long: part of `make fuzz` (or LSH_LONG_TESTS=1), skipped '
-      'by `make test` to keep it fast')
+OPTIONAL = {  # marker: (module glob, packages it needs)
+    'trax': ('test_trax_*.py', ('trax', 'gin')),
+    'flax': ('test_flax_*.py', ('flax', 'optax')),
+}
+MISSING = {marker: _missing(*packages)
+           for marker, (_, packages) in OPTIONAL.items()}
+collect_ignore_glob = [glob for marker, (glob, _) in OPTIONAL.items()
+                       if MISSING[marker]]
+MISSING['plots'] = _missing('matplotlib')
 
 
+def pytest_report_header(config):
+  del config  # unused
+  lines = []
+  for marker, (glob, _) in OPTIONAL.items():
+    if MISSING[marker]:
+      lines.append(f'not collected: tests/{glob} (missing '
+                   f'{", ".join(MISSING[marker])}; pip install '
+                   f"'lsh_jax[{marker}]')")
+  if MISSING['plots']:
+    lines.append('skipped: tests marked `plots` (missing matplotlib)')
+  return lines
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects by these markers
 def pytest_collection_modifyitems(config, items):
-  if RUN_LONG:
-    return
-  skip = pytest.mark.skip(reason='long: run by `make fuzz` or with '
-                          'LSH_LONG_TESTS=1')
+  """Marks tests by the optional package they need (`-m 'not trax'` etc.);
+  skips `plots` tests without matplotlib. `long` tests are deselected by
+  the `-m 'not long'` of pyproject.toml's addopts (`make fuzz`: -m long)."""
+  del config  # unused
+  skip_plots = pytest.mark.skip(reason='needs matplotlib (lsh_jax[plots])')
   for item in items:
-    if 'long' in item.keywords:
-      item.add_marker(skip)
+    name = os.path.basename(str(item.fspath))
+    for marker, (glob, _) in OPTIONAL.items():
+      if fnmatch.fnmatch(name, glob):
+        item.add_marker(getattr(pytest.mark, marker))
+    if MISSING['plots'] and 'plots' in item.keywords:
+      item.add_marker(skip_plots)
 
 
 @pytest.fixture(autouse=True)

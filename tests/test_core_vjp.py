@@ -12,7 +12,7 @@ every token) and of the pipeline with the custom VJP switched off, in every
 setting that changes the backward: causal, padding, dropout, chunks before
 and after, blocks, sequential rounds, and a cotangent on `lse` (the round
 combine gives it one). Float32 gradients agree to ~1e-5 here; tolerances
-are the float32 gradient default of STYLE.md.
+are JAX's own float32 gradient default (2e-3).
 """
 import itertools
 
@@ -143,7 +143,8 @@ def test_one_chunk_gradients_equal_dense_attention(causal, padded, sequential):
   want = jax.grad(lambda q, v: jnp.vdot(dense(q, v), ct),
                   argnums=(0, 1))(q, v)
   # Causal position 0 sees only itself through the -1e5 self mask, where
-  # float32 resolves 2**-7 (SPEC.md §5): its gradient agrees to ~1e-2.
+  # float32 resolves 2**-7 (docs/algorithm.md §5): its gradient agrees to
+  # ~1e-2.
   for a, b in zip(got, want):
     np.testing.assert_allclose(a, b, rtol=2e-2 if causal else 2e-3,
                                atol=2e-2 if causal else 2e-4)

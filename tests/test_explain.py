@@ -34,7 +34,7 @@ def test_default_walkthrough_passes_for_several_seeds(seed, capsys):
   assert explain.main(['--seed', str(seed)]) == 0
   text = capsys.readouterr().out
   positions = [text.index(step) for step in STEPS]
-  assert positions == sorted(positions)  # in the order of SPEC.md
+  assert positions == sorted(positions)  # in the order of docs/algorithm.md
   assert re.search(r'check: max \|combined - direct\| = \S+ <= 1e-05: PASS',
                    text)
   for shape in ('rotations [4, 2, 2]', 'buckets [2, 16]', 'sticker [2, 16]',
@@ -95,6 +95,7 @@ def test_bad_settings_exit_2_with_one_line(argv, match, capsys):
   assert re.search(match, err) and len(err.strip().splitlines()) == 1
 
 
+@pytest.mark.plots
 def test_plot_is_a_valid_png(tmp_path, capsys):
   path = tmp_path / 'explain.png'
   assert explain.main(['--plot', str(path)]) == 0

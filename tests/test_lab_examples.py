@@ -29,7 +29,7 @@ def test_our_softmax():
   np.testing.assert_allclose(
       probs, [0.0320586, 0.08714431, 0.23688279, 0.64391416], atol=PRINT_ATOL)
   np.testing.assert_allclose(lse, [4.44019], atol=1e-5)  # printed 6 digits
-  # The same softmax is lsh_jax's round weighting (SPEC.md §5): four
+  # The same softmax is lsh_jax's round weighting (docs/algorithm.md §5): four
   # "rounds" of one query with normalisers 1, 2, 3, 4.
   weights = lsh_jax.core.round_weights(jnp.array([[1.0], [2.0], [3.0], [4.0]]))
   np.testing.assert_allclose(weights[:, 0], probs, atol=PRINT_ATOL)

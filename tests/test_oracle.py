@@ -4,7 +4,7 @@ The oracle is the reference every other implementation is checked against,
 so its own expected values here are derived independently of it: by hand
 (values written out in the test), with plain Python loops and lists
 (sorting with `sorted`, attention over explicit candidate sets), or from a
-property that must hold whatever the inputs (SPEC.md "Checks that must
+property that must hold whatever the inputs (docs/algorithm.md "Checks that must
 hold"). Dimensions are distinct small primes where possible, so that a
 swapped axis cannot pass. Everything is float64: tolerances are ~1e-12
 unless a test says otherwise.
@@ -190,7 +190,7 @@ def test_hash_buckets_stay_in_range(length, d_qk, n_hashes, n_buckets, padded,
     (4096, 1, [128, 64]),  # n=8192: f = 2**ceil(log2(90.5)) = 128
 ])
 def test_auto_n_buckets(length, chunk_len, expected):
-  """Values worked out by hand from SPEC §1's formula."""
+  """Values worked out by hand from docs/algorithm.md §1's formula."""
   assert oracle.auto_n_buckets(length, chunk_len) == expected
 
 
@@ -380,7 +380,8 @@ def test_attend_dropout_multiplies_probabilities_not_lse():
 
 
 def test_combine_rounds_equals_attention_over_the_union():
-  """SPEC §5: per-round outputs over candidate sets C_h, combined, equal
+  """docs/algorithm.md §5: per-round outputs over candidate sets C_h,
+  combined, equal
   sum_h sum_{j in C_h} exp(s_j) v_j / sum_h sum_{j in C_h} exp(s_j),
   computed here with explicit loops (pairs in several rounds count once per
   round)."""
@@ -451,7 +452,7 @@ def test_pipeline_equals_union_over_sorted_chunks(causal):
 
 
 # ---------------------------------------------------------------------------
-# SPEC checks on the whole pipeline
+# docs/algorithm.md checks on the whole pipeline
 # ---------------------------------------------------------------------------
 
 
@@ -462,7 +463,8 @@ def test_pipeline_equals_union_over_sorted_chunks(causal):
 def test_single_chunk_equals_full_attention(n_buckets, n_hashes, causal,
                                             padded):
   """chunk_len == L, no adjacent chunks: every round sees every token, so
-  the result is dense attention whatever the rotations (SPEC check)."""
+  the result is dense attention whatever the rotations (docs/algorithm.md
+  §3)."""
   length, d_qk, d_v = 13, 5, 3
   q, v = random_qv(7, length, d_qk, d_v)
   mask = np.arange(length) % 4 != 1 if padded else None

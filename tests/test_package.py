@@ -1,5 +1,11 @@
 """The package's public surface: every name in `__all__` resolves, the
-re-exports are the functions their modules define, and the CLI dispatches."""
+re-exports are the functions their modules define, the CLI dispatches, and
+the core imports and runs without any optional dependency loaded."""
+import json
+import os
+import subprocess
+import sys
+
 import pytest
 
 import lsh_jax
@@ -46,3 +52,55 @@ def test_oracle_alias_exposes_the_three_reference_modules():
   assert oracle.lsh_self_attention is spec.lsh_self_attention
   assert oracle.dotandv is lab.dotandv
   assert oracle.predict_step is decode.predict_step
+
+
+# What the `trax`, `flax` and `plots` extras bring; the core must not load it.
+OPTIONAL_MODULES = ('trax', 'tensorflow', 'flax', 'optax', 'gin', 'matplotlib',
+                    'gym')
+LIGHT_CHECK = """
+import json, os, sys
+import jax, jax.numpy as jnp
+import lsh_jax, lsh_jax.core, lsh_jax.reference
+q = jax.random.normal(jax.random.PRNGKey(0), (8, 4))
+out = lsh_jax.lsh_attention(q, q, jax.random.PRNGKey(1), n_buckets=2,
+                            n_hashes=2, chunk_len=4)
+root = os.path.dirname(lsh_jax.__file__)
+print(json.dumps(dict(
+    loaded=[m for m in {modules} if m in sys.modules],
+    shape=list(out.shape), finite=bool(jnp.isfinite(out).all()),
+    configs=sorted(os.listdir(os.path.join(root, 'configs'))),
+    typed=os.path.isfile(os.path.join(root, 'py.typed')))))
+""".replace('{modules}', repr(OPTIONAL_MODULES))
+
+
+def test_core_imports_and_runs_without_loading_optional_dependencies(
+    tmp_path):
+  """In a fresh interpreter, outside the checkout (in the core tier's
+  virtual environment this is the installed wheel): the entry points run,
+  no optional dependency is imported, and the package data ships."""
+  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  if 'PYTHONPATH' in os.environ:  # a checkout run without an install
+    env['PYTHONPATH'] = os.environ['PYTHONPATH']
+  result = subprocess.run([sys.executable, '-c', LIGHT_CHECK], cwd=tmp_path,
+                          env=env, capture_output=True, text=True,
+                          check=False, timeout=300)
+  assert result.returncode == 0, result.stderr[-2000:]
+  report = json.loads(result.stdout.splitlines()[-1])
+  assert report['loaded'] == []
+  assert report['shape'] == [8, 4] and report['finite']
+  assert {'reformer_copy_cpu.gin', 'lab_lsh_layer.gin'} <= set(
+      report['configs'])
+  assert report['typed']
+
+
+def test_packaged_configs_resolve_by_name_or_former_path():
+  from lsh_jax.apps import commands  # pylint: disable=import-outside-toplevel
+  packaged = os.path.join(commands.CONFIG_DIR, 'reformer_copy_cpu.gin')
+  for name in ('reformer_copy_cpu', 'reformer_copy_cpu.gin',
+               'configs/reformer_copy_cpu.gin'):
+    assert commands.resolve_config(name) == packaged
+  assert 'lab_lsh_layer' in commands.packaged_configs()
+  with pytest.raises(commands.CommandError,
+                     match=r'config file not found: no/such.gin \(packaged '
+                     r'configs: lab_lsh_layer, '):
+    commands.resolve_config('no/such.gin')

@@ -1,8 +1,8 @@
 """`quality`: LSH attention against full attention on clustered queries.
 
 Expected values: with one chunk per round LSH attention is dense attention
-(SPEC.md), so the error must vanish and the covered mass be 1; the covered
-mass must equal the full-attention probability on the support of
+(docs/algorithm.md), so the error must vanish and the covered mass be 1;
+the covered mass must equal the full-attention probability on the support of
 `attention_weights` (an independent route to the candidate sets); more hash
 rounds must find more of the mass and cut the error.
 """
@@ -73,6 +73,7 @@ def test_covered_mass_is_full_probability_on_the_weights_support():
   assert result['covered_mass'] == pytest.approx(expected, abs=1e-6)
 
 
+@pytest.mark.plots
 def test_command_prints_the_table_and_writes_the_plot(tmp_path, capsys):
   path = tmp_path / 'quality.png'
   argv = ['--length', str(LENGTH), '--depth', str(DEPTH), '--d-v', str(D_V),

@@ -1,7 +1,7 @@
 """Any length, numerical safety and determinism of the public functions.
 
 Where expected values come from:
-  * any length: the NumPy oracle (float64, SPEC.md) run on the padded,
+  * any length: the NumPy oracle (float64, docs/algorithm.md) run on the padded,
     masked input with the rotations the JAX code drew, and `lsh_attention`
     itself run on that padded input (the documented contract: real
     positions get what the padded, masked computation gives);
@@ -11,7 +11,7 @@ Where expected values come from:
     the float32 result rounded once to the input dtype;
   * edge cases: finiteness of outputs and gradients (no reference needed).
 Tolerances: float32 vs oracle 1e-5; self-only queries (causal position 0, a
-lone token) 2e-2 (SPEC.md §5 float32 caveat); bfloat16 relative 2**-8
+lone token) 2e-2 (docs/algorithm.md §5 float32 caveat); bfloat16 relative 2**-8
 (half an ulp of its 8-bit significand) and float16 2**-11, plus 1e-5.
 """
 import jax

@@ -5,7 +5,7 @@ and initialised with the same key, then run on the same inputs with the same
 rng (its `pure_fn`, jitted, gradients through its custom backward pass),
 except where a test names another source (the lab's printed numbers, an
 independent derivation). Padding is kept away from positions 0-1 and padded
-positions' outputs are not compared (lsh_jax SPEC.md §3).
+positions' outputs are not compared (docs/algorithm.md §3).
 
 Measured (float32, CPU, these cases): outputs within 4.8e-7 of Trax's,
 gradients within 2.9e-6 absolute (3.3e-7 of the largest entry); weights and
@@ -305,9 +305,9 @@ def test_any_length_is_padded_with_masked_positions(trax_env, case):
 
 def test_length_one(trax_env):
   """One token attends only to itself: derivation, the output is
-  sum over heads of (x @ w_v) @ w_o, to SPEC.md §5's 1e-2 for a query that
-  sees only itself (relative: the round weights of logits near -1e5 sum
-  to 1 only to float32's 2**-7 there; 4e-3 seen)."""
+  sum over heads of (x @ w_v) @ w_o, to docs/algorithm.md §5's 1e-2 for a
+  query that sees only itself (relative: the round weights of logits near
+  -1e5 sum to 1 only to float32's 2**-7 there; 4e-3 seen)."""
   layer = trax_env.ours.LSHSelfAttention(n_heads=2, d_qk=3, d_v=4,
                                          chunk_len=4, n_hashes=2,
                                          n_buckets=2, causal=True)

@@ -10,7 +10,7 @@ Expected values, per test:
     `predict_step`), per example and head with the rotations drawn from the
     state's hash key, summed over heads: within 1e-5, except prefix queries
     that saw only themselves in every round of some head (causal position
-    0, and tokens whose buckets hold no earlier token): SPEC.md §5's
+    0, and tokens whose buckets hold no earlier token): docs/algorithm.md §5's
     float32 caveat, 1e-2.
   * Greedy sampling: the same model decoded without predict mode, by full
     recomputation in eval mode after every token (with the memory holding
@@ -34,7 +34,7 @@ from trax_testing import trax_decoding  # noqa: F401  (fixture)
 from trax_testing import trax_env  # noqa: F401  (fixture)
 
 OUT_ATOL = 1e-5
-ONLY_SELF_ATOL = 1e-2  # a query that saw only itself: SPEC.md §5 caveat
+ONLY_SELF_ATOL = 1e-2  # saw only itself: docs/algorithm.md §5 caveat
 
 # name: (layer kwargs, (batch, total length, d_model), prefix length)
 CASES = {

@@ -3,7 +3,7 @@
 Expected values come from Trax's own layer (same arguments, init key,
 inputs and rng; `pure_fn` jitted, gradients through its backward pass) or
 from the lab's printed numbers. Padding is kept away from positions 0-1 and
-padded outputs are not compared (lsh_jax SPEC.md §3).
+padded outputs are not compared (docs/algorithm.md §3).
 """
 import jax
 import jax.numpy as jnp

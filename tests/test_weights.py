@@ -3,13 +3,13 @@
 Expected values come from elsewhere than the code under test:
   * `lsh_attention` itself for `W @ v` (the contract of `attention_weights`);
   * the float64 NumPy oracle run on one-hot values (an independent
-    implementation of SPEC.md, given the same rotations) for W itself;
+    implementation of docs/algorithm.md, given the same rotations) for W itself;
   * dense attention (`oracle.full_attention` on one-hot values) for the
     single-chunk case;
   * a loop over chunks with `oracle.adjacent_chunks` for `candidate_counts`.
 Tolerances: float32 against float64 ~1e-5, except rows of queries that see
-only themselves (causal position 0, a token among padding), where SPEC.md §5's
-float32 caveat allows ~1e-2.
+only themselves (causal position 0, a token among padding), where
+docs/algorithm.md §5's float32 caveat allows ~1e-2.
 """
 import functools
 

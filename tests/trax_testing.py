@@ -115,7 +115,7 @@ def trax_decoding(trax_env):  # pylint: disable=redefined-outer-name
 
 @pytest.fixture(scope='session')
 def trained_run(trax_env, tmp_path_factory):  # pylint: disable=redefined-outer-name,unused-argument
-  """configs/lab_lsh_layer.gin trained 40 steps by `lsh-jax train`.
+  """The packaged lab_lsh_layer.gin trained 40 steps by `lsh-jax train`.
 
   Returns (run dir, printed lines). Session-scoped so every module that
   imports it shares one training run.
@@ -127,8 +127,8 @@ def trained_run(trax_env, tmp_path_factory):  # pylint: disable=redefined-outer-
   import gin  # pylint: disable=import-outside-toplevel
 
   from lsh_jax.apps import cli  # pylint: disable=import-outside-toplevel
-  config = os.path.join(os.path.dirname(os.path.dirname(
-      os.path.abspath(__file__))), 'configs', 'lab_lsh_layer.gin')
+  from lsh_jax.apps import commands  # pylint: disable=import-outside-toplevel
+  config = os.path.join(commands.CONFIG_DIR, 'lab_lsh_layer.gin')
   run_dir = str(tmp_path_factory.mktemp('run'))
   printed = io.StringIO()
   with contextlib.redirect_stdout(printed):

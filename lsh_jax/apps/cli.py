@@ -11,6 +11,8 @@ Each subcommand is a module of `lsh_jax.apps.commands` with `HELP`,
 imports heavy packages (Trax) only inside `run`, so `--help` and argument
 errors are instant. A `CommandError` from `run` (a missing file, a config
 that does not parse) is printed as one line on stderr, exit status 2.
+Commands import Trax through `quiet.import_trax_quietly`, which keeps
+TensorFlow's and gym's start-up lines off the terminal.
 """
 import argparse
 import importlib
@@ -30,7 +32,7 @@ COMMANDS = {
 }
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(
       prog='lsh-jax', description='Reformer LSH self-attention in JAX.')
   subparsers = parser.add_subparsers(dest='command', metavar='COMMAND',
@@ -44,7 +46,7 @@ def build_parser():
   return parser
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
   """Runs `lsh-jax`; returns the exit status."""
   parser = build_parser()
   args, extra = parser.parse_known_args(argv)

@@ -1,13 +1,13 @@
-"""`lsh-jax explain`: one small example through every step of SPEC.md.
+"""`lsh-jax explain`: one small example through every step of the algorithm.
 
-Prints, in the order of SPEC.md, the real intermediate arrays of the JAX
-pipeline and their shapes: the hash (§1: rotations, buckets per round), the
-sort (§2: sorted positions and chunk boundaries), chunked attention (§3:
-each chunk's probabilities and log-sum-exps), the undone sort (§4) and the
-combine (§5) for one query: each round's output and log-sum-exp, the round
-weights, the combined result, and a check against attention computed
-directly (NumPy, float64) over the union of that query's candidate sets.
-Exit status 1 if that check fails.
+Prints, in the order of docs/algorithm.md, the real intermediate arrays of
+the JAX pipeline and their shapes: the hash (§1: rotations, buckets per
+round), the sort (§2: sorted positions and chunk boundaries), chunked
+attention (§3: each chunk's probabilities and log-sum-exps), the undone sort
+(§4) and the combine (§5) for one query: each round's output and
+log-sum-exp, the round weights, the combined result, and a check against
+attention computed directly (NumPy, float64) over the union of that query's
+candidate sets. Exit status 1 if that check fails.
 
     python -m lsh_jax.apps.explain [--length 16 --n-hashes 2 --n-buckets 4
                                --chunk-len 4 --seed 0] [--plot FILE.png]
@@ -40,7 +40,7 @@ MAX_LENGTH = 128
 # The combined result (float32) against the float64 direct computation.
 TOLERANCE = 1e-5
 # A query that sees only itself has logits near -1e5, where float32 steps
-# are 2**-7 (SPEC.md §5, float32 caveat).
+# are 2**-7 (docs/algorithm.md §5, float32 caveat).
 SELF_ONLY_TOLERANCE = 1e-2
 
 
@@ -231,7 +231,7 @@ def walk(settings, out=None):
   n_total = hashing.n_buckets_total(s.n_buckets)
   n_chunks = length // s.chunk_len
   n_flat = s.n_hashes * n_chunks
-  p(f'LSH self-attention step by step (SPEC.md): L={length} tokens, '
+  p(f'LSH self-attention step by step (docs/algorithm.md): L={length} tokens, '
     f'D={depth}, Dv={s.d_v}, R={s.n_hashes} hash rounds, NB={n_total} '
     f'buckets, C={s.chunk_len} (N={n_chunks} chunks per round), window = '
     f'{s.n_chunks_before} chunk(s) before + own + {s.n_chunks_after} after'
@@ -246,7 +246,7 @@ def walk(settings, out=None):
 
   # 1. Hash.
   p('')
-  p('STEP 1  hash (SPEC.md §1): random rotations, argmax over [r, -r]')
+  p('STEP 1  hash (§1): random rotations, argmax over [r, -r]')
   arrays = _rounds(
       q, v, khash, n_buckets=validation.check_n_buckets(s.n_buckets),
       n_hashes=s.n_hashes, chunk_len=s.chunk_len,
@@ -269,7 +269,7 @@ def walk(settings, out=None):
 
   # 2. Sort.
   p('')
-  p('STEP 2  sort by (bucket, position) (SPEC.md §2); | = chunk boundary')
+  p('STEP 2  sort by (bucket, position) (§2); | = chunk boundary')
   p(f'  sticker {list(sticker.shape)} = [R, L] sorted positions, undo_sort '
     f'{list(undo.shape)} its inverse')
   for h in range(s.n_hashes):
@@ -280,7 +280,7 @@ def walk(settings, out=None):
 
   # 3. Chunked attention: the kernel per round, probabilities recomputed.
   p('')
-  p('STEP 3  chunked attention (SPEC.md §3): keys = normalize(q) / sqrt(D); '
+  p('STEP 3  chunked attention (§3): keys = normalize(q) / sqrt(D); '
     'logits masked (self -1e5'
     + (', causal -1e9' if s.causal else '') + '); softmax per chunk')
   query_pos, key_pos = weights_lib.window_positions(
@@ -321,7 +321,7 @@ def walk(settings, out=None):
 
   # 4. Undo the sort.
   p('')
-  p('STEP 4  undo the sort (SPEC.md §4): o[h] = so[h][undo_sort[h]], '
+  p('STEP 4  undo the sort (§4): o[h] = so[h][undo_sort[h]], '
     'lse[h] = slse[h][undo_sort[h]]')
   p(f'  o {list(o.shape)} = [R, L, Dv], lse {list(lse.shape)} = [R, L] in '
     'original order:')
@@ -342,7 +342,7 @@ def walk(settings, out=None):
   tolerance = SELF_ONLY_TOLERANCE if only_self else TOLERANCE
   passed = bool(error <= tolerance)
   p('')
-  p(f'STEP 5  combine the rounds (SPEC.md §5), query {query}: weights '
+  p(f'STEP 5  combine the rounds (§5), query {query}: weights '
     f'w_h = softmax_h(lse_h), out = sum_h w_h o_h')
   p('  Z_h = exp(lse_h) is the probability mass round h found; the rounds '
     'are re-weighted by it, w_h = Z_h / sum_h Z_h')
@@ -359,7 +359,7 @@ def walk(settings, out=None):
   p('    (float64 attention over all rounds\' candidates at once: '
     'sum_h sum_{j in C_h} exp(s_j) v_j / sum_h sum_{j in C_h} exp(s_j);\n'
     '     a key found by k rounds counts k times, as in the combine)')
-  note = (' (this query sees only itself: float32 caveat of SPEC.md §5)'
+  note = (' (this query sees only itself: float32 caveat of §5)'
           if only_self else '')
   p(f'  check: max |combined - direct| = {error:.1e} '
     f'{"<=" if passed else ">"} {tolerance:g}{note}: '

@@ -39,7 +39,6 @@ import argparse
 import dataclasses
 import functools
 import os
-import platform
 import sys
 import time
 
@@ -48,6 +47,7 @@ import numpy as np
 
 import lsh_jax
 from lsh_jax import oracle
+from lsh_jax.apps import machine
 from lsh_jax.core import weights as weights_lib
 
 HELP = 'LSH attention vs full attention: error, covered mass, time'
@@ -233,11 +233,6 @@ def format_table(rows):
         f"{r['n_hashes']} | {r['rel_error']:.3f} | "
         f"{100 * r['covered_mass']:.1f}% | {_ms(r['time_ms'])} |")
   return '\n'.join(lines)
-
-
-def machine():
-  return (f'{platform.processor() or platform.machine()}, {os.cpu_count()} '
-          f'CPU cores, JAX {jax.__version__} on {jax.default_backend()}')
 
 
 # ---------------------------------------------------------------------------
@@ -431,7 +426,7 @@ def run(args):
   print()
   print(format_table(rows))
   print()
-  print(f'total {time.time() - start:.0f} s; machine: {machine()}')
+  print(f'total {time.time() - start:.0f} s; machine: {machine.describe()}')
   if args.plot:
     from lsh_jax.apps import plots  # imports matplotlib
     plots.plot_quality([r for r in rows if r['n_hashes'] is not None],

@@ -9,9 +9,11 @@ before tracing; the computation is one jit-compiled function per static
 configuration.
 """
 import functools
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from lsh_jax.core import chunked
 from lsh_jax.core import combine
@@ -26,7 +28,7 @@ _STATIC = ('chunk_len', 'n_chunks_before', 'n_chunks_after', 'causal',
            'attention_dropout', 'sequential_rounds', 'n_ids')
 # Logits processed per step of the chunk loop, summed over rounds: small
 # enough to stay in the L2 cache while masks, exp and the value matmul read
-# them (PERF_NOTES: one huge score tensor runs ~15x slower per chunk).
+# them (measured: one huge score tensor runs ~15x slower per chunk).
 # Measured at 64K, one round of C = 64, W = 2: 4 chunks a step (2**15
 # logits) run the forward 1.5x and the backward 1.25x faster than 16, and
 # 8 chunks are as slow as 16; 1 to 4 are about equal.
@@ -112,9 +114,9 @@ def _at_least_float32(x):
   return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
-@functools.partial(jax.jit, static_argnames=_STATIC + ('n_buckets', 'n_hashes'))
-def _lsh_attention(q, v, rng, mask, dropout_rng, *, n_buckets, n_hashes,
-                   **static):
+def _hash_and_attend(q, v, rng, mask, dropout_rng, *, n_buckets, n_hashes,
+                     **static):
+  """Steps 1-5 on a multiple of chunk_len; returns float[L, Dv]."""
   rotations = hashing.random_rotations(rng, q.shape[-1], n_buckets, n_hashes)
   buckets = hashing.hash_with_rotations(_at_least_float32(q), rotations,
                                         n_buckets, mask)
@@ -123,14 +125,14 @@ def _lsh_attention(q, v, rng, mask, dropout_rng, *, n_buckets, n_hashes,
                          **static)
 
 
-_lsh_attention_from_buckets = jax.jit(_attend_buckets, static_argnames=_STATIC)
-
-
-def lsh_attention(q, v, rng, *, n_buckets, n_hashes, chunk_len,
-                  n_chunks_before=1, n_chunks_after=0, causal=False,
-                  mask=None, attention_dropout=0.0, dropout_rng=None,
-                  sequential_rounds=None):
-  """LSH self-attention for one head of one sequence (SPEC.md).
+def lsh_attention(q: ArrayLike, v: ArrayLike, rng: ArrayLike, *,
+                  n_buckets: hashing.NBuckets, n_hashes: int, chunk_len: int,
+                  n_chunks_before: int = 1, n_chunks_after: int = 0,
+                  causal: bool = False, mask: Optional[ArrayLike] = None,
+                  attention_dropout: float = 0.0,
+                  dropout_rng: Optional[ArrayLike] = None,
+                  sequential_rounds: Optional[bool] = None) -> jax.Array:
+  """LSH self-attention for one head of one sequence (docs/algorithm.md).
 
   Any length L >= 1 works: when L is not a multiple of `chunk_len` (or
   `chunk_len > L`) the inputs are padded internally with masked positions
@@ -188,10 +190,13 @@ def lsh_attention(q, v, rng, *, n_buckets, n_hashes, chunk_len,
           None if sequential_rounds is None else bool(sequential_rounds)))
 
 
-def lsh_attention_from_buckets(q, v, buckets, *, chunk_len, n_chunks_before=1,
-                               n_chunks_after=0, causal=False, mask=None,
-                               attention_dropout=0.0, dropout_rng=None,
-                               sequential_rounds=None, n_ids=None):
+def lsh_attention_from_buckets(
+    q: ArrayLike, v: ArrayLike, buckets: ArrayLike, *, chunk_len: int,
+    n_chunks_before: int = 1, n_chunks_after: int = 0, causal: bool = False,
+    mask: Optional[ArrayLike] = None, attention_dropout: float = 0.0,
+    dropout_rng: Optional[ArrayLike] = None,
+    sequential_rounds: Optional[bool] = None,
+    n_ids: Optional[int] = None) -> jax.Array:
   """LSH self-attention given precomputed buckets (e.g. a layer's state).
 
   Any length L >= 1, as in `lsh_attention`: appended padding positions take
@@ -223,6 +228,7 @@ def lsh_attention_from_buckets(q, v, buckets, *, chunk_len, n_chunks_before=1,
           'n_ids', n_ids))
 
 
+# The entry points' only jits (the helpers they call are traced into them).
 # Any length (lsh_jax.core.padding) inside the same compiled program as the
 # attention: one dispatch per call, and the same program whether or not the
 # caller is itself jitted, so the results are bit-identical either way.
@@ -232,7 +238,7 @@ def _lsh_attention_any_length(q, v, rng, mask, dropout_rng, **static):
   if padding.needs_preparing(length, static['chunk_len'], mask):
     q, v, mask, _ = padding.prepare(q, v, mask,
                                     chunk_len=static['chunk_len'])
-  out = _lsh_attention(q, v, rng, mask, dropout_rng, **static)
+  out = _hash_and_attend(q, v, rng, mask, dropout_rng, **static)
   return padding.strip(out, length)
 
 
@@ -242,13 +248,23 @@ def _from_buckets_any_length(q, v, buckets, mask, dropout_rng, **static):
   if padding.needs_preparing(length, static['chunk_len'], mask):
     q, v, mask, buckets = padding.prepare(q, v, mask, buckets,
                                           chunk_len=static['chunk_len'])
-  out = _lsh_attention_from_buckets(q, v, buckets, mask, dropout_rng,
-                                    **static)
+  out = _attend_buckets(q, v, buckets, mask, dropout_rng, **static)
   return padding.strip(out, length)
 
 
-@functools.partial(jax.jit, static_argnames=('causal',))
-def _full_attention(q, k, v, mask, *, causal):
+def dense_attention(q, k, v, mask, *, causal, dropout_multiplier=None):
+  """Dense attention: `full_attention`'s computation, unchecked, unjitted.
+
+  Args:
+    q: float[L, D]; k: float[L, D] or None (shared QK); v: float[L, Dv];
+    mask: bool[L] or None.
+    causal: a query does not see later positions.
+    dropout_multiplier: float[L, L] applied to the probabilities, or None
+      (the Trax layer's attention dropout with separate keys).
+
+  Returns:
+    float[L, Dv]; zeros at padded positions.
+  """
   out_dtype = jnp.result_type(q, v)
   q, v = _at_least_float32(q), _at_least_float32(v)
   k = None if k is None else _at_least_float32(k)
@@ -260,13 +276,21 @@ def _full_attention(q, k, v, mask, *, causal):
     dots = q @ (k / jnp.sqrt(jnp.asarray(k.shape[-1], k.dtype))).T
     dots = masks.mask_logits(dots, positions, positions, mask, causal=causal,
                              exclude_self=False)
-  out = jax.nn.softmax(dots, axis=-1) @ v
+  probs = jax.nn.softmax(dots, axis=-1)
+  if dropout_multiplier is not None:
+    probs = probs * dropout_multiplier
+  out = probs @ v
   if mask is not None:
     out = jnp.where(mask[:, None], out, 0)
   return out.astype(out_dtype)
 
 
-def full_attention(q, v, *, k=None, causal=False, mask=None):
+_full_attention = jax.jit(dense_attention, static_argnames=('causal',))
+
+
+def full_attention(q: ArrayLike, v: ArrayLike, *,
+                   k: Optional[ArrayLike] = None, causal: bool = False,
+                   mask: Optional[ArrayLike] = None) -> jax.Array:
   """Dense attention with the same conventions as `lsh_attention`.
 
   With shared QK (`k=None`): length-normalised keys scaled by 1/sqrt(D) and

@@ -1,4 +1,4 @@
-"""Chunked attention over sorted tokens, one hash round (SPEC.md §3).
+"""Chunked attention over sorted tokens, one hash round (docs/algorithm.md §3).
 
 Each round's sorted sequence is cut into N = L / C chunks of C tokens.
 Chunk c of round h has flat index f = h * N + c on the axis of all R * N
@@ -15,9 +15,9 @@ adjacent keys are never copied W times.
 The backward pass is written by hand (`_attend_blocks`, a `custom_vjp`):
 it keeps only the inputs and `lse`, and recomputes each block's
 probabilities from `lse`, as FlashAttention does. Autodiff would store every
-block's [B, C, W*C] logits and probabilities and scatter each block's key
+block's [K, C, W*C] logits and probabilities and scatter each block's key
 gradient into full-size buffers; this way the chunk attention's backward
-keeps no [B, C, W*C] arrays between the passes.
+keeps no [K, C, W*C] arrays between the passes.
 """
 import functools
 
@@ -64,10 +64,10 @@ def halo_chunk_ids(round_index, n_rounds, n_chunks, n_chunks_before,
 
 
 def _block_logits(q, q_pos, k_ext, pos_ext, valid_ext, *, n_windows, causal):
-  """Masked logits of B query chunks: q [B, C, D], k_ext [B+W-1, C, D].
+  """Masked logits of K query chunks: q [K, C, D], k_ext [K+W-1, C, D].
 
   Returns:
-    float[B, C, W*C]: query chunk c against extended chunks c, ..., c+W-1.
+    float[K, C, W*C]: query chunk c against extended chunks c, ..., c+W-1.
   """
   n_chunks = q.shape[0]
 
@@ -75,17 +75,17 @@ def _block_logits(q, q_pos, k_ext, pos_ext, valid_ext, *, n_windows, causal):
     return jnp.concatenate([x[w:w + n_chunks] for w in range(n_windows)],
                            axis=1)
 
-  k_pos = window(pos_ext)  # [B, W*C]
+  k_pos = window(pos_ext)  # [K, W*C]
   k_valid = None if valid_ext is None else window(valid_ext)
   dots = jnp.concatenate(
       [jnp.einsum('ncd,nkd->nck', q, k_ext[w:w + n_chunks])
-       for w in range(n_windows)], axis=-1)  # [B, C, W*C]
+       for w in range(n_windows)], axis=-1)  # [K, C, W*C]
   return masks.mask_logits(dots, q_pos, k_pos, k_valid, causal=causal)
 
 
 def _block_forward(q, q_pos, k_ext, v_ext, pos_ext, valid_ext, *, multiplier,
                    n_windows, causal):
-  """One block's (so [B, C, Dv], lse [B, C])."""
+  """One block's (so [K, C, Dv], lse [K, C])."""
   chunk_len = q.shape[1]
   n_chunks = q.shape[0]
   dots = _block_logits(q, q_pos, k_ext, pos_ext, valid_ext,
@@ -93,12 +93,12 @@ def _block_forward(q, q_pos, k_ext, v_ext, pos_ext, valid_ext, *, multiplier,
   # One exp per logit: exp(dots - lse) written as exp(dots - top) *
   # exp(top - lse), with lse = top + log(sum exp(dots - top)) as
   # logsumexp computes it. Where a query sees only copies of itself (logits
-  # near -1e5, SPEC.md §5) dots == top, so its probabilities are
+  # near -1e5, docs/algorithm.md §5) dots == top, so its probabilities are
   # exp(top - lse) with the same float32 rounding as Trax's exp(dots - lse);
   # elsewhere the two differ by an ulp.
   top = jnp.max(dots, axis=-1, keepdims=True)
-  weights = jnp.exp(dots - top)  # [B, C, W*C]
-  lse = top + jnp.log(jnp.sum(weights, axis=-1, keepdims=True))  # [B, C, 1]
+  weights = jnp.exp(dots - top)  # [K, C, W*C]
+  lse = top + jnp.log(jnp.sum(weights, axis=-1, keepdims=True))  # [K, C, 1]
   probs = weights * jnp.exp(top - lse)
   if multiplier is not None:
     # Dropout comes after the normaliser: lse describes the undropped mass.
@@ -106,7 +106,7 @@ def _block_forward(q, q_pos, k_ext, v_ext, pos_ext, valid_ext, *, multiplier,
   so = sum(
       jnp.einsum('nck,nkd->ncd', probs[..., w * chunk_len:(w + 1) * chunk_len],
                  v_ext[w:w + n_chunks])
-      for w in range(n_windows))  # [B, C, Dv]
+      for w in range(n_windows))  # [K, C, Dv]
   return so, lse[..., 0]
 
 
@@ -122,8 +122,8 @@ def _block_backward(q, q_pos, k_ext, v_ext, pos_ext, valid_ext, lse, g_so,
   and the two deltas cancel: ddots = p * dp + g_lse * softmax(dots).
 
   Returns:
-    dq [B, C, D], dk [W, B, C, D], dv [W, B, C, Dv]: dk[w] and dv[w] belong
-    to extended chunks w, ..., w + B - 1 (the caller adds the W shifts).
+    dq [K, C, D], dk [W, K, C, D], dv [W, K, C, Dv]: dk[w] and dv[w] belong
+    to extended chunks w, ..., w + K - 1 (the caller adds the W shifts).
   """
   chunk_len = q.shape[1]
   n_chunks = q.shape[0]
@@ -133,10 +133,10 @@ def _block_backward(q, q_pos, k_ext, v_ext, pos_ext, valid_ext, lse, g_so,
   # exp(dots - lse) as the forward used them, and the exact softmax through
   # which lse itself depends on dots. They differ where float32 cannot
   # resolve lse (a query that sees only copies of itself, logits near
-  # -1e5, SPEC.md §5); using each where autodiff would keeps the gradients
-  # equal to Trax's there too.
+  # -1e5, docs/algorithm.md §5); using each where autodiff would keeps the
+  # gradients equal to Trax's there too.
   top = jnp.max(dots, axis=-1, keepdims=True)
-  weights = jnp.exp(dots - top)  # [B, C, W*C]
+  weights = jnp.exp(dots - top)  # [K, C, W*C]
   softmax = weights / jnp.sum(weights, axis=-1, keepdims=True)
   probs = weights * jnp.exp(top - lse[..., None])
   dropped = probs if multiplier is None else probs * multiplier
@@ -148,7 +148,7 @@ def _block_backward(q, q_pos, k_ext, v_ext, pos_ext, valid_ext, lse, g_so,
   if g_lse_adds_delta:
     lse_term = g_lse[..., None]
   else:
-    delta = jnp.sum(probs * d_dropped, axis=-1, keepdims=True)  # [B, C, 1]
+    delta = jnp.sum(probs * d_dropped, axis=-1, keepdims=True)  # [K, C, 1]
     lse_term = g_lse[..., None] - delta
   d_dots = probs * d_dropped + lse_term * softmax
   part = lambda x, w: x[..., w * chunk_len:(w + 1) * chunk_len]
@@ -157,7 +157,7 @@ def _block_backward(q, q_pos, k_ext, v_ext, pos_ext, valid_ext, lse, g_so,
   # Key-side products with the logits transposed first: contracting the
   # first axis of both operands ('nck,ncd->nkd') falls back to XLA:CPU's
   # own dot loop, ~1.5x slower than the library call this form gets.
-  d_dots_t = jnp.swapaxes(d_dots, 1, 2)  # [B, W*C, C]
+  d_dots_t = jnp.swapaxes(d_dots, 1, 2)  # [K, W*C, C]
   dropped_t = jnp.swapaxes(dropped, 1, 2)
   part_t = lambda x, w: x[:, w * chunk_len:(w + 1) * chunk_len]
   dk = jnp.stack([jnp.einsum('nkc,ncd->nkd', part_t(d_dots_t, w), q)
@@ -172,7 +172,7 @@ def _starts(n_chunks, block):
 
 
 def _by_block(x, block):
-  """[N, ...] -> [N / B, B, ...]: the blocks' own rows, as lax.map inputs."""
+  """[N, ...] -> [N / K, K, ...]: the blocks' own rows, as lax.map inputs."""
   return None if x is None else x.reshape(-1, block, *x.shape[1:])
 
 
@@ -183,7 +183,7 @@ def _halo_slice(x, start, size):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(7, 8, 9))
 def _attend_blocks(q, q_pos, k_ext, v_ext, pos_ext, valid_ext, multiplier,
                    n_windows, causal, block):
-  """All N query chunks, B at a time: (so [N, C, Dv], lse [N, C])."""
+  """All N query chunks, K at a time: (so [N, C, Dv], lse [N, C])."""
   n_chunks = q.shape[0]
   attend = functools.partial(_block_forward, multiplier=multiplier,
                              n_windows=n_windows, causal=causal)
@@ -235,7 +235,7 @@ def _attend_blocks_bwd(n_windows, causal, block, residuals, grads, *,
       *(_by_block(x, block) for x in (q, q_pos, lse, g_so, g_lse))))
 
   def fold(d):
-    """[N / B, W, B, C, ...] per window -> [N + W - 1, C, ...] extended."""
+    """[N / K, W, K, C, ...] per window -> [N + W - 1, C, ...] extended."""
     d = jnp.moveaxis(d, 1, 0).reshape(n_windows, n_chunks, *d.shape[3:])
     pad = lambda w: ((w, n_windows - 1 - w),) + ((0, 0),) * (d.ndim - 2)
     return sum(jnp.pad(d[w], pad(w)) for w in range(n_windows))
@@ -267,8 +267,8 @@ def chunked_attend(sq, q_pos, k_ext, v_ext, pos_ext, valid_ext=None, *,
     causal: mask keys at later positions.
     dropout_multiplier: float[C, W * C] (keep / keep_prob) applied to the
       probabilities of every chunk, or None.
-    chunks_per_block: a divisor B of N, or None for all N at once. Query
-      chunks are processed B at a time (a `lax.map`), so the [B, C, W*C]
+    chunks_per_block: a divisor K of N, or None for all N at once. Query
+      chunks are processed K at a time (a `lax.map`), so the [K, C, W*C]
       logits stay cache-sized; results do not depend on it.
 
   Returns:

@@ -1,4 +1,4 @@
-"""Combining the hash rounds by their log-sum-exp normalisers (SPEC.md §5).
+"""Combining hash rounds by their log-sum-exps (docs/algorithm.md §5).
 
 Round h attended over its candidate set C_h and returned o_h, already
 normalised by Z_h = exp(lse_h). Attention over the union of all candidate
@@ -44,7 +44,7 @@ def combine_rounds(o, lse):
 # [R, L] exactly as `round_weights` does; each round's weight then differs
 # from `round_weights`' by a few float32 ulps (one rounding per step), even
 # where float32 cannot resolve that normaliser (logits near the -1e5 self
-# mask, SPEC.md §5): there both use the same rounded value.
+# mask, docs/algorithm.md §5): there both use the same rounded value.
 
 
 def no_rounds(length, d_v, dtype):

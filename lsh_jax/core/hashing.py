@@ -1,15 +1,22 @@
-"""Angular LSH: random rotations and bucket ids (SPEC.md §1).
+"""Angular LSH: random rotations and bucket ids (docs/algorithm.md §1).
 
 One hash round is `_hash_round`; `hash_vectors` vmaps it over the rounds'
 slices of one rotation array, drawn with the same shape and key as Trax's
 `hash_vecs` so that the same key gives the same buckets.
 """
 import math
+from typing import Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 from lsh_jax.core import validation
+
+# An even int, or a sequence of even factors (their product is the count).
+Buckets = Union[int, Sequence[int]]
+# Where the automatic count is allowed (resolved by `auto_n_buckets`).
+NBuckets = Optional[Buckets]
 
 # Tokens hashed per step for long inputs (see `hash_with_rotations`).
 _TOKENS_PER_BLOCK = 4096
@@ -27,7 +34,8 @@ def n_buckets_total(n_buckets):
   return math.prod(bucket_factors(n_buckets))
 
 
-def auto_n_buckets(length, chunk_len):
+def auto_n_buckets(length: int,
+                   chunk_len: int) -> Union[int, tuple[int, int]]:
   """Trax's automatic bucket count for a sequence of `length` tokens.
 
   About two buckets per chunk, so that a bucket fits in a chunk on average;
@@ -44,10 +52,12 @@ def auto_n_buckets(length, chunk_len):
   return (first, 2 * (n // (2 * first)))
 
 
-def random_rotations(rng, depth, n_buckets, n_hashes):
+def random_rotations(rng: ArrayLike, depth: int, n_buckets: Buckets,
+                     n_hashes: int) -> jax.Array:
   """Draws the random rotations: float32[D, R, sum(factors) // 2].
 
-  The shape and order of this draw are part of the contract (SPEC.md §1).
+  The shape and order of this draw are part of the contract
+  (docs/algorithm.md §1).
   """
   rot_size = sum(bucket_factors(n_buckets))
   return jax.random.normal(rng, (depth, n_hashes, rot_size // 2), jnp.float32)
@@ -119,7 +129,8 @@ def hash_with_rotations(vecs, rotations, n_buckets, mask=None):
   return buckets
 
 
-def hash_vectors(vecs, rng, n_buckets, n_hashes, mask=None):
+def hash_vectors(vecs: ArrayLike, rng: ArrayLike, n_buckets: Buckets,
+                 n_hashes: int, mask: Optional[ArrayLike] = None) -> jax.Array:
   """Hashes `vecs` into buckets, `n_hashes` independent rounds.
 
   Args:

@@ -1,4 +1,4 @@
-"""Attention-logit masks for shared-QK LSH attention (SPEC.md §3).
+"""Attention-logit masks for shared-QK LSH attention (docs/algorithm.md §3).
 
 Masks are *subtracted* from the logits rather than set with `where`, in the
 same order as Trax 1.4.1 (causal, self, padding), so that float32 results

@@ -4,7 +4,7 @@ Chunked attention needs L to be a multiple of C. The public entry points
 accept any L >= 1: they append `padded_length(L, C) - L` masked positions
 (zeros in q and v, False in the mask), run the usual computation and cut
 the padding off again. The real positions' outputs are exactly what the
-padded, masked computation gives (SPEC.md §3: padding keys get no
+padded, masked computation gives (docs/algorithm.md §3: padding keys get no
 probability); they are not what some unpadded computation would give,
 because none exists for such L.
 
@@ -18,9 +18,6 @@ Masked positions are also cleared (q = v = 0): their contents cannot
 reach real outputs through a NaN or an inf (0 * inf is NaN even where
 the probability is exactly 0).
 """
-import functools
-
-import jax
 import jax.numpy as jnp
 
 
@@ -34,7 +31,41 @@ def needs_preparing(length, chunk_len, mask):
   return mask is not None or length % chunk_len != 0
 
 
-@functools.partial(jax.jit, static_argnames=('chunk_len',))
+def pad_to_chunks(arrays, mask, *, chunk_len, axis=0):
+  """Appends masked positions along `axis` up to a multiple of `chunk_len`.
+
+  The one padding rule of the package: the entry points use it on [L, ...]
+  arrays (`prepare`), the Trax layers on [B, L, ...] ones (axis=1).
+
+  Args:
+    arrays: arrays sharing the length axis `axis`, or None (passed through);
+      padded with zeros.
+    mask: bool of the arrays' shape up to `axis` included (True = real
+      token), or None (all real).
+    chunk_len: C.
+    axis: the length axis.
+
+  Returns:
+    (the arrays, the mask), padded; unchanged when the length is already a
+    multiple of C (the mask then stays None if it was).
+  """
+  length = arrays[0].shape[axis]
+  extra = padded_length(length, chunk_len) - length
+  if extra == 0:
+    return tuple(arrays), mask
+  if mask is None:
+    mask = jnp.ones(arrays[0].shape[:axis + 1], bool)
+
+  def pad(a):
+    if a is None:
+      return None
+    widths = [(0, 0)] * a.ndim
+    widths[axis] = (0, extra)
+    return jnp.pad(a, widths)  # zeros; False for the mask
+
+  return tuple(pad(a) for a in arrays), pad(mask)
+
+
 def prepare(q, v, mask, buckets=None, *, chunk_len):
   """Clears masked positions and pads to a multiple of `chunk_len`.
 
@@ -52,15 +83,9 @@ def prepare(q, v, mask, buckets=None, *, chunk_len):
   if mask is not None:
     q = jnp.where(mask[:, None], q, jnp.zeros((), q.dtype))
     v = jnp.where(mask[:, None], v, jnp.zeros((), v.dtype))
-  extra = padded_length(length, chunk_len) - length
-  if extra == 0:
-    return q, v, mask, buckets
-  if mask is None:
-    mask = jnp.ones(length, bool)
-  q = jnp.pad(q, ((0, extra), (0, 0)))
-  v = jnp.pad(v, ((0, extra), (0, 0)))
-  mask = jnp.pad(mask, (0, extra), constant_values=False)
-  if buckets is not None:
+  (q, v), mask = pad_to_chunks((q, v), mask, chunk_len=chunk_len)
+  extra = q.shape[0] - length
+  if buckets is not None and extra:
     last = jnp.max(buckets, axis=1, keepdims=True)  # [R, 1]
     buckets = jnp.concatenate(
         [buckets, jnp.broadcast_to(last, (buckets.shape[0], extra))], axis=1)

@@ -1,12 +1,12 @@
 """One hash round from sort to undo-sort, given its round index.
 
 `attend_round(h, ...)` sorts q, keys and v by round h's permutation, adds
-the halo of neighbouring chunks (which may belong to rounds h - 1 and
-h + 1, SPEC.md §3), attends within chunks and puts the results back in
+the halo of neighbouring chunks (which may belong to rounds h - 1 and h + 1,
+docs/algorithm.md §3), attends within chunks and puts the results back in
 original order. `lsh_attention` applies it to every round with `jax.vmap`
 and combines the [R, L, Dv] results (`combine_rounds`); or, for long inputs,
-`attend_rounds_in_turn` runs the rounds one after another and adds each to
-a running combine, so that no [R, L, Dv] stack exists in either pass.
+`attend_rounds_in_turn` runs the rounds one after another and adds each to a
+running combine, so that no [R, L, Dv] stack exists in either pass.
 
 The round has its own VJP (`_sorted_attention`): the backward pass gathers
 the sorted inputs again from the unsorted q, keys and v (the same arrays in
@@ -28,7 +28,7 @@ from lsh_jax.core import sorting
 def attend_round(round_index, *, q, keys, v, mask, sticker, undo, chunk_len,
                  n_chunks_before, n_chunks_after, causal,
                  dropout_multiplier=None, chunks_per_block=None):
-  """Steps 2-4 of SPEC.md for round `round_index`.
+  """Steps 2-4 of docs/algorithm.md for round `round_index`.
 
   Args:
     round_index: int32 scalar h.
@@ -221,7 +221,8 @@ def _rounds_in_turn_bwd(chunk_len, n_chunks_before, n_chunks_after, causal,
   # w_h g and lse_h gets w_h (g . o_h) - s_h (g . out), where
   # s = softmax(lse) is the derivative of logsumexp. (s equals w but for
   # the rounding of logsumexp, which matters where float32 cannot resolve
-  # it, SPEC.md §5; autodiff of `combine_rounds` and Trax use s there.)
+  # it, docs/algorithm.md §5; autodiff of `combine_rounds` and Trax use s
+  # there.)
   # The first part is the delta the round's backward forms anyway
   # (g_lse_adds_delta): no round output needs to be kept or recomputed.
   weights = combine.round_weights(lse)  # [R, L]

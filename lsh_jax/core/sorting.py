@@ -1,4 +1,4 @@
-"""Sorting tokens by bucket, and undoing the sort (SPEC.md §2 and §4).
+"""Sorting tokens by bucket and undoing the sort (docs/algorithm.md §2, §4).
 
 Names follow Trax: a leading `s` marks arrays in sorted order (`sq`, `sv`),
 `sticker` maps sorted slots to positions and `undo_sort` is its inverse.
@@ -82,7 +82,7 @@ permute.defvjp(_permute_fwd, _permute_bwd)
 
 
 def undo_sort(x_sorted, undo, sticker):
-  """Returns one round's values to original order (SPEC.md §4).
+  """Returns one round's values to original order (docs/algorithm.md §4).
 
   Args:
     x_sorted: [L, ...] values in sorted order (`so` [L, Dv] or `slse` [L]).

@@ -110,14 +110,21 @@ def check_key(name, key):
                      f'for one key per example')
 
 
-def check_dropout(rate, rng):
+def check_rate(name, rate):
+  """A dropout rate: a float in [0, 1) (NaN fails the range check)."""
   try:
     rate = float(rate)
   except (TypeError, ValueError):
-    raise ValueError(f'attention_dropout must be a float in [0, 1), got '
-                     f'{rate!r}') from None
+    raise ValueError(
+        f'{name} must be a float in [0, 1), got {rate!r}') from None
   if not 0.0 <= rate < 1.0:
-    raise ValueError(f'attention_dropout must be in [0, 1), got {rate}')
+    raise ValueError(f'{name} must be in [0, 1), got {rate}')
+  return rate
+
+
+def check_dropout(rate, rng):
+  """The attention-dropout rate, and its key when the rate is > 0."""
+  rate = check_rate('attention_dropout', rate)
   if rate > 0.0:
     if rng is None:
       raise ValueError('dropout_rng is required when attention_dropout > 0')

@@ -1,7 +1,8 @@
 """The effective attention matrix of LSH attention, and its candidate sets.
 
 `lsh_attention` never builds an [L, L] matrix: each round attends within
-chunks, and the rounds are combined by their log-sum-exps (SPEC.md §5).
+chunks, and the rounds are combined by their log-sum-exps
+(docs/algorithm.md §5).
 Because the output is linear in the values, the matrix it applies is the
 output for one-hot values: with `v = eye(L)`, row i of the output is row i
 of the effective matrix (each round's within-chunk probabilities scattered
@@ -13,10 +14,15 @@ back to original positions, weighted by the round weights). So
 from the sort alone (NumPy, no attention computed): the support that the
 effective matrix may use.
 """
+from typing import Optional
+
+import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 import numpy as np
 
 from lsh_jax.core import attention
+from lsh_jax.core import hashing
 from lsh_jax.core import validation
 
 # attention_weights refuses lengths whose float32 [L, L] matrix is larger:
@@ -47,15 +53,18 @@ def check_dense_size(name, length, max_bytes, itemsize=4):
         f'a larger max_bytes')
 
 
-def attention_weights(q, rng, *, n_buckets, n_hashes, chunk_len,
-                      n_chunks_before=1, n_chunks_after=0, causal=False,
-                      mask=None, max_bytes=DEFAULT_MAX_BYTES):
+def attention_weights(q: ArrayLike, rng: ArrayLike, *,
+                      n_buckets: hashing.NBuckets, n_hashes: int,
+                      chunk_len: int, n_chunks_before: int = 1,
+                      n_chunks_after: int = 0, causal: bool = False,
+                      mask: Optional[ArrayLike] = None,
+                      max_bytes: int = DEFAULT_MAX_BYTES) -> jax.Array:
   """The [L, L] attention matrix that `lsh_attention` applies.
 
   Row i holds, for every key position j, the probability that query i gives
   key j after all rounds are combined: each round's within-chunk
   probabilities, scattered back to original positions and weighted by the
-  round weights `softmax_h(lse)` of SPEC.md §5. So, for any values v,
+  round weights `softmax_h(lse)` of docs/algorithm.md §5. So, for any values v,
   `attention_weights(q, rng, ...) @ v` equals `lsh_attention(q, v, rng,
   ...)` to float32 precision, and every valid row sums to 1.
 
@@ -74,10 +83,10 @@ def attention_weights(q, rng, *, n_buckets, n_hashes, chunk_len,
 
   Returns:
     float[L, L] (float32, or wider if q is): rows are queries, columns keys.
-    Rows of padded queries (mask False) are zero. Float32 caveat (SPEC.md
-    §5): a query whose only unmasked candidate is itself (causal position
-    0) has logits near -1e5, and its row sums to 1 only within ~1e-2; every
-    other valid row sums to 1 within float32 rounding.
+    Rows of padded queries (mask False) are zero. Float32 caveat
+    (docs/algorithm.md §5): a query whose only unmasked candidate is itself
+    (causal position 0) has logits near -1e5, and its row sums to 1 only
+    within ~1e-2; every other valid row sums to 1 within float32 rounding.
   """
   validation.check_matrix('q', q)
   length = np.shape(q)[0]
@@ -99,7 +108,7 @@ def attention_weights(q, rng, *, n_buckets, n_hashes, chunk_len,
 
 
 def window_positions(sticker, *, chunk_len, n_chunks_before, n_chunks_after):
-  """The key positions each sorted chunk's window holds (SPEC.md §3).
+  """The key positions each sorted chunk's window holds (docs/algorithm.md §3).
 
   Args:
     sticker: int[R, L] sorted positions per round (`sort_buckets`).

@@ -18,14 +18,15 @@ def predict_prefix(x, rotations, w_q, w_v, w_o, *, n_buckets, chunk_len,
   Trax attends over the tokens followed by zeros: over a whole memory of
   `mem_len` when the prefix is short (T <= drop_len and T < mem_len), else
   over the T tokens; either padded with zeros to a multiple of chunk_len.
-  Causal LSH attention (SPEC §1-§5) over that, outputs of the T tokens.
+  Causal LSH attention (docs/algorithm.md §1-§5) over that, outputs of the
+  T tokens.
 
   Args:
     x: float[T, Dm] the tokens; rotations: float[D, R, sum(factors) // 2];
     w_q: float[Dm, D]; w_v: float[Dm, Dv]; w_o: float[Dv, Dm].
 
     return_lse: also return the rounds' log-sum-exps float[R, T] (all
-      below -1e4: a query that saw only itself, SPEC §5's caveat).
+      below -1e4: a query that saw only itself, docs/algorithm.md §5's caveat).
 
   Returns:
     (out float[T, Dm], memory dict for `predict_step`: `mem` float[M, Dm],

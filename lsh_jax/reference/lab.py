@@ -66,7 +66,7 @@ def dotandv(sq, sv, undo_sort, kv_chunk_len, n_hashes, seqlen, passthrough):
     passthrough: see `our_softmax`.
 
   Returns:
-    float[L, Dv] (rounds combined as in SPEC §5).
+    float[L, Dv] (rounds combined as in docs/algorithm.md §5).
   """
   _check_chunking(seqlen, kv_chunk_len)
   sq = np.asarray(sq, np.float64)

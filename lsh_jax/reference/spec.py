@@ -29,7 +29,8 @@ import math
 
 import numpy as np
 
-# The masks are *subtracted* from the logits (SPEC §3), never set with `where`.
+# The masks are *subtracted* from the logits (docs/algorithm.md §3), never
+# set with `where`.
 #
 # A key in a query's future must get no probability at all: exp(-1e9)
 # underflows to exactly 0 next to any real logit.
@@ -81,7 +82,8 @@ def bucket_factors(n_buckets):
 
 
 def mask_logits(dots, q_pos, kv_pos, kv_valid=None, *, causal):
-  """Subtracts the causal, exclude-self and padding penalties (SPEC §3).
+  """Subtracts the causal, exclude-self and padding penalties
+  (docs/algorithm.md §3).
 
   Args:
     dots: float[Q, K] logits.
@@ -254,7 +256,7 @@ def adjacent_chunks(chunk, n_chunks_total, n_chunks_before, n_chunks_after):
 def attend(sq, sv, q_pos, *, chunk_len, n_hashes, n_chunks_before=1,
            n_chunks_after=0, causal=False, kv_valid=None,
            dropout_multiplier=None):
-  """Chunked shared-QK attention on the flat sorted layout (SPEC §3).
+  """Chunked shared-QK attention, flat sorted layout (docs/algorithm.md §3).
 
   Args:
     sq: float[R * L, D] sorted queries of all rounds.
@@ -330,7 +332,7 @@ def unsort_rounds(so, slse, undo_sort, n_hashes, seqlen):
 
 
 def combine_rounds(o, lse):
-  """Combines the rounds' outputs by their normalisers (SPEC §5).
+  """Combines the rounds' outputs by their normalisers (docs/algorithm.md §5).
 
   Round h returned o_h = sum_{j in C_h} exp(s_j) v_j / Z_h with
   Z_h = exp(lse_h); attention over the union of the candidate sets is
@@ -358,7 +360,7 @@ def lsh_self_attention(q, v, rotations, *, n_buckets, n_hashes, chunk_len,
                        n_chunks_before=1, n_chunks_after=0, causal=False,
                        mask=None, dropout_multiplier=None,
                        return_rounds=False):
-  """LSH self-attention for one head (SPEC §1-§5).
+  """LSH self-attention for one head (docs/algorithm.md §1-§5).
 
   Args:
     q: float[L, D] queries (= keys, shared QK).

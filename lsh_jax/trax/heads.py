@@ -2,15 +2,16 @@
 
 Pure JAX (no Trax import); the batching behind `lsh_jax.trax`.
 
-Shapes: B batch, H heads, L length, Dm model depth, P = B * H (example, head)
-pairs, numbered p = example * H + head as in Trax's layer state. A *block*
-is E examples x N heads computed at once (E * N = Trax's `n_parallel_heads`,
-all P pairs by default).
+Shapes (the package glossary): B batch, H heads, L length, Dm model depth,
+P = B * H (example, head) pairs, numbered p = example * H + head as in
+Trax's layer state. A *block* is B' examples x H' heads computed at once
+(B' * H' = Trax's `n_parallel_heads`, all P pairs by default).
 
-`head_fn(x [L, Dm], mask [L] or None, w_h, s_h) -> (out [T, Dm], new_s_h)`
-computes one head of one example (T = L, except in decoding, where x is the
-layer's memory and the output covers the new tokens only). `forward_and_or_backward` vmaps it over
-the N heads and E examples of a block and sums the heads. Blocks run one
+`head_fn(x [L, Dm], mask [L] or None, w_h, s_h) -> (out [L', Dm], new_s_h)`
+computes one head of one example (L' = L, except in decoding, where x is
+the layer's memory and the output covers the new tokens only).
+`forward_and_or_backward` vmaps it over the H' heads and B' examples of a
+block and sums the heads. Blocks run one
 after another in a `lax.fori_loop` (one block: no loop). With `output_grad`
 it returns gradients too, taking each block's vjp right after recomputing
 its forward pass, so no block's intermediates outlive it (Trax's [FW-BW-1]
@@ -22,7 +23,7 @@ from jax import lax
 
 
 def block_shape(batch, n_heads, n_parallel_heads):
-  """(E, N): examples and heads per block for Trax's `n_parallel_heads`.
+  """(B', H'): examples and heads per block for Trax's `n_parallel_heads`.
 
   None, 0 or anything >= B * H gives one block with every pair. Otherwise
   a block holds whole examples (a multiple of H pairs) or a divisor of H
@@ -64,13 +65,14 @@ def _set_at(tree, start, update):
 
 
 def _block_forward(head_fn, x_blk, mask_blk, w_blk, s_blk):
-  """One block: x [E, L, Dm], w leaves [N, ...], s leaves [E, N, ...].
+  """One block: x [B', L, Dm], w leaves [H', ...], s leaves [B', H', ...].
 
-  Returns (out [E, L, Dm] summed over the N heads, new_s leaves [E, N, ...]).
+  Returns (out [B', L', Dm] summed over the H' heads, new_s leaves
+  [B', H', ...]).
   """
   def one_example(x_e, mask_e, s_e):
     heads = jax.vmap(lambda w_h, s_h: head_fn(x_e, mask_e, w_h, s_h))
-    out, new_s = heads(w_blk, s_e)  # [N, L, Dm]
+    out, new_s = heads(w_blk, s_e)  # [H', L', Dm]
     return jnp.sum(out, axis=0), new_s
   if mask_blk is None:
     return jax.vmap(lambda x_e, s_e: one_example(x_e, None, s_e))(

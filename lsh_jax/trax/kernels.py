@@ -1,12 +1,13 @@
 """The Trax layers' computation as pure JAX functions (no Trax import).
 
-Shapes: B batch, H heads, L length, Dm model depth, D = d_qk, Dv = d_v.
+Shapes (the package glossary): B batch, H heads, L length, Dm model depth
+(d_model), D = d_qk, Dv = d_v, P = B * H (example, head) pairs.
 Weights per head, as Trax stores them (leading axis H):
   LSH and shared-QK dense: (w_q [Dm, D], w_v [Dm, Dv], w_o [Dv, Dm]),
     with bias also (b_q [D], b_v [Dv]);
   dense, separate keys: (w_q, w_k [Dm, D], w_v, w_o), with bias also
     (b_q, b_k, b_v).
-LSH state per (example, head) pair (leading axis B * H): (buckets
+LSH state per (example, head) pair (leading axis P): (buckets
 int32[R * Lb], hash key uint32[2]), where buckets are Trax's flat ids with
 round offsets, `bucket + h * ids_per_round`, zero-padded to
 Lb = max_length_for_buckets (or L). The dense layer has no state.

@@ -31,7 +31,7 @@ layer pads to the next multiple with masked positions (padding goes to its
 own bucket and is never attended to) and strips the padding from the
 output; the state then holds buckets for the padded length. Lengths that
 are multiples run exactly as in Trax.
-Deliberate difference (lsh_jax SPEC.md §3): padding is masked at every
+Deliberate difference (docs/algorithm.md §3): padding is masked at every
 position; Trax 1.4.1 leaves padding at positions 0 and 1 visible.
 
 Both classes are gin-configurable as `lsh_jax.LSHSelfAttention` and
@@ -54,17 +54,6 @@ from lsh_jax.core import validation
 
 _MODES = ('train', 'eval')
 _LSH_MODES = ('train', 'eval', 'predict')
-
-
-def _check_rate(name, rate):
-  try:
-    rate = float(rate)
-  except (TypeError, ValueError):
-    raise ValueError(
-        f'{name} must be a float in [0, 1), got {rate!r}') from None
-  if not 0.0 <= rate < 1.0:
-    raise ValueError(f'{name} must be in [0, 1), got {rate}')
-  return rate
 
 
 def _check_common(*, n_heads, d_qk, d_v, causal, mode, chunk_len,
@@ -95,10 +84,10 @@ def _check_common(*, n_heads, d_qk, d_v, causal, mode, chunk_len,
       n_parallel_heads=n_parallel_heads or None, chunk_len=chunk_len,
       n_chunks_before=n_chunks_before,
       n_chunks_after=n_chunks_after,
-      attention_dropout=_check_rate('attention_dropout', attention_dropout)
-      if train else 0.0,
-      output_dropout=_check_rate('output_dropout', output_dropout)
-      if train else 0.0)
+      attention_dropout=(validation.check_rate(
+          'attention_dropout', attention_dropout) if train else 0.0),
+      output_dropout=(validation.check_rate('output_dropout', output_dropout)
+                      if train else 0.0))
 
 
 class _Computation:
@@ -140,16 +129,11 @@ class _Computation:
     """
     if output_grad is not None:
       output_grad = jnp.asarray(output_grad)
-    chunk_len, length = self._spec.chunk_len, x.shape[1]
-    if chunk_len is None or length % chunk_len == 0:
+    if self._spec.chunk_len is None:
       return x, mask, output_grad
-    extra = padding.padded_length(length, chunk_len) - length
-    pad = lambda a: jnp.pad(a, ((0, 0), (0, extra)) + ((0, 0),) * (a.ndim - 2))
-    if mask is None:
-      mask = jnp.ones(x.shape[:2], jnp.bool_)
-    if output_grad is not None:
-      output_grad = pad(output_grad)
-    return pad(x), pad(mask), output_grad
+    (x, output_grad), mask = padding.pad_to_chunks(
+        (x, output_grad), mask, chunk_len=self._spec.chunk_len, axis=1)
+    return x, mask, output_grad
 
   def _predict(self, x, weights, state, output_grad, update_state):
     raise NotImplementedError  # only LSHSelfAttention has a predict mode

@@ -24,6 +24,38 @@ def add_bindings_argument(parser):
       help="extra gin binding, e.g. -b 'lsh_jax.LSHSelfAttention.n_hashes=4'"
       ' (repeatable)')
 
-# The source checkout this package runs from (configs/, benchmarks/).
+# The source checkout this package runs from (benchmarks/); absent from an
+# installed wheel, and `lsh-jax bench` says so.
 CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.dirname(os.path.abspath(__file__)))))
+
+# The gin configs ship inside the package (package data), so `lsh-jax demo`
+# and `lsh-jax train NAME` work from an installed wheel.
+CONFIG_DIR = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
+        __file__)))), 'configs')
+
+
+def packaged_configs() -> list[str]:
+  """Names (without .gin) of the configs shipped in lsh_jax/configs."""
+  return sorted(os.path.splitext(name)[0] for name in os.listdir(CONFIG_DIR)
+                if name.endswith('.gin'))
+
+
+def resolve_config(config: str) -> str:
+  """The gin file `config` names: an existing path, else a packaged config.
+
+  A bare name (`reformer_copy_cpu`, `reformer_copy_cpu.gin`) or the
+  checkout's former path (`configs/reformer_copy_cpu.gin`) finds the
+  packaged file. Raises CommandError naming the packaged configs otherwise.
+  """
+  if os.path.isfile(config):
+    return config
+  folder, name = os.path.split(config)
+  if folder in ('', 'configs'):
+    stem = name[:-len('.gin')] if name.endswith('.gin') else name
+    packaged = os.path.join(CONFIG_DIR, stem + '.gin')
+    if os.path.isfile(packaged):
+      return packaged
+  raise CommandError(f'config file not found: {config} (packaged configs: '
+                     f'{", ".join(packaged_configs())})')

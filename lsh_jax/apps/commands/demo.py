@@ -1,55 +1,42 @@
 """The main job: train the CPU-sized copy model, then tabulate n_hashes.
 
-Trains configs/reformer_copy_cpu.gin (ReformerLM with lsh_jax's LSH layer,
-2 hash rounds) with Trax's training loop, saves the checkpoint in a run
-folder, evaluates it with n_hashes = 1, 2, 4, 8 and with dense attention,
+Trains the packaged config reformer_copy_cpu.gin (ReformerLM with lsh_jax's
+LSH layer, 2 hash rounds) with Trax's training loop, saves the checkpoint in
+a run folder, evaluates it with n_hashes = 1, 2, 4, 8 and with dense attention,
 and prints the table with the wall time and the machine.
 """
 import os
-import platform
 import time
 
 from lsh_jax.apps import commands
+from lsh_jax.apps import machine
 from lsh_jax.apps.commands import evaluate
 from lsh_jax.apps.commands import train
 
 HELP = 'train the CPU-sized copy model and print accuracy per n_hashes'
-CONFIG = os.path.join(commands.CHECKOUT, 'configs', 'reformer_copy_cpu.gin')
+CONFIG = os.path.join(commands.CONFIG_DIR, 'reformer_copy_cpu.gin')
 
 
 def add_arguments(parser):
   parser.add_argument('--config', default=CONFIG,
-                      help='default: configs/reformer_copy_cpu.gin')
+                      help='gin file or packaged config name (default: '
+                      'reformer_copy_cpu)')
   parser.add_argument('--output-dir', default=None,
                       help='run folder (default: runs/<config name>-<time>)')
   parser.add_argument('--steps', type=commands.positive_int, default=None,
                       help='training steps (default: the config\'s)')
 
 
-def machine():
-  """CPU model, core count, JAX version and backend."""
-  import jax  # pylint: disable=import-outside-toplevel
-  cpu = platform.processor() or platform.machine()
-  try:
-    with open('/proc/cpuinfo') as f:
-      cpu = next(line.split(':', 1)[1].strip() for line in f
-                 if line.startswith('model name'))
-  except (OSError, StopIteration):
-    pass
-  return (f'{cpu}, '
-          f'{os.cpu_count()} CPU cores, JAX {jax.__version__} on '
-          f'{jax.default_backend()}')
-
-
 def run(args):
   start = time.time()
-  loop = train.train(args.config, args.output_dir, args.steps, [])
+  config = commands.resolve_config(args.config)
+  loop = train.train(config, args.output_dir, args.steps, [])
   trained = time.time()
   checkpoint = os.path.join(loop.output_dir, 'model.pkl.gz')
-  length, results = evaluate.evaluate(args.config, checkpoint, [1, 2, 4, 8])
+  length, results = evaluate.evaluate(config, checkpoint, [1, 2, 4, 8])
   done = time.time()
   from lsh_jax.apps import copy_task  # already imported by train
-  copy_task.parse_config(args.config)
+  copy_task.parse_config(config)
   trained_with = copy_task.query('lsh_jax.LSHSelfAttention.n_hashes')
   print()
   print(evaluate.format_table(length, results, trained_with))
@@ -57,6 +44,6 @@ def run(args):
   print(f'{loop.step} training steps; wall time: training {trained - start:.0f}'
         f' s (with Trax import and compilation), evaluation '
         f'{done - trained:.0f} s, total {done - start:.0f} s')
-  print(f'machine: {machine()}')
+  print(f'machine: {machine.describe()}')
   print(f'run folder: {loop.output_dir}')
   return 0

@@ -8,12 +8,14 @@ the duplication-task table of the Reformer paper.
 import os
 
 from lsh_jax.apps import commands
+from lsh_jax.apps import quiet
 
 HELP = 'copy accuracy of a checkpoint for several n_hashes'
 
 
 def add_arguments(parser):
-  parser.add_argument('config', help='the gin file the model was trained with')
+  parser.add_argument('config', help='the gin file the model was trained '
+                      'with (a file or a packaged config name)')
   parser.add_argument('checkpoint', help='model.pkl.gz of a run folder')
   parser.add_argument('--n-hashes', type=commands.positive_int, nargs='+',
                       default=[1, 2, 4, 8], help='default: 1 2 4 8')
@@ -24,9 +26,10 @@ def add_arguments(parser):
 
 def evaluate(config, checkpoint, n_hashes, n_batches=4, bindings=()):
   """Returns (length, {setting: accuracy}); CommandError for bad files."""
-  for path in (config, checkpoint):
-    if not os.path.isfile(path):
-      raise commands.CommandError(f'file not found: {path}')
+  config = commands.resolve_config(config)
+  if not os.path.isfile(checkpoint):
+    raise commands.CommandError(f'file not found: {checkpoint}')
+  quiet.import_trax_quietly()  # without TensorFlow's and gym's start-up lines
   from lsh_jax.apps import copy_task  # imports Trax
   try:
     return copy_task.evaluate_n_hashes(config, checkpoint, n_hashes,

@@ -8,6 +8,7 @@ sample under the expected `w` and the token accuracy.
 import time
 
 from lsh_jax.apps import commands
+from lsh_jax.apps import quiet
 
 HELP = 'greedy samples of a trained copy model (fast decoding)'
 
@@ -43,6 +44,7 @@ def run(args):
   if args.n_hashes:
     bindings = [f'lsh_jax.LSHSelfAttention.n_hashes = {args.n_hashes}'
                 ] + bindings
+  quiet.import_trax_quietly()  # without TensorFlow's and gym's start-up lines
   from lsh_jax.apps import sampling  # imports Trax
   try:
     config, checkpoint = sampling.run_dir_files(args.run_dir)

@@ -9,13 +9,15 @@ import os
 import time
 
 from lsh_jax.apps import commands
+from lsh_jax.apps import quiet
 
-HELP = 'train a gin config (configs/*.gin) with Trax\'s training loop'
+HELP = 'train a gin config (a file, or a packaged config name) with Trax'
 
 
 def add_arguments(parser):
   parser.add_argument('config',
-                      help='gin file, e.g. configs/reformer_copy_cpu.gin')
+                      help='gin file, or the name of a packaged config: '
+                      + ', '.join(commands.packaged_configs()))
   parser.add_argument('--output-dir', default=None,
                       help='run folder (default: runs/<config name>-<time>)')
   parser.add_argument('--steps', type=commands.positive_int, default=None,
@@ -30,8 +32,8 @@ def default_output_dir(config):
 
 def train(config, output_dir, steps, bindings):
   """Trains; returns the loop. Raises CommandError for config errors."""
-  if not os.path.isfile(config):
-    raise commands.CommandError(f'config file not found: {config}')
+  config = commands.resolve_config(config)
+  quiet.import_trax_quietly()  # without TensorFlow's and gym's start-up lines
   from lsh_jax.apps import copy_task  # imports Trax: only when actually training
   output_dir = output_dir or default_output_dir(config)
   try:

@@ -5,7 +5,8 @@ and `forward_unbatched`, which runs `attend` and `look_adjacent`). Trax's
 `forward_unbatched` is driven with identity projections (helpers), so its
 q and v are exactly ours and its output is exactly the attention output.
 Padding is kept away from positions 0-1, where Trax 1.4.1 fails to mask it
-(SPEC.md §3; `test_padding_at_positions_0_1_differs_from_trax` shows it).
+(docs/algorithm.md §3; `test_padding_at_positions_0_1_differs_from_trax`
+shows it).
 """
 import jax
 import jax.numpy as jnp
@@ -174,8 +175,9 @@ def test_padding_at_positions_0_1_differs_from_trax(trax_ea):
 
 
 def test_window_wider_than_all_chunks_wraps_modulo(trax_ea):
-  """SPEC.md §3 takes window chunks modulo the chunk count, also past one
-  full turn; Trax's `look_adjacent` slicing does not wrap past one turn.
+  """docs/algorithm.md §3 takes window chunks modulo the chunk count, also
+  past one full turn; Trax's `look_adjacent` slicing does not wrap past one
+  turn.
 
   One round of 2 chunks, 3 chunks back: the windows are (f-3, f-2, f-1, f)
   mod 2, so every chunk sees each chunk twice. The expected value is

@@ -1,6 +1,6 @@
 """The training job, its checkpoint and the lsh-jax command line.
 
-One short run of configs/lab_lsh_layer.gin (a one-layer ReformerLM with the
+One short run of the packaged config lab_lsh_layer.gin (a one-layer ReformerLM with the
 lab's layer settings on 8-token copies) through `lsh-jax train`; expected
 values: the loss goes down (the first and last printed evaluations), the
 checkpoint loads into the same model built with Trax's own layer and both
@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 
 from lsh_jax.apps import cli
+from lsh_jax.apps import commands
 from trax_testing import trained_run, trax_env  # noqa: F401  (fixtures)
 
-CONFIG = os.path.join(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))), 'configs', 'lab_lsh_layer.gin')
+CONFIG = os.path.join(commands.CONFIG_DIR, 'lab_lsh_layer.gin')
 
 
 def test_training_lowers_the_loss_and_prints_progress(trained_run):
@@ -95,7 +95,7 @@ def test_evaluate_n_hashes_tabulates_accuracies(trained_run):
                            'full attention (dense)']
   assert all(0.0 <= accuracy <= 1.0 for accuracy in results.values())
   # One chunk holds the whole sequence: every round sees every token, so
-  # LSH attention is full attention (SPEC.md), whatever n_hashes.
+  # LSH attention is full attention (docs/algorithm.md), whatever n_hashes.
   assert len(set(round(a, 6) for a in results.values())) == 1
 
 
