@@ -13,15 +13,20 @@ a deliberate difference (documented in docs/trax_configs.md, with its own
 test of ours named here) or Trax's own test being broken on this JAX
 version whatever the class (shown by the baseline run, `--baseline`).
 A test that still builds a Trax class lsh_jax does not have yet is xfail.
+The two small tests at the end check the plugin and the sdist extraction
+without Trax (core tier).
 
 Run: LSH_LONG_TESTS=1 pytest tests/test_trax_suite.py (about 30-60 min on
 two busy cores), or `python -m trax_suite.runner` for the tally alone.
 """
+import io
+import tarfile
+
 import pytest
 
+from trax_suite import plugin
 from trax_suite import runner
-
-pytestmark = pytest.mark.long
+from trax_suite import sources
 
 # test id -> (kind, why). Filled from the runs reported in
 # docs/trax_configs.md.
@@ -33,6 +38,7 @@ def suite_results():
   return runner.run()
 
 
+@pytest.mark.long
 @pytest.mark.parametrize('test_id', runner.test_ids())
 def test_trax_test_passes_with_lsh_jax_classes(suite_results, test_id):
   import lsh_jax.trax as ours  # pylint: disable=import-outside-toplevel
@@ -50,3 +56,44 @@ def test_trax_test_passes_with_lsh_jax_classes(suite_results, test_id):
     assert outcome != 'passed', f'{test_id} passes now: drop it from KNOWN'
     pytest.xfail(f'{kind}: {why}')
   assert outcome == 'passed', f'{outcome}: {message}'
+
+
+def test_plugin_swaps_classes_in_defaults_bound_at_import():
+  """What Trax's `ReformerLM(attention_type=tl.SelfAttention)` needs: the
+  default, in a list too (`[SA, LSH]`), and a keyword-only default."""
+  class Theirs:
+    pass
+
+  class Ours:
+    pass
+
+  def model(attention_type=Theirs, mixed=(Theirs, 'x'), *, other=Theirs):
+    return attention_type, mixed, other
+
+  def wrapper(*args, **kwargs):  # what gin's decorator looks like
+    return model(*args, **kwargs)
+  wrapper.__wrapped__ = model
+  assert plugin._patch_defaults(wrapper, {id(Theirs): Ours})  # pylint: disable=protected-access
+  assert wrapper() == (Ours, (Ours, 'x'), Ours)
+  assert not plugin._patch_defaults(wrapper, {id(Theirs): Ours})  # pylint: disable=protected-access
+
+
+def test_sources_extract_the_test_files_from_an_sdist(tmp_path, monkeypatch):
+  """No network: LSH_TRAX_SDIST names a tarball laid out as Trax's sdist."""
+  tarball = tmp_path / 'trax-1.4.1.tar.gz'
+  with tarfile.open(tarball, 'w:gz') as tar:
+    for name in sources.FILES:
+      data = f'# {name}\n'.encode()
+      info = tarfile.TarInfo(f'trax-1.4.1/trax/{name}')
+      info.size = len(data)
+      tar.addfile(info, io.BytesIO(data))
+  monkeypatch.setenv('LSH_TRAX_SDIST', str(tarball))
+  monkeypatch.setenv('LSH_TRAX_CACHE', str(tmp_path / 'cache'))
+  paths = sources.test_files()
+  assert sorted(paths) == sorted(sources.FILES)
+  for name, path in paths.items():
+    with open(path) as f:
+      assert f.read() == f'# {name}\n'
+  monkeypatch.setenv('LSH_TRAX_SDIST', str(tmp_path / 'missing.tar.gz'))
+  with pytest.raises(FileNotFoundError, match='LSH_TRAX_SDIST'):
+    sources.test_files()

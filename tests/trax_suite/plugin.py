@@ -74,7 +74,10 @@ def _import_trax_modules():
 def _replace(value, mapping):
   """value with every Trax class in `mapping` swapped, lists/tuples too."""
   if isinstance(value, (list, tuple)):
-    return type(value)(_replace(v, mapping) for v in value)
+    items = [_replace(v, mapping) for v in value]
+    if all(a is b for a, b in zip(items, value)):
+      return value  # unchanged: the same object, so callers see no change
+    return type(value)(items)
   try:
     return mapping.get(id(value), value)
   except TypeError:
