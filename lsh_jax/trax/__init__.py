@@ -5,12 +5,20 @@ Importing this package imports Trax (install the `trax` extra:
 arguments, weights and state, and compute with lsh_jax's jit-compiled
 functions; they are gin-configurable as `lsh_jax.<ClassName>`.
 
-  layers.py   the layer classes (weights, state, the forward/backward wiring)
-  kernels.py  the jit-compiled per-(example, head) computations they call
-  heads.py    batching over (example, head) pairs, `n_parallel_heads`
-  predict.py  incremental decoding (`mode='predict'`)
+  layers.py         LSHSelfAttention, SelfAttention (weights, state, wiring)
+  pure.py           PureLSHSelfAttention, its Wrapper, MixedLSHSelfAttention
+  encdec.py         EncDecAttention
+  kernels.py        the jit-compiled per-(example, head) computations
+  dense.py          Trax's dense/chunked `attend` in pure JAX
+  heads.py          batching over (example, head) pairs, `n_parallel_heads`
+  predict.py        incremental decoding (`mode='predict'`), LSH layer
+  predict_dense.py  incremental decoding, dense SelfAttention
 """
 from lsh_jax.trax.layers import LSHSelfAttention
 from lsh_jax.trax.layers import SelfAttention
+from lsh_jax.trax.pure import MixedLSHSelfAttention
+from lsh_jax.trax.pure import PureLSHSelfAttention
+from lsh_jax.trax.pure import PureLSHSelfAttentionWrapper
 
-__all__ = ['LSHSelfAttention', 'SelfAttention']
+__all__ = ['LSHSelfAttention', 'MixedLSHSelfAttention', 'PureLSHSelfAttention',
+           'PureLSHSelfAttentionWrapper', 'SelfAttention']

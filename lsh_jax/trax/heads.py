@@ -87,7 +87,8 @@ def forward_and_or_backward(head_fn, x, mask, weights, state, *, n_heads,
 
   Args:
     head_fn: the one-head function (module docstring).
-    x: float[B, L, Dm] activations.
+    x: float[B, L, Dm] activations, or a tuple of such arrays (every leaf
+      [B, ...]; `head_fn` gets one example of each).
     mask: bool[B, L] (True = real token) or None.
     weights: pytree, every leaf [H, ...] (one slice per head).
     state: pytree, every leaf [P, ...] (one slice per pair).
@@ -100,7 +101,7 @@ def forward_and_or_backward(head_fn, x, mask, weights, state, *, n_heads,
     (out [B, L, Dm], new_state, x_grad [B, L, Dm] or None, weights_grad or
     None).
   """
-  batch = x.shape[0]
+  batch = jax.tree_util.tree_leaves(x)[0].shape[0]
   n_ex, n_hd = block_shape(batch, n_heads, n_parallel_heads)
   size = n_ex * n_hd
 

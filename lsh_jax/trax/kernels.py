@@ -32,7 +32,7 @@ from lsh_jax.trax import heads as trax_heads
 @dataclasses.dataclass(frozen=True)
 class Spec:
   """A layer's static configuration (hashable: a `jit` static argument)."""
-  kind: str  # 'lsh' or 'dense'
+  kind: str  # 'lsh', 'dense' or 'pure' (PureLSHSelfAttention)
   n_heads: int
   causal: bool
   chunk_len: Optional[int]
@@ -82,7 +82,31 @@ def lsh_head(x, mask, weights, state, *, spec, attend_rng, update_state):
     (out [L, Dm] before output dropout, new state).
   """
   q, _, v, w_o = project(x, weights, spec)
-  length = x.shape[0]
+  o, state = lsh_attend(q, v, mask, state, spec=spec, attend_rng=attend_rng,
+                        update_state=update_state)
+  return o @ w_o, state
+
+
+def pure_head(x, mask, weights, state, *, spec, attend_rng, update_state):
+  """One (example, head) pair of `PureLSHSelfAttention`: no weights.
+
+  x is the pair's (qk [L, D], v [L, Dv]); weights is ().
+
+  Returns:
+    (o [L, Dv], new state).
+  """
+  del weights
+  qk, v = x
+  return lsh_attend(qk, v, mask, state, spec=spec, attend_rng=attend_rng,
+                    update_state=update_state)
+
+
+def lsh_attend(q, v, mask, state, *, spec, attend_rng, update_state):
+  """LSH attention of one head: q [L, D], v [L, Dv] -> (o [L, Dv], state).
+
+  The state and hashing as in `lsh_head`.
+  """
+  length = q.shape[0]
   n_rounds = spec.n_hashes
   n_buckets, n_ids = bucket_ids(spec, length, mask is not None)
   offsets = n_ids * jnp.arange(n_rounds, dtype=jnp.int32)[:, None]  # [R, 1]
@@ -102,7 +126,7 @@ def lsh_head(x, mask, weights, state, *, spec, attend_rng, update_state):
       n_chunks_after=spec.n_chunks_after, causal=spec.causal, mask=mask,
       attention_dropout=spec.attention_dropout, dropout_rng=attend_rng,
       n_ids=n_ids)
-  return o @ w_o, state
+  return o, state
 
 
 def dense_head(x, mask, weights, state, *, spec, attend_rng, update_state):
@@ -142,7 +166,12 @@ def dense_head(x, mask, weights, state, *, spec, attend_rng, update_state):
   return o @ w_o, state
 
 
-_HEADS = {'lsh': lsh_head, 'dense': dense_head}
+_HEADS = {'lsh': lsh_head, 'dense': dense_head, 'pure': pure_head}
+
+
+def out_dtype(x):
+  """The dtype of the layer's output: that of its first input."""
+  return jax.tree_util.tree_leaves(x)[0].dtype
 
 
 @functools.partial(jax.jit, static_argnames=('spec', 'update_state'))
@@ -168,8 +197,9 @@ def run(x, mask, weights, state, rng, output_grad=None, *, spec,
   multiplier = None
   if spec.output_dropout:
     keep_prob = 1.0 - spec.output_dropout
-    keep = jax.random.bernoulli(output_rng, keep_prob, x.shape[-1:])
-    multiplier = keep.astype(x.dtype) / keep_prob  # [Dm], for every position
+    d_model = jax.tree_util.tree_leaves(x)[0].shape[-1]
+    keep = jax.random.bernoulli(output_rng, keep_prob, (d_model,))
+    multiplier = keep.astype(out_dtype(x)) / keep_prob  # [Dm], every position
     if output_grad is not None:
       output_grad = output_grad * multiplier
   out, new_state, x_grad, w_grad = trax_heads.forward_and_or_backward(
