@@ -31,8 +31,7 @@ SELECTED = (
         'test_pure_lsh_wrapper_non_causal_masked_weights_2',
         'test_pure_lsh_wrapper_non_causal_masked_weights_3',
         'test_lsh_and_pure_lsh_self_attention_equivalence',
-        'test_fast_inference_self_attention',
-        'test_batching_self_attention', 'test_batching_lsh_self_attention')),
+        'test_fast_inference_self_attention')),
     ('terraformer_test.py', 'TerraformerTest', (
         'test_terraformer_quick_jax_efficient',
         'test_terraformer_quick_jax_causal',
@@ -50,6 +49,9 @@ SELECTED = (
         'test_autoregressive_sample_terraformer_pure_lsh')),
     ('reformer_test.py', 'ReformerTest', (
         'test_reformer_lm_forward_shape', 'test_reformer_lm_lsh')),
+    # The slowest last (Trax's reference code in Python loops).
+    ('efficient_attention_test.py', 'EfficientAttentionTest', (
+        'test_batching_self_attention', 'test_batching_lsh_self_attention')),
 )
 
 
@@ -73,7 +75,7 @@ def run(*, baseline=False, junit=None, keyword=None, timeout=7200):
                  [repo, os.path.join(repo, 'tests'),
                   os.environ.get('PYTHONPATH', '')]))
   command = [sys.executable, '-m', 'pytest', '-p', 'trax_suite.plugin',
-             '-p', 'no:cacheprovider', '-q', '-rfE', f'--junitxml={junit}',
+             '-p', 'no:cacheprovider', '-v', '-rfE', f'--junitxml={junit}',
              *test_ids()]
   if keyword:
     command += ['-k', keyword]
