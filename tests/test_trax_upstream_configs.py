@@ -180,7 +180,15 @@ def cross_entropy(logits, targets):
   return -jnp.mean(jnp.take_along_axis(log_p, targets[..., None], -1))
 
 
-@pytest.mark.parametrize('case', CASES, ids=lambda case: case.name)
+# `make test` trains three configs that between them use every kind of
+# attention binding (SA + LSH lists, LSH alone, the pure-LSH wrapper with
+# scopes and an include chain); the other ten run in the long tier.
+FAST = ('reformer_copy', 'reformer_enwik8', 'terraformer_purelsh_copy')
+
+
+@pytest.mark.parametrize('case', [
+    case if case.name in FAST else pytest.param(case, marks=pytest.mark.long)
+    for case in CASES], ids=lambda case: case.name)
 def test_config_builds_with_lsh_jax_layers_and_trains(trax_env, case):
   import lsh_jax.trax as ours  # pylint: disable=import-outside-toplevel
   missing = [name for name in case.needs if not hasattr(ours, name)]
