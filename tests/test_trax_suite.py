@@ -28,9 +28,23 @@ from trax_suite import plugin
 from trax_suite import runner
 from trax_suite import sources
 
-# test id -> (kind, why). Filled from the runs reported in
-# docs/trax_configs.md.
-KNOWN = {}
+# test id -> (kind, why), from the run reported in docs/trax_configs.md.
+# 'deliberate': a documented difference with its own test of ours;
+# 'missing': lsh_jax lacks what the test needs (fails until it is built).
+_EA = 'efficient_attention_test.py::EfficientAttentionTest::'
+_PURE_PREDICT = ("lsh_jax's PureLSHSelfAttention has no mode='predict' "
+                 '(ValueError); the test builds its model in predict mode')
+KNOWN = {
+    _EA + 'test_lsh_self_attention_masked_non_causal': (
+        'deliberate', 'padded query positions output zeros in lsh_jax; '
+        "Trax's test asserts they change with the padded input "
+        '(docs/trax_family.md; tests/test_reliability.py, '
+        'tests/test_weights.py)'),
+    'trainer_lib_test.py::TraxTest::test_train_with_pure_lsh_attention': (
+        'missing', _PURE_PREDICT),
+    'trainer_lib_test.py::TraxTest::test_train_with_mixed_lsh_attention': (
+        'missing', _PURE_PREDICT),
+}
 
 
 @pytest.fixture(scope='module')
