@@ -29,13 +29,14 @@ from lsh_jax.core.attention import lsh_attention
 from lsh_jax.core.attention import lsh_attention_from_buckets
 from lsh_jax.core.hashing import auto_n_buckets
 from lsh_jax.core.hashing import hash_vectors
+from lsh_jax.core.multihead import lsh_self_attention
 from lsh_jax.core.weights import attention_weights
 
 __version__ = '0.2.0'
 
 __all__ = [
     'attention_weights', 'auto_n_buckets', 'full_attention', 'hash_vectors',
-    'lsh_attention', 'lsh_attention_from_buckets',
+    'lsh_attention', 'lsh_attention_from_buckets', 'lsh_self_attention',
 ]
 
 # Building blocks that lived at the top level before 0.2; they now live in

@@ -68,6 +68,17 @@ def test_combined_output_equals_the_oracle(changes):
   assert len(sets) > 1
 
 
+def test_compute_prints_nothing_and_render_prints_the_walk(capsys):
+  settings = explain.Settings(causal=True, n_hashes=3, seed=5)
+  result = explain.compute(settings)
+  assert capsys.readouterr().out == ''
+  assert len(result.chunks) == 3 * 16 // 4  # R * N chunk views
+  _, walked = _walk(causal=True, n_hashes=3, seed=5)
+  rendered = io.StringIO()
+  explain.render(result, rendered)
+  assert rendered.getvalue() == walked
+
+
 def test_a_query_that_sees_only_itself_uses_the_float32_caveat():
   result, text = _walk(causal=True, n_hashes=3, seed=5, query=0)
   assert result.passed and result.tolerance == explain.SELF_ONLY_TOLERANCE
@@ -77,7 +88,8 @@ def test_a_query_that_sees_only_itself_uses_the_float32_caveat():
 
 def test_the_check_fails_when_the_combine_is_wrong(monkeypatch, capsys):
   # Averaging the rounds instead of weighting them by their lse.
-  monkeypatch.setattr(lsh_jax, 'combine_rounds', lambda o, lse: o.mean(0))
+  monkeypatch.setattr(lsh_jax.core, 'combine_rounds',
+                      lambda o, lse: o.mean(0))
   assert explain.main(['--seed', '0']) == 1
   assert re.search(r'> 1e-05: FAIL', capsys.readouterr().out)
 

@@ -34,7 +34,8 @@ CASES = {
 
 @pytest.fixture(scope='module')
 def modules(trax_env):  # pylint: disable=redefined-outer-name,unused-argument
-  from trax.layers.research import efficient_attention  # pylint: disable=import-outside-toplevel
+  # pylint: disable=import-outside-toplevel
+  from trax.layers.research import efficient_attention
 
   from lsh_jax.trax import pure  # pylint: disable=import-outside-toplevel
   return efficient_attention, pure
@@ -166,7 +167,8 @@ def test_mixed_matches_trax_sublayers(trax_env, modules, length):
                  trax_env, (qk, v))
   ours = _init(pure.MixedLSHSelfAttention(std_length=8, **kwargs), trax_env,
                (qk, v))
-  assert isinstance(ours._lsha, pure.PureLSHSelfAttention)  # pylint: disable=protected-access
+  lsh_layer = ours._lsha  # pylint: disable=protected-access
+  assert isinstance(lsh_layer, pure.PureLSHSelfAttention)
   assert_trees_equal(ours.weights, theirs.weights)
   state = (ours.state[0], theirs.state[1])
   rng = jax.random.PRNGKey(3)

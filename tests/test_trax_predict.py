@@ -253,7 +253,7 @@ def test_greedy_sampling_of_the_trained_copy_model(trained_run, capsys):
   np.testing.assert_array_equal(rows['sampled'], expected)
   print(f'greedy copy accuracy of the 40-step lab model: {accuracy:.2%}')
   # 40 steps on 3-token copies: 29% measured, over twice chance (1 in 11).
-  # (The main job's model, trained ~500 steps, samples 100%: README.)
+  # (The main job's model, trained ~500 steps, samples 100%: docs/decoding.md.)
   assert accuracy > 2 / 11, accuracy
 
 

@@ -12,6 +12,9 @@ candidate sets. Exit status 1 if that check fails.
     python -m lsh_jax.apps.explain [--length 16 --n-hashes 2 --n-buckets 4
                                --chunk-len 4 --seed 0] [--plot FILE.png]
 
+`compute` returns every number as a `Walkthrough` and prints nothing;
+`render` (`lsh_jax.apps.explain_render`) prints one; `walk` does both.
+
 Hash, sort, per-round attention and combine are lsh_jax's own functions
 (`random_rotations`, `hash_with_rotations`, `sort_buckets`, `attend_round`,
 `round_weights`, `combine_rounds`). The kernel does not return its
@@ -29,8 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 
 import lsh_jax
-from lsh_jax.core import hashing
+from lsh_jax import core
 from lsh_jax import oracle
+from lsh_jax.apps.explain_render import render
 from lsh_jax.core import validation
 from lsh_jax.core import weights as weights_lib
 
@@ -60,6 +64,20 @@ class Settings:
 
 
 @dataclasses.dataclass
+class ChunkView:
+  """One query chunk of step 3, recomputed in float64 from the sort."""
+  flat: int  # f = round * N + chunk on the flat chunk axis of all rounds
+  round: int
+  chunk: int
+  window: list  # the flat chunk ids the window holds, in order
+  query_pos: np.ndarray  # [C] original positions of the chunk's queries
+  key_pos: np.ndarray  # [W * C] original positions of its window's keys
+  probs: np.ndarray  # [C, W * C] float64 probabilities
+  masked: np.ndarray  # [C, W * C] bool, causally masked (exactly 0)
+  kernel_lse: np.ndarray  # [C] the kernel's log-sum-exps of these queries
+
+
+@dataclasses.dataclass
 class Walkthrough:
   """Every intermediate array of one explained example (NumPy)."""
   settings: Settings
@@ -67,37 +85,24 @@ class Walkthrough:
   v: np.ndarray  # [L, Dv]
   hash_key: object  # the PRNG key of the rotations
   rotations: np.ndarray  # [D, R, rot / 2]
+  rotated: np.ndarray  # [R, L, rot / 2]
   buckets: np.ndarray  # [R, L]
   sticker: np.ndarray  # [R, L]
   undo: np.ndarray  # [R, L]
+  chunks: list  # [ChunkView] for the R * N chunks, in flat order
+  lse_difference: float  # max relative |kernel lse - float64 lse|
   o: np.ndarray  # [R, L, Dv]
   lse: np.ndarray  # [R, L]
   round_weights: np.ndarray  # [R, L]
   combined: np.ndarray  # [L, Dv]
+  public: np.ndarray  # [L, Dv], `lsh_attention` on the same inputs
   query: int
+  per_round: list  # [R] arrays: the query's candidate keys per round
   direct: np.ndarray  # [Dv], float64 attention over the union
   error: float
+  self_only: bool  # the query's only candidate is itself in every round
   tolerance: float
   passed: bool
-
-
-def _fmt(array, precision=3):
-  return np.array2string(np.asarray(array), precision=precision,
-                         suppress_small=True, max_line_width=100,
-                         separator=' ')
-
-
-def _num(x, width=8):
-  """A number in `width` characters: 3 decimals, or -1e+05 if large."""
-  return f'{x:{width}.3f}' if abs(x) < 1e4 else f'{x:{width}.0e}'
-
-
-def _chunked(row, chunk_len, width=3):
-  """'a b c | d e f' with a bar at every chunk boundary."""
-  cells = [f'{int(x):>{width}d}' for x in row]
-  groups = [' '.join(cells[i:i + chunk_len])
-            for i in range(0, len(cells), chunk_len)]
-  return ' |'.join(groups)
 
 
 def make_inputs(settings):
@@ -197,12 +202,11 @@ def _rounds(q, v, khash, *, n_buckets, n_hashes, chunk_len, n_chunks_before,
     rotations [D, R, rot / 2], buckets [R, L], sticker [R, L], undo [R, L],
     o [R, L, Dv], lse [R, L], and `lsh_attention`'s output [L, Dv].
   """
-  rotations = lsh_jax.core.random_rotations(khash, q.shape[-1], n_buckets,
-                                       n_hashes)
-  buckets = lsh_jax.core.hash_with_rotations(q, rotations, n_buckets)
-  sticker, undo = lsh_jax.core.sort_buckets(buckets)
+  rotations = core.random_rotations(khash, q.shape[-1], n_buckets, n_hashes)
+  buckets = core.hash_with_rotations(q, rotations, n_buckets)
+  sticker, undo = core.sort_buckets(buckets)
   one_round = functools.partial(
-      lsh_jax.core.attend_round, q=q, keys=lsh_jax.core.normalize_keys(q), v=v,
+      core.attend_round, q=q, keys=core.normalize_keys(q), v=v,
       mask=None, sticker=sticker, undo=undo, chunk_len=chunk_len,
       n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
       causal=causal)
@@ -215,38 +219,45 @@ def _rounds(q, v, khash, *, n_buckets, n_hashes, chunk_len, n_chunks_before,
   return rotations, buckets, sticker, undo, o, lse, public
 
 
-def walk(settings, out=None):
-  """Runs and prints the walkthrough (to `out`, default stdout).
+def _chunk_views(q, sticker, lse, s):
+  """Step 3 per flat chunk, and the largest relative lse difference."""
+  n_rounds, length = sticker.shape
+  n_chunks = length // s.chunk_len
+  n_flat = n_rounds * n_chunks
+  query_pos, key_pos = weights_lib.window_positions(
+      sticker, chunk_len=s.chunk_len, n_chunks_before=s.n_chunks_before,
+      n_chunks_after=s.n_chunks_after)
+  q64 = np.asarray(q, np.float64)
+  keys64 = oracle.shared_qk_keys(q64)
+  views, worst = [], 0.0
+  for f in range(n_flat):
+    h, c = divmod(f, n_chunks)
+    dots = oracle.mask_logits(q64[query_pos[f]] @ keys64[key_pos[f]].T,
+                              query_pos[f], key_pos[f], causal=s.causal)
+    chunk_lse = oracle.logsumexp(dots, axis=-1)  # [C]
+    kernel_lse = lse[h][query_pos[f]]  # the kernel's slse for this chunk
+    worst = max(worst, float(np.max(np.abs(kernel_lse - chunk_lse) /
+                                    np.maximum(1.0, np.abs(chunk_lse)))))
+    views.append(ChunkView(
+        flat=f, round=h, chunk=c,
+        window=[(f + d) % n_flat
+                for d in range(-s.n_chunks_before, s.n_chunks_after + 1)],
+        query_pos=query_pos[f], key_pos=key_pos[f],
+        probs=np.exp(dots - chunk_lse[:, None]),  # [C, W * C]
+        masked=dots < -oracle.CAUSAL_PENALTY / 2,  # causal: exactly 0
+        kernel_lse=kernel_lse))
+  return views, worst
+
+
+def compute(settings):
+  """Runs the example through every step; prints nothing.
 
   Returns:
     a `Walkthrough`; raises ValueError for settings it cannot show.
   """
   check_settings(settings)
-  out = out or sys.stdout
   s = settings
-  p = lambda *a: print(*a, file=out)
   q, v, khash = make_inputs(s)
-  length, depth = q.shape
-  factors = hashing.bucket_factors(s.n_buckets)
-  n_total = hashing.n_buckets_total(s.n_buckets)
-  n_chunks = length // s.chunk_len
-  n_flat = s.n_hashes * n_chunks
-  p(f'LSH self-attention step by step (docs/algorithm.md): L={length} tokens, '
-    f'D={depth}, Dv={s.d_v}, R={s.n_hashes} hash rounds, NB={n_total} '
-    f'buckets, C={s.chunk_len} (N={n_chunks} chunks per round), window = '
-    f'{s.n_chunks_before} chunk(s) before + own + {s.n_chunks_after} after'
-    f'{", causal" if s.causal else ""}, seed {s.seed}')
-  p('')
-  p(f'inputs: q {list(q.shape)} shared queries/keys, v {list(v.shape)} '
-    f'values (standard normal)')
-  if length <= 16:
-    for t in range(length):
-      p(f'    {t:>3d}  q ' + ''.join(f'{x:6.2f}' for x in q[t]) + '   v '
-        + ''.join(f'{x:6.2f}' for x in v[t]))
-
-  # 1. Hash.
-  p('')
-  p('STEP 1  hash (§1): random rotations, argmax over [r, -r]')
   arrays = _rounds(
       q, v, khash, n_buckets=validation.check_n_buckets(s.n_buckets),
       n_hashes=s.n_hashes, chunk_len=s.chunk_len,
@@ -254,85 +265,10 @@ def walk(settings, out=None):
       causal=s.causal)
   rotations, buckets, sticker, undo, o, lse, public = (
       np.asarray(a) for a in arrays)
-  rotated = np.einsum('tf,fhb->htb', np.asarray(q), np.asarray(rotations))
-  p(f'  rotations {list(rotations.shape)} = [D, R, sum(factors) / 2], '
-    f'factors {list(factors)}')
-  p(f'  rotated = q @ rotations[:, h]: {list(rotated.shape)} = [R, L, '
-    f'{sum(factors) // 2}]; bucket = argmax over [rotated, -rotated]')
-  p(f'  buckets {list(buckets.shape)} = [R, L], ids 0..{n_total - 1}:')
-  p('    position    ' + ''.join(f'{t:>6d}' for t in range(length)))
-  for h in range(s.n_hashes):
-    if length <= 32:
-      for r in range(rotated.shape[-1]):
-        p(f'    round {h} r[{r}]' + ''.join(f'{x:6.2f}' for x in rotated[h, :, r]))
-    p(f'    round {h} bucket' + ''.join(f'{int(b):>6d}' for b in buckets[h]))
-
-  # 2. Sort.
-  p('')
-  p('STEP 2  sort by (bucket, position) (§2); | = chunk boundary')
-  p(f'  sticker {list(sticker.shape)} = [R, L] sorted positions, undo_sort '
-    f'{list(undo.shape)} its inverse')
-  for h in range(s.n_hashes):
-    p(f'    round {h} positions {_chunked(sticker[h], s.chunk_len)}')
-    p(f'            buckets {_chunked(buckets[h][sticker[h]], s.chunk_len)}')
-  p(f'  flat chunk axis of all rounds: R * N = {n_flat} chunks; chunk f '
-    f'sees chunks f-{s.n_chunks_before}..f+{s.n_chunks_after} (mod {n_flat})')
-
-  # 3. Chunked attention: the kernel per round, probabilities recomputed.
-  p('')
-  p('STEP 3  chunked attention (§3): keys = normalize(q) / sqrt(D); '
-    'logits masked (self -1e5'
-    + (', causal -1e9' if s.causal else '') + '); softmax per chunk')
-  query_pos, key_pos = weights_lib.window_positions(
-      sticker, chunk_len=s.chunk_len, n_chunks_before=s.n_chunks_before,
-      n_chunks_after=s.n_chunks_after)
-  q64 = np.asarray(q, np.float64)
-  keys64 = oracle.shared_qk_keys(q64)
-  worst = 0.0
-  for f in range(n_flat):
-    h, c = divmod(f, n_chunks)
-    dots = oracle.mask_logits(q64[query_pos[f]] @ keys64[key_pos[f]].T,
-                              query_pos[f], key_pos[f], causal=s.causal)
-    chunk_lse = oracle.logsumexp(dots, axis=-1)  # [C]
-    probs = np.exp(dots - chunk_lse[:, None])  # [C, W * C]
-    kernel_lse = lse[h][query_pos[f]]  # the kernel's slse for this chunk
-    worst = max(worst, float(np.max(np.abs(kernel_lse - chunk_lse) /
-                                    np.maximum(1.0, np.abs(chunk_lse)))))
-    window = []
-    for d in range(-s.n_chunks_before, s.n_chunks_after + 1):
-      g = (f + d) % n_flat
-      window.append(str(g) if g // n_chunks == h else
-                    f'{g} (round {g // n_chunks} chunk {g % n_chunks})')
-    p(f'  round {h} chunk {c} (flat {f}): queries {query_pos[f].tolist()}, '
-      f'window = flat chunks {", ".join(window)}')
-    p(f'    probabilities [{s.chunk_len}, {key_pos.shape[1]}] (rows: '
-      f'queries, columns: keys by position; - = masked'
-      + (')' if s.causal else '; the query itself gets ~0: self -1e5)'))
-    p('      key pos ' + ''.join(f'{int(j):>6d}' for j in key_pos[f]))
-    masked = dots < -oracle.CAUSAL_PENALTY / 2  # causal: exactly 0
-    for row, i in enumerate(query_pos[f]):
-      cells = ['     -' if m else f'{x:6.3f}'
-               for x, m in zip(probs[row], masked[row])]
-      p(f'      q {int(i):>3d}   ' + ''.join(cells)
-        + f'   slse {_num(kernel_lse[row])}')
-  p(f'  so [R, L, Dv] = {[s.n_hashes, length, s.d_v]}, slse [R, L] = '
-    f'{[s.n_hashes, length]} (sorted order). Kernel lse vs these float64 '
-    f'probabilities: max relative difference {worst:.1e}')
-
-  # 4. Undo the sort.
-  p('')
-  p('STEP 4  undo the sort (§4): o[h] = so[h][undo_sort[h]], '
-    'lse[h] = slse[h][undo_sort[h]]')
-  p(f'  o {list(o.shape)} = [R, L, Dv], lse {list(lse.shape)} = [R, L] in '
-    'original order:')
-  p(f'    position' + ''.join(f'{t:>7d}' for t in range(length)))
-  for h in range(s.n_hashes):
-    p(f'    lse[{h}]  ' + ''.join(_num(x, 7) for x in lse[h]))
-
-  # 5. Combine.
-  weights = np.asarray(lsh_jax.core.round_weights(jnp.asarray(lse)))  # [R, L]
-  combined = np.asarray(lsh_jax.core.combine_rounds(jnp.asarray(o),
-                                               jnp.asarray(lse)))
+  chunks, lse_difference = _chunk_views(q, sticker, lse, s)
+  weights = np.asarray(core.round_weights(jnp.asarray(lse)))  # [R, L]
+  combined = np.asarray(core.combine_rounds(jnp.asarray(o),
+                                            jnp.asarray(lse)))
   query = (s.query if s.query is not None
            else _pick_query(weights, sticker, s))
   per_round = candidates(sticker, query, s)
@@ -340,36 +276,26 @@ def walk(settings, out=None):
   error = float(np.max(np.abs(combined[query] - direct)))
   only_self = self_only(per_round, query)
   tolerance = SELF_ONLY_TOLERANCE if only_self else TOLERANCE
-  passed = bool(error <= tolerance)
-  p('')
-  p(f'STEP 5  combine the rounds (§5), query {query}: weights '
-    f'w_h = softmax_h(lse_h), out = sum_h w_h o_h')
-  p('  Z_h = exp(lse_h) is the probability mass round h found; the rounds '
-    'are re-weighted by it, w_h = Z_h / sum_h Z_h')
-  for h in range(s.n_hashes):
-    p(f'  round {h}: candidates C_{h} = {sorted(per_round[h].tolist())}')
-    p(f'           o_{h} = {_fmt(o[h, query])}  lse_{h} = {lse[h, query]:.4f}'
-      f'  w_{h} = {weights[h, query]:.4f}')
-  for label, value in [
-      ('round weights softmax(lse) [R]', _fmt(weights[:, query], 4)),
-      ('combined sum_h w_h o_h', _fmt(combined[query], 5)),
-      (f'lsh_attention(q, v)[{query}]', _fmt(public[query], 5))]:
-    p(f'  {label:<31}= {value}')
-  p(f'  {"direct over the union of C_h":<31}= {_fmt(direct, 5)}')
-  p('    (float64 attention over all rounds\' candidates at once: '
-    'sum_h sum_{j in C_h} exp(s_j) v_j / sum_h sum_{j in C_h} exp(s_j);\n'
-    '     a key found by k rounds counts k times, as in the combine)')
-  note = (' (this query sees only itself: float32 caveat of §5)'
-          if only_self else '')
-  p(f'  check: max |combined - direct| = {error:.1e} '
-    f'{"<=" if passed else ">"} {tolerance:g}{note}: '
-    f'{"PASS" if passed else "FAIL"}')
   return Walkthrough(
       settings=s, q=np.asarray(q), v=np.asarray(v), hash_key=khash,
-      rotations=np.asarray(rotations), buckets=buckets, sticker=sticker,
-      undo=undo, o=o, lse=lse, round_weights=weights, combined=combined,
-      query=query, direct=direct, error=error, tolerance=tolerance,
-      passed=passed)
+      rotations=rotations,
+      rotated=np.einsum('tf,fhb->htb', np.asarray(q), rotations),
+      buckets=buckets, sticker=sticker, undo=undo, chunks=chunks,
+      lse_difference=lse_difference, o=o, lse=lse, round_weights=weights,
+      combined=combined, public=public, query=query, per_round=per_round,
+      direct=direct, error=error, self_only=only_self, tolerance=tolerance,
+      passed=bool(error <= tolerance))
+
+
+def walk(settings, out=None):
+  """`compute`, then `render` (to `out`, default stdout).
+
+  Returns:
+    the `Walkthrough`; raises ValueError for settings it cannot show.
+  """
+  walkthrough = compute(settings)
+  render(walkthrough, out)
+  return walkthrough
 
 
 def add_arguments(parser):

@@ -12,6 +12,8 @@ chain them are re-exported by `lsh_jax`):
   combine     `combine_rounds`, `round_weights`                 (§5)
   attention   `lsh_attention`, `lsh_attention_from_buckets`,
               `full_attention`: the entry points
+  multihead   `lsh_self_attention`, `head_keys`: batch and heads in
+              jax.nn's [B, T, N, H] layout
   weights     `attention_weights`: the effective [L, L] matrix
   masks, padding, validation: shared helpers (mask constants, any-length
               padding, argument checks)
@@ -29,6 +31,8 @@ from lsh_jax.core.hashing import auto_n_buckets
 from lsh_jax.core.hashing import hash_vectors
 from lsh_jax.core.hashing import hash_with_rotations
 from lsh_jax.core.hashing import random_rotations
+from lsh_jax.core.multihead import head_keys
+from lsh_jax.core.multihead import lsh_self_attention
 from lsh_jax.core.rounds import attend_round
 from lsh_jax.core.sorting import sort_buckets
 from lsh_jax.core.sorting import undo_sort
@@ -37,6 +41,7 @@ from lsh_jax.core.weights import attention_weights
 __all__ = [
     'attend_round', 'attention_weights', 'auto_n_buckets', 'chunked_attend',
     'combine_rounds', 'full_attention', 'hash_vectors', 'hash_with_rotations',
-    'lsh_attention', 'lsh_attention_from_buckets', 'normalize_keys',
+    'head_keys', 'lsh_attention', 'lsh_attention_from_buckets',
+    'lsh_self_attention', 'normalize_keys',
     'random_rotations', 'round_weights', 'sort_buckets', 'undo_sort',
 ]

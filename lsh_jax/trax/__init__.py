@@ -14,11 +14,13 @@ functions; they are gin-configurable as `lsh_jax.<ClassName>`.
   predict.py        incremental decoding (`mode='predict'`), LSH layer
   predict_dense.py  incremental decoding, dense SelfAttention
 """
+from lsh_jax.trax.encdec import EncDecAttention
 from lsh_jax.trax.layers import LSHSelfAttention
 from lsh_jax.trax.layers import SelfAttention
 from lsh_jax.trax.pure import MixedLSHSelfAttention
 from lsh_jax.trax.pure import PureLSHSelfAttention
 from lsh_jax.trax.pure import PureLSHSelfAttentionWrapper
 
-__all__ = ['LSHSelfAttention', 'MixedLSHSelfAttention', 'PureLSHSelfAttention',
-           'PureLSHSelfAttentionWrapper', 'SelfAttention']
+__all__ = ['EncDecAttention', 'LSHSelfAttention', 'MixedLSHSelfAttention',
+           'PureLSHSelfAttention', 'PureLSHSelfAttentionWrapper',
+           'SelfAttention']

@@ -32,7 +32,7 @@ from lsh_jax.trax import heads as trax_heads
 @dataclasses.dataclass(frozen=True)
 class Spec:
   """A layer's static configuration (hashable: a `jit` static argument)."""
-  kind: str  # 'lsh', 'dense' or 'pure' (PureLSHSelfAttention)
+  kind: str  # 'lsh', 'dense', 'pure' (PureLSHSelfAttention) or 'encdec'
   n_heads: int
   causal: bool
   chunk_len: Optional[int]
@@ -166,7 +166,32 @@ def dense_head(x, mask, weights, state, *, spec, attend_rng, update_state):
   return o @ w_o, state
 
 
-_HEADS = {'lsh': lsh_head, 'dense': dense_head, 'pure': pure_head}
+def encdec_head(x, mask, weights, state, *, spec, attend_rng, update_state):
+  """One head of `EncDecAttention` on one example.
+
+  x is (queries' input [Lq, Dm], keys' and values' input [Lk, Dk]); mask
+  bool[Lk] (True = real key) or None; weights (w_q [Dm, D], w_k [Dk, D],
+  w_v [Dk, Dv], w_o [Dv, Dm]). Dense attention, no causal or self mask,
+  padding keys masked (`trax_dense.attend`).
+
+  Returns:
+    (out [Lq, Dm] before output dropout, state unchanged).
+  """
+  del update_state
+  q_in, kv_in = x
+  w_q, w_k, w_v, w_o = weights
+  q, k, v = q_in @ w_q, kv_in @ w_k, kv_in @ w_v
+  o = trax_dense.attend(
+      q, trax_dense.scale_keys(k), v,
+      q_pos=jnp.arange(q.shape[0], dtype=jnp.int32),
+      kv_pos=jnp.arange(k.shape[0], dtype=jnp.int32), kv_valid=mask,
+      causal=False, exclude_self=False, dropout_rate=spec.attention_dropout,
+      dropout_rng=attend_rng)
+  return o @ w_o, state
+
+
+_HEADS = {'lsh': lsh_head, 'dense': dense_head, 'pure': pure_head,
+          'encdec': encdec_head}
 
 
 def out_dtype(x):

@@ -125,8 +125,9 @@ class PureLSHSelfAttention(efficient_attention.PureLSHSelfAttention):
       output_grad = jnp.asarray(output_grad)
     (qk, v, output_grad), pair_mask = padding.pad_to_chunks(
         (qk, v, output_grad), pair_mask, chunk_len=self._chunk_len, axis=1)
-    trax_layers.LSHSelfAttention._check_length(  # pylint: disable=protected-access
-        self, length, qk.shape[1], state, update_state)
+    # pylint: disable-next=protected-access
+    check_length = trax_layers.LSHSelfAttention._check_length
+    check_length(self, length, qk.shape[1], state, update_state)
     if rng is None:
       if self._spec.attention_dropout:
         raise ValueError('rng is required when dropout rates are > 0')

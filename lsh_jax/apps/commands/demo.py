@@ -25,9 +25,17 @@ def add_arguments(parser):
                       help='run folder (default: runs/<config name>-<time>)')
   parser.add_argument('--steps', type=commands.positive_int, default=None,
                       help='training steps (default: the config\'s)')
+  parser.add_argument('--framework', choices=('trax', 'flax'), default='trax',
+                      help='trax (default): the gin config with Trax; flax: '
+                      'the same task with a Flax NNX model and optax '
+                      '(lsh_jax.apps.flax_copy; --config is not used)')
 
 
 def run(args):
+  if args.framework == 'flax':
+    from lsh_jax.apps import flax_copy  # pylint: disable=import-outside-toplevel
+    flax_copy.run_demo(args.output_dir, args.steps)
+    return 0
   start = time.time()
   config = commands.resolve_config(args.config)
   loop = train.train(config, args.output_dir, args.steps, [])

@@ -1,0 +1,187 @@
+"""Multi-head LSH self-attention in jax.nn's layout.
+
+`lsh_self_attention` takes activations `[B, T, N, H]` (batch, length,
+heads, depth: the layout of `jax.nn.dot_product_attention` and of Flax's
+attention) or `[T, N, H]`, and runs `lsh_attention` on every (example,
+head) pair, each hashed with its own key. In this module N is the number of
+heads and H the per-head depth, as in jax.nn (the package glossary's D and
+Dv are the query and value depths of one head).
+
+Hash keys, per (example, head): `head_keys(key, B, N)[b, n]`, which is
+`jax.random.split(key, B * N)[b * N + n]`. A `[T, N, H]` input is one
+example, so head n uses `jax.random.split(key, N)[n]`: the same keys as the
+first example of a batch. One head reproduced by hand:
+
+    keys = lsh_jax.core.head_keys(key, B, N)
+    out[b, :, n] == lsh_attention(query[b, :, n], value[b, :, n], keys[b, n],
+                                  mask=mask[b], **settings)
+
+Attention dropout keys are derived from `dropout_key` the same way.
+"""
+import functools
+from typing import Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lsh_jax.core import attention
+from lsh_jax.core import hashing
+from lsh_jax.core import validation
+
+_STATIC = ('n_buckets', 'n_hashes', 'chunk_len', 'n_chunks_before',
+           'n_chunks_after', 'causal', 'attention_dropout')
+
+
+def head_keys(key: jax.Array, batch: int, heads: int) -> jax.Array:
+  """One PRNG key per (example, head), split from `key`.
+
+  Args:
+    key: one PRNG key (typed, `jax.random.key`, or raw, `PRNGKey`).
+    batch: B; heads: N.
+
+  Returns:
+    Keys [B, N] (raw keys: uint32[B, N, 2]); entry [b, n] is
+    `jax.random.split(key, B * N)[b * N + n]`.
+  """
+  keys = jax.random.split(key, batch * heads)
+  return keys.reshape((batch, heads) + keys.shape[1:])
+
+
+def _check_inputs(query, value, mask):
+  """Checks the multi-head shapes; returns whether the input is batched."""
+  q_shape, v_shape = tuple(np.shape(query)), tuple(np.shape(value))
+  if len(q_shape) not in (3, 4):
+    raise ValueError(f'query must be a 4-D array [batch, length, heads, '
+                     f'depth] or a 3-D array [length, heads, depth], got '
+                     f'shape {q_shape}')
+  for name, array, shape in (('query', query, q_shape),
+                             ('value', value, v_shape)):
+    dtype = jnp.result_type(array)
+    if not jnp.issubdtype(dtype, jnp.floating):
+      raise ValueError(f'{name} must have a floating dtype, got {dtype}')
+    if len(shape) == len(q_shape) and min(shape) < 1:
+      raise ValueError(f'{name} must have every dimension >= 1, got shape '
+                       f'{shape}')
+  if len(v_shape) != len(q_shape) or v_shape[:-1] != q_shape[:-1]:
+    expected = q_shape[:-1] + ('depth',)
+    raise ValueError(f'value must have shape {_show(expected)} to match '
+                     f'query (same batch, length and heads), got shape '
+                     f'{v_shape}')
+  batched = len(q_shape) == 4
+  if mask is not None:
+    length = q_shape[-3]
+    allowed = [(length,)] + ([(q_shape[0], length)] if batched else [])
+    m_shape = tuple(np.shape(mask))
+    if m_shape not in allowed:
+      shapes = ' or '.join(map(_show, allowed))
+      raise ValueError(f'mask must have shape {shapes} (one flag per token, '
+                       f'shared by the heads), got {m_shape}')
+    dtype = jnp.result_type(mask)
+    if dtype != jnp.bool_:
+      raise ValueError(f'mask must be boolean (True = real token), got '
+                       f'{dtype}')
+  return batched
+
+
+def _show(shape):
+  return '(' + ', '.join(map(str, shape)) + (',)' if len(shape) == 1 else ')')
+
+
+def _check_dropout(rate, key):
+  """`validation.check_dropout`, with this function's argument name."""
+  if key is not None:
+    validation.check_key('dropout_key', key)
+    return validation.check_dropout(rate, key)
+  try:
+    return validation.check_dropout(rate, None)
+  except ValueError as error:
+    if str(error).startswith('dropout_rng is required'):
+      raise ValueError('dropout_key is required when attention_dropout > 0'
+                       ) from None
+    raise
+
+
+def lsh_self_attention(
+    query: jax.typing.ArrayLike,
+    value: jax.typing.ArrayLike,
+    key: jax.Array,
+    *,
+    n_buckets: Union[int, Sequence[int], None] = None,
+    n_hashes: int,
+    chunk_len: int,
+    n_chunks_before: int = 1,
+    n_chunks_after: int = 0,
+    causal: bool = False,
+    mask: Optional[jax.typing.ArrayLike] = None,
+    attention_dropout: float = 0.0,
+    dropout_key: Optional[jax.Array] = None,
+) -> jax.Array:
+  """LSH self-attention over batch and heads, jax.nn's layout.
+
+  Queries and keys are shared (Reformer): `query` is hashed, sorted and
+  attended exactly as `lsh_attention` does for each (example, head) pair,
+  with the hash key `head_keys(key, B, N)[b, n]` (module docstring).
+
+  Args:
+    query: float[B, T, N, H] or float[T, N, H], shared queries/keys.
+    value: float[B, T, N, Hv] or float[T, N, Hv] (the same leading axes).
+    key: one PRNG key; every (example, head) hashes with its own key
+      split from it.
+    n_buckets, n_hashes, chunk_len, n_chunks_before, n_chunks_after,
+      causal, attention_dropout: as in `lsh_attention` (n_buckets None:
+      `auto_n_buckets(T, chunk_len)`).
+    mask: bool[B, T] or bool[T] (True = real token), shared by the heads;
+      a [T] mask is shared by the examples too.
+    dropout_key: PRNG key for attention dropout, required when the rate is
+      > 0; split per (example, head) like `key`.
+
+  Returns:
+    float[B, T, N, Hv] (or [T, N, Hv]) in the inputs' dtype; zeros at
+    masked positions. Differentiable in `query` and `value`.
+
+  Raises:
+    ValueError, before tracing, naming the argument and what was expected.
+  """
+  batched = _check_inputs(query, value, mask)
+  length = np.shape(query)[-3]
+  validation.check_key('key', key)
+  validation.check_chunking(chunk_len, n_chunks_before, n_chunks_after)
+  rate = _check_dropout(attention_dropout, dropout_key)
+  if n_buckets is None:
+    n_buckets = hashing.auto_n_buckets(length, chunk_len)
+  static = dict(
+      n_buckets=validation.check_n_buckets(n_buckets),
+      n_hashes=validation.check_positive_int('n_hashes', n_hashes),
+      chunk_len=chunk_len, n_chunks_before=n_chunks_before,
+      n_chunks_after=n_chunks_after, causal=bool(causal),
+      attention_dropout=rate)
+  if not batched:  # one example: the keys of a batch's first example
+    mask = None if mask is None else jnp.asarray(mask)[None]
+    return _lsh_self_attention(jnp.asarray(query)[None],
+                               jnp.asarray(value)[None], key, mask,
+                               dropout_key, **static)[0]
+  return _lsh_self_attention(query, value, key, mask, dropout_key, **static)
+
+
+@functools.partial(jax.jit, static_argnames=_STATIC)
+def _lsh_self_attention(query, value, key, mask, dropout_key, **static):
+  batch, _, heads, _ = query.shape
+  keys = head_keys(key, batch, heads)  # [B, N]
+  dropout_keys = (None if dropout_key is None
+                  else head_keys(dropout_key, batch, heads))
+
+  def one_head(q, v, key, mask, dropout_key):  # q [T, H], v [T, Hv]
+    # Arguments are checked already: the entry point's own checks only see
+    # tracers here and add no work to the compiled program.
+    return attention.lsh_attention(q, v, key, mask=mask,
+                                   dropout_rng=dropout_key, **static)
+
+  mask_axis = None if mask is None or mask.ndim == 1 else 0
+  drop_axis = None if dropout_keys is None else 0
+  # query [B, T, N, H]: batch is axis 0, then heads are axis 1 of each
+  # example's [T, N, H]; outputs go back to the same places.
+  per_example = jax.vmap(one_head, in_axes=(1, 1, 0, None, drop_axis),
+                         out_axes=1)
+  return jax.vmap(per_example, in_axes=(0, 0, 0, mask_axis, drop_axis))(
+      query, value, keys, mask, dropout_keys)  # [B, T, N, Hv]

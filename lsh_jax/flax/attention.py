@@ -1,0 +1,237 @@
+"""Flax NNX self-attention modules: LSH (Reformer) and its dense twin.
+
+Both modules hold the same parameters: one shared query/key projection
+`qk` ([F, N, H] kernel), a value projection `value` ([F, N, Hv]) and an
+output projection `out` ([N, Hv, out_features]) summing the heads, as in
+Reformer (docs/algorithm.md §0, §6). So the weights of a trained
+`LSHSelfAttention` load into a `SelfAttention` (exact attention with the
+same shared-QK conventions) or into an `LSHSelfAttention` with other
+`n_hashes`:
+
+    nnx.update(other, nnx.state(trained, nnx.Param))
+
+Randomness (NNX rng streams):
+  'lsh'      hash keys; falls back to 'default' when the Rngs has no 'lsh'
+             stream. Training (`deterministic=False`): a fresh key per call,
+             as Trax re-hashes every step. Evaluation (`deterministic=True`,
+             e.g. after `model.eval()`): the fixed key `hash_key` drawn at
+             construction, so outputs are reproducible call to call. An
+             explicit `rngs=` argument to `__call__` overrides both.
+  'dropout'  attention dropout and output dropout, only when
+             `deterministic=False` and a rate is > 0.
+
+Shapes: x [B, T, F] or [T, F] (F = in_features); N heads of depth
+H = qk_features / N (values Hv = v_features / N).
+"""
+from typing import Callable, Optional, Sequence, Union
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+import lsh_jax
+from lsh_jax.core import validation
+
+default_kernel_init = nnx.initializers.lecun_normal()
+
+
+def _head_depth(name, features, num_heads):
+  if features % num_heads:
+    raise ValueError(f'{name} ({features}) must be divisible by num_heads '
+                     f'({num_heads})')
+  return features // num_heads
+
+
+def _key_from(rngs, stream):
+  """One key from an Rngs (its `stream`), an RngStream or a key."""
+  if isinstance(rngs, nnx.Rngs):
+    return rngs[stream]()
+  if isinstance(rngs, nnx.RngStream):
+    return rngs()
+  return rngs
+
+
+class SelfAttention(nnx.Module):
+  """Multi-head self-attention with shared queries and keys, exact (dense).
+
+  The dense twin of `LSHSelfAttention`: the same parameters, and the
+  attention `lsh_jax.full_attention` computes per head (length-normalised
+  keys, a token attends to itself only when nothing else is visible,
+  causal and padding masks).
+
+  Args:
+    num_heads: N.
+    in_features: F, the last axis of the input.
+    qk_features: N * H, the shared query/key width (default in_features).
+    v_features: N * Hv, the value width (default qk_features).
+    out_features: the output width (default in_features).
+    causal: a token does not attend to later tokens.
+    dropout_rate: output dropout rate ('dropout' stream; the mask is
+      shared over batch and length, one flag per feature, as Trax does).
+    use_bias: biases in the three projections.
+    kernel_init, bias_init: initialisers of the projections.
+    deterministic: default mode (False: training), overridden per call or
+      by `model.eval()` / `model.train()`.
+    dtype: computation dtype (default: inferred from inputs and params).
+    param_dtype: parameter dtype.
+    rngs: `nnx.Rngs` for the parameters ('params') and, when a rate is
+      > 0, dropout ('dropout').
+  """
+
+  def __init__(self, num_heads: int, in_features: int, *,
+               qk_features: Optional[int] = None,
+               v_features: Optional[int] = None,
+               out_features: Optional[int] = None, causal: bool = False,
+               attention_dropout: float = 0.0, dropout_rate: float = 0.0,
+               use_bias: bool = True,
+               kernel_init: Callable = default_kernel_init,
+               bias_init: Callable = nnx.initializers.zeros_init(),
+               deterministic: Optional[bool] = False,
+               dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
+    num_heads = validation.check_positive_int('num_heads', num_heads)
+    in_features = validation.check_positive_int('in_features', in_features)
+    qk_features = validation.check_positive_int(
+        'qk_features', in_features if qk_features is None else qk_features)
+    v_features = validation.check_positive_int(
+        'v_features', qk_features if v_features is None else v_features)
+    out_features = validation.check_positive_int(
+        'out_features', in_features if out_features is None else out_features)
+    depth = _head_depth('qk_features', qk_features, num_heads)
+    v_depth = _head_depth('v_features', v_features, num_heads)
+    for name, rate in (('attention_dropout', attention_dropout),
+                       ('dropout_rate', dropout_rate)):
+      if not 0.0 <= float(rate) < 1.0:
+        raise ValueError(f'{name} must be in [0, 1), got {rate}')
+    self.num_heads, self.in_features = num_heads, in_features
+    self.qk_features, self.v_features = qk_features, v_features
+    self.out_features, self.causal = out_features, bool(causal)
+    self.attention_dropout = float(attention_dropout)
+    self.dropout_rate = float(dropout_rate)
+    self.deterministic = deterministic
+    self.dtype = dtype
+    common = dict(use_bias=use_bias, kernel_init=kernel_init,
+                  bias_init=bias_init, dtype=dtype, param_dtype=param_dtype,
+                  rngs=rngs)
+    self.qk = nnx.LinearGeneral(in_features, (num_heads, depth), **common)
+    self.value = nnx.LinearGeneral(in_features, (num_heads, v_depth),
+                                   **common)
+    self.out = nnx.LinearGeneral((num_heads, v_depth), out_features,
+                                 axis=(-2, -1), **common)
+    self.dropout_rngs = (rngs['dropout'].fork() if max(
+        self.attention_dropout, self.dropout_rate) > 0 else nnx.data(None))
+
+  def __call__(self, x: jax.Array, mask: Optional[jax.Array] = None, *,
+               deterministic: Optional[bool] = None,
+               rngs: Union[nnx.Rngs, nnx.RngStream, None] = None
+               ) -> jax.Array:
+    """Self-attention over x [B, T, F] (or [T, F]).
+
+    Args:
+      x: float[B, T, in_features] or float[T, in_features].
+      mask: bool[B, T] or bool[T], True for real tokens (not Flax's
+        [B, N, T, S] attention mask: padding is a property of tokens here).
+      deterministic: overrides the module's mode for this call.
+      rngs: overrides the module's streams for this call.
+
+    Returns:
+      float[B, T, out_features] (or [T, out_features]); zeros (plus the
+      output bias) at masked positions.
+    """
+    self._check_input(x)
+    deterministic = self.deterministic if deterministic is None else (
+        deterministic)
+    deterministic = bool(deterministic)
+    qk, value = self.qk(x), self.value(x)  # [B, T, N, H], [B, T, N, Hv]
+    drop_rngs = rngs if rngs is not None else self.dropout_rngs
+    attention_key = None
+    if not deterministic and self.attention_dropout > 0:
+      attention_key = self._dropout_key(drop_rngs)
+    out = self.attend(qk, value, mask, deterministic=deterministic, rngs=rngs,
+                      dropout_key=attention_key)
+    out = self.out(out)
+    if not deterministic and self.dropout_rate > 0:
+      keep = 1.0 - self.dropout_rate
+      flags = jax.random.bernoulli(self._dropout_key(drop_rngs), keep,
+                                   (out.shape[-1],))
+      out = jnp.where(flags, out / jnp.asarray(keep, out.dtype), 0)
+    return out
+
+  def attend(self, qk, value, mask, *, deterministic, rngs, dropout_key):
+    """Dense shared-QK attention per (example, head): [..., T, N, Hv]."""
+    del deterministic, rngs  # dense attention draws no hash
+    if dropout_key is not None:
+      raise ValueError('SelfAttention computes exact attention without '
+                       'attention dropout; set attention_dropout=0.0')
+    batched = qk.ndim == 4
+    if not batched:
+      qk, value = qk[None], value[None]
+      mask = None if mask is None else jnp.asarray(mask)[None]
+    one_head = lambda q, v, m: lsh_jax.full_attention(
+        q, v, causal=self.causal, mask=m)
+    mask_axis = None if mask is None or jnp.ndim(mask) == 1 else 0
+    per_example = jax.vmap(one_head, in_axes=(1, 1, None), out_axes=1)
+    out = jax.vmap(per_example, in_axes=(0, 0, mask_axis))(qk, value, mask)
+    return out if batched else out[0]
+
+  def _check_input(self, x):
+    shape = tuple(np.shape(x))
+    if len(shape) not in (2, 3) or shape[-1] != self.in_features:
+      raise ValueError(f'x must have shape [batch, length, {self.in_features}]'
+                       f' or [length, {self.in_features}] (in_features), got '
+                       f'{shape}')
+
+  def _dropout_key(self, rngs):
+    if rngs is None:
+      raise ValueError('deterministic is False and a dropout rate is > 0, '
+                       'but no rngs: pass rngs=nnx.Rngs(dropout=...) to the '
+                       'constructor or the call, or call with '
+                       'deterministic=True')
+    return _key_from(rngs, 'dropout')
+
+
+class LSHSelfAttention(SelfAttention):
+  """Reformer's LSH self-attention as an NNX module.
+
+  `SelfAttention`'s projections and arguments, with the attention of
+  `lsh_jax.lsh_self_attention` (per (example, head) hash keys split from
+  one key per call; see the module docstring for the 'lsh' stream).
+
+  Args (besides `SelfAttention`'s):
+    n_hashes: hash rounds R.
+    n_buckets: even int, list of even factors, or None (automatic from
+      the length and chunk_len).
+    chunk_len: C.
+    n_chunks_before, n_chunks_after: neighbouring chunks each chunk sees.
+    attention_dropout: dropout rate on the attention probabilities.
+  """
+
+  def __init__(self, num_heads: int, in_features: int, *,
+               n_hashes: int = 2,
+               n_buckets: Union[int, Sequence[int], None] = None,
+               chunk_len: int = 64, n_chunks_before: int = 1,
+               n_chunks_after: int = 0, rngs: nnx.Rngs, **kwargs):
+    super().__init__(num_heads, in_features, rngs=rngs, **kwargs)
+    self.n_hashes = validation.check_positive_int('n_hashes', n_hashes)
+    self.n_buckets = (None if n_buckets is None
+                      else validation.check_n_buckets(n_buckets))
+    validation.check_chunking(chunk_len, n_chunks_before, n_chunks_after)
+    self.chunk_len = chunk_len
+    self.n_chunks_before, self.n_chunks_after = n_chunks_before, n_chunks_after
+    stream = rngs['lsh']  # 'default' when the Rngs has no 'lsh' stream
+    self.hash_key = nnx.Variable(stream())  # evaluation's fixed key
+    self.hash_rngs = stream.fork()  # training's fresh keys
+
+  def attend(self, qk, value, mask, *, deterministic, rngs, dropout_key):
+    if rngs is not None:
+      key = _key_from(rngs, 'lsh')
+    elif deterministic:
+      key = self.hash_key[...]
+    else:
+      key = self.hash_rngs()
+    return lsh_jax.lsh_self_attention(
+        qk, value, key, n_buckets=self.n_buckets, n_hashes=self.n_hashes,
+        chunk_len=self.chunk_len, n_chunks_before=self.n_chunks_before,
+        n_chunks_after=self.n_chunks_after, causal=self.causal, mask=mask,
+        attention_dropout=self.attention_dropout if dropout_key is not None
+        else 0.0, dropout_key=dropout_key)
