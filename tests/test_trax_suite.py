@@ -40,10 +40,6 @@ KNOWN = {
         "Trax's test asserts they change with the padded input "
         '(docs/trax_family.md; tests/test_reliability.py, '
         'tests/test_weights.py)'),
-    'trainer_lib_test.py::TraxTest::test_train_with_pure_lsh_attention': (
-        'missing', _PURE_PREDICT),
-    'trainer_lib_test.py::TraxTest::test_train_with_mixed_lsh_attention': (
-        'missing', _PURE_PREDICT),
     'decoding_test.py::DecodingTest::'
     'test_autoregressive_sample_terraformer_pure_lsh': (
         'missing', _PURE_PREDICT),

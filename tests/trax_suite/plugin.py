@@ -170,6 +170,11 @@ def pytest_runtest_teardown(item):
 
 def pytest_configure(config):  # pylint: disable=unused-argument
   _jax_shims()
+  # Trax's absltest-based tests read absl flags (--test_tmpdir); pytest does
+  # not parse them, so mark them parsed with their defaults.
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
   report = substitute() if SUBSTITUTE else ['(none: Trax baseline)']
   _record_builds()
   path = os.environ.get(REPORT_ENV)
