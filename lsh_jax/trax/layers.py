@@ -192,6 +192,19 @@ class _Computation:
             new_state if update_state else None, inputs_grad, w_grad)
 
 
+def check_hash_args(n_hashes, n_buckets, max_length_for_buckets):
+  """The LSH layers' hashing arguments, checked (ValueError naming the
+  argument); factorised `n_buckets` come back as a tuple (hashable, for the
+  kernels' static spec)."""
+  n_hashes = validation.check_positive_int('n_hashes', n_hashes)
+  if n_buckets is not None:
+    n_buckets = validation.check_n_buckets(n_buckets)
+  if max_length_for_buckets is not None:
+    max_length_for_buckets = validation.check_positive_int(
+        'max_length_for_buckets', max_length_for_buckets)
+  return n_hashes, n_buckets, max_length_for_buckets
+
+
 @gin.configurable(module='lsh_jax', denylist=['mode'])
 class LSHSelfAttention(_Computation,
                        efficient_attention.LSHSelfAttention):
@@ -234,12 +247,8 @@ class LSHSelfAttention(_Computation,
           causal=causal, masked=masked, chunk_len=chunk_len,
           n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
           predict_mem_len=predict_mem_len, predict_drop_len=predict_drop_len)
-    n_hashes = validation.check_positive_int('n_hashes', n_hashes)
-    if n_buckets is not None:
-      n_buckets = validation.check_n_buckets(n_buckets)
-    if max_length_for_buckets is not None:
-      max_length_for_buckets = validation.check_positive_int(
-          'max_length_for_buckets', max_length_for_buckets)
+    n_hashes, n_buckets, max_length_for_buckets = check_hash_args(
+        n_hashes, n_buckets, max_length_for_buckets)
     super().__init__(
         n_heads=n_heads, d_qk=d_qk, d_v=d_v, share_qk=share_qk, causal=causal,
         masked=masked, chunk_len=chunk_len, n_chunks_before=n_chunks_before,

@@ -32,7 +32,6 @@ import numpy as np
 from trax.layers.research import efficient_attention
 
 from lsh_jax.core import padding
-from lsh_jax.core import validation
 from lsh_jax.trax import kernels as trax_kernels
 from lsh_jax.trax import layers as trax_layers
 
@@ -55,12 +54,8 @@ class PureLSHSelfAttention(efficient_attention.PureLSHSelfAttention):
         output_dropout=output_dropout, n_parallel_heads=n_parallel_heads)
     if chunk_len is None:
       raise ValueError('chunk_len must be a positive int, got None')
-    n_hashes = validation.check_positive_int('n_hashes', n_hashes)
-    if n_buckets is not None:
-      n_buckets = validation.check_n_buckets(n_buckets)
-    if max_length_for_buckets is not None:
-      max_length_for_buckets = validation.check_positive_int(
-          'max_length_for_buckets', max_length_for_buckets)
+    n_hashes, n_buckets, max_length_for_buckets = trax_layers.check_hash_args(
+        n_hashes, n_buckets, max_length_for_buckets)
     super().__init__(
         n_heads=n_heads, d_qk=d_qk, d_v=d_v, share_qk=share_qk, causal=causal,
         masked=masked, chunk_len=chunk_len, n_chunks_before=n_chunks_before,
