@@ -71,9 +71,9 @@ test-extras: install
 # marked `long` (more settings, gradients under sharding, Trax training on 8
 # host devices). Exit status 5 (nothing selected) is not a failure here.
 fuzz: install
-	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q --hypothesis-show-statistics \
+	HYPOTHESIS_PROFILE=fuzz LSH_JAX_TEST_XLA_OPT=1 $(PY) -m pytest -q --hypothesis-show-statistics \
 	  tests/test_core_oracle.py
-	$(PY) -m pytest -q -n $(TEST_WORKERS) -m long tests || test $$? -eq 5
+	LSH_JAX_TEST_XLA_OPT=1 $(PY) -m pytest -q -n $(TEST_WORKERS) -m long tests || test $$? -eq 5
 
 bench: install  # the benchmark table (~25 min); BENCH_ARGS=--quick for a few minutes
 	$(PY) benchmarks/run.py $(BENCH_ARGS)

@@ -31,6 +31,7 @@ from lsh_jax.core import hashing
 from lsh_jax import oracle
 from lsh_jax.core import padding
 from helpers import hash_margin
+from helpers import jit_for_properties
 
 # Below this float64 gap between the two best hash scores, float32 rounding
 # may pick another bucket than float64 does; such draws are skipped.
@@ -130,10 +131,11 @@ def run_both(s):
   window = dict(n_hashes=s['n_hashes'], chunk_len=s['chunk_len'],
                 n_chunks_before=s['n_chunks_before'],
                 n_chunks_after=s['n_chunks_after'], causal=s['causal'])
-  got = lsh_jax.lsh_attention(
-      jnp.asarray(q, dtype), jnp.asarray(v, dtype), key,
-      n_buckets=s['n_buckets'], sequential_rounds=s['sequential_rounds'],
-      mask=None if mask is None else jnp.asarray(mask), **window)
+  got = jit_for_properties(lambda q, v: lsh_jax.lsh_attention(
+      q, v, key, n_buckets=s['n_buckets'],
+      sequential_rounds=s['sequential_rounds'],
+      mask=None if mask is None else jnp.asarray(mask), **window))(
+          jnp.asarray(q, dtype), jnp.asarray(v, dtype))
   assert got.shape == (length, s['d_v']) and got.dtype == dtype
   extra = padding.padded_length(length, s['chunk_len']) - length
   expected, _, lse = oracle.lsh_self_attention(
@@ -223,9 +225,11 @@ def test_gradients_match_finite_differences(s):
   hypothesis.assume(normal.any())
   weights = jnp.asarray(rng.normal(size=(length, s['d_v'])) * normal[:, None],
                         jnp.float32)
-  loss = jax.jit(lambda q, v: jnp.sum(weights * attend(q, v)))
-  grads = jax.jit(jax.grad(lambda q, v: jnp.sum(weights * attend(q, v)),
-                           argnums=(0, 1)))(q, v)
+  # One program for the loss and its gradient: one compilation per setting.
+  value_and_grad = jit_for_properties(jax.value_and_grad(
+      lambda q, v: jnp.sum(weights * attend(q, v)), argnums=(0, 1)))
+  loss = lambda q, v: value_and_grad(q, v)[0]
+  grads = value_and_grad(q, v)[1]
   dv = rng.normal(size=v.shape)
   for arg, direction, grad in ((0, dq, grads[0]), (1, dv, grads[1])):
     step = jnp.asarray(FD_EPS * direction, jnp.float32)
