@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from trax_testing import assert_trees_equal
+from trax_testing import trax_decoding  # noqa: F401  (fixture)
 from trax_testing import trax_env  # noqa: F401  (fixture)
 
 OUT_ATOL = 1e-5
@@ -193,7 +194,69 @@ def test_pure_input_errors(trax_env, modules, kwargs, inputs, message):
     layer.forward_and_or_backward(arrays, ((), ()), jax.random.PRNGKey(0))
 
 
-def test_pure_predict_is_refused(trax_env, modules):
+# Decoding: a prefix in one call, then one token per call, through the
+# memory (mem 8, drop 4: it rolls over several times). Explicit n_buckets
+# (with None, Trax hashes a decoded token with 2 buckets: the deliberate
+# difference of lsh_jax.trax.predict).
+PREDICT_CASES = {
+    'short_prefix_rolls_over': (dict(
+        n_heads=2, chunk_len=4, n_chunks_before=1, n_hashes=2, n_buckets=4,
+        predict_mem_len=8, predict_drop_len=4), 3),
+    'long_prefix_heads_together': (dict(
+        n_heads=2, chunk_len=2, n_chunks_before=2, n_hashes=3,
+        n_buckets=[2, 2], predict_mem_len=8, predict_drop_len=2,
+        n_parallel_heads=4), 10),  # Trax's own layer: 1 (its only one)
+}
+
+
+@pytest.mark.parametrize('case', list(PREDICT_CASES))
+def test_pure_predict_matches_trax_step_by_step(trax_env, trax_decoding,
+                                                modules, case):
+  """Trax's own pure-layer decoding (through the test-only old-JAX shim):
+  every step's output within 1e-5, the whole state (memory, buckets,
+  indices, keys) identical."""
   _, pure = modules
-  with pytest.raises(ValueError, match="mode='predict' .* not supported"):
-    pure.PureLSHSelfAttention(causal=True, chunk_len=4, mode='predict')
+  kwargs, prefix_len = PREDICT_CASES[case]
+  kwargs = dict(kwargs, causal=True, mode='predict')
+  pairs = BATCH * kwargs['n_heads']
+  qk = jax.random.normal(jax.random.PRNGKey(0), (pairs, LENGTH, D_QK))
+  v = jax.random.normal(jax.random.PRNGKey(1), (pairs, LENGTH, D_V))
+  layers = []
+  for cls in (trax_decoding.PureLSHSelfAttention, pure.PureLSHSelfAttention):
+    ours = cls is pure.PureLSHSelfAttention
+    layer = cls(d_qk=D_QK, d_v=D_V, **dict(
+        kwargs, n_parallel_heads=kwargs.get('n_parallel_heads', 1) if ours
+        else 1))
+    layer.init((trax_env.shapes.signature(qk[:, :1]),
+                trax_env.shapes.signature(v[:, :1])),
+               rng=trax_env.fastmath.random.get_prng(3))
+    layers.append(layer)
+  theirs, ours = layers
+  assert_trees_equal(ours.state, theirs.state)
+  steps = [(0, prefix_len)] + [(t, t + 1) for t in range(prefix_len, LENGTH)]
+  runs = []
+  for layer in layers:
+    step, state, outs = jax.jit(layer.pure_fn), layer.state, []
+    for start, stop in steps:
+      out, state = step((qk[:, start:stop], v[:, start:stop]), (), state,
+                        jax.random.PRNGKey(7))
+      outs.append((out, state))
+    runs.append(outs)
+  for (expected, expected_state), (got, state) in zip(*runs):
+    assert got.shape == expected.shape
+    np.testing.assert_allclose(got, expected, rtol=0, atol=OUT_ATOL)
+    assert_trees_equal(state, expected_state)
+  mem_end, (qk_mem, v_mem), _ = runs[1][-1][1]
+  assert qk_mem.shape == (pairs, kwargs['predict_mem_len'], D_QK)
+  np.testing.assert_array_equal(v_mem[:, int(mem_end) - 1], v[:, -1])
+
+
+@pytest.mark.parametrize('kwargs, message', [
+    (dict(causal=False), "mode='predict' needs causal=True"),
+    (dict(causal=True, masked=True), "mode='predict' needs masked=False"),
+])
+def test_pure_predict_arguments_are_checked(trax_env, modules, kwargs,
+                                            message):
+  _, pure = modules
+  with pytest.raises(ValueError, match=message):
+    pure.PureLSHSelfAttention(chunk_len=4, mode='predict', **kwargs)

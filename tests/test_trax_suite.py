@@ -29,20 +29,14 @@ from trax_suite import runner
 from trax_suite import sources
 
 # test id -> (kind, why), from the run reported in docs/trax_configs.md.
-# 'deliberate': a documented difference with its own test of ours;
-# 'missing': lsh_jax lacks what the test needs (fails until it is built).
+# 'deliberate': a documented difference with its own test of ours.
 _EA = 'efficient_attention_test.py::EfficientAttentionTest::'
-_PURE_PREDICT = ("lsh_jax's PureLSHSelfAttention has no mode='predict' "
-                 '(ValueError); the test builds its model in predict mode')
 KNOWN = {
     _EA + 'test_lsh_self_attention_masked_non_causal': (
         'deliberate', 'padded query positions output zeros in lsh_jax; '
         "Trax's test asserts they change with the padded input "
         '(docs/trax_family.md; tests/test_reliability.py, '
         'tests/test_weights.py)'),
-    'decoding_test.py::DecodingTest::'
-    'test_autoregressive_sample_terraformer_pure_lsh': (
-        'missing', _PURE_PREDICT),
 }
 
 
@@ -59,7 +53,7 @@ def test_trax_test_passes_with_lsh_jax_classes(suite_results, test_id):
   built = [name for name in built.split(',') if name]
   trax_built = sorted({name.split(':')[1] for name in built
                        if name.startswith('trax:')})
-  absent = [name for name in trax_built if name not in ours.__all__]
+  absent = [name for name in trax_built if name not in ours.LAYERS]
   if absent:
     pytest.xfail(f'lsh_jax.trax has no {", ".join(absent)} yet: the test '
                  f"ran Trax's class ({outcome})")

@@ -54,7 +54,7 @@ from lsh_jax.trax import predict_dense as trax_predict_dense
 from lsh_jax.core import validation
 
 _MODES = ('train', 'eval')
-_LSH_MODES = ('train', 'eval', 'predict')
+LSH_MODES = ('train', 'eval', 'predict')  # the layers that decode
 
 
 def _check_common(*, n_heads, d_qk, d_v, causal, mode, chunk_len,
@@ -232,7 +232,7 @@ class LSHSelfAttention(_Computation,
         chunk_len=chunk_len, n_chunks_before=n_chunks_before,
         n_chunks_after=n_chunks_after, attention_dropout=attention_dropout,
         output_dropout=output_dropout, n_parallel_heads=n_parallel_heads,
-        modes=_LSH_MODES)
+        modes=LSH_MODES)
     if chunk_len is None:
       raise ValueError('chunk_len must be a positive int, got None')
     if mode == 'predict' and not (allow_duplicate_attention
@@ -243,7 +243,7 @@ class LSHSelfAttention(_Computation,
           'attend_across_buckets must be True there, got '
           f'{allow_duplicate_attention} and {attend_across_buckets}')
     if mode == 'predict':
-      predict_mem_len, predict_drop_len = _check_predict(
+      predict_mem_len, predict_drop_len = check_predict(
           causal=causal, masked=masked, chunk_len=chunk_len,
           n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
           predict_mem_len=predict_mem_len, predict_drop_len=predict_drop_len)
@@ -273,7 +273,7 @@ class LSHSelfAttention(_Computation,
     if output_grad is not None or not update_state:
       raise ValueError("mode='predict' has no backward pass (decoding only); "
                        "train with mode='train'")
-    out, new_state = trax_predict.call(x, tuple(weights), _as_tuples(state),
+    out, new_state = trax_predict.call(x, tuple(weights), as_tuples(state),
                                        spec=self._spec)
     return out, new_state, None, None
 
@@ -325,7 +325,7 @@ class SelfAttention(_Computation, efficient_attention.SelfAttention):
         chunk_len=chunk_len, n_chunks_before=n_chunks_before,
         n_chunks_after=n_chunks_after, attention_dropout=attention_dropout,
         output_dropout=output_dropout, n_parallel_heads=n_parallel_heads,
-        modes=_LSH_MODES)
+        modes=LSH_MODES)
     if chunk_len is None and (n_chunks_before or n_chunks_after):
       raise ValueError('n_chunks_before and n_chunks_after need chunk_len, '
                        f'got chunk_len=None and {n_chunks_before}, '
@@ -356,7 +356,7 @@ class SelfAttention(_Computation, efficient_attention.SelfAttention):
       raise ValueError("mode='predict' has no backward pass (decoding only); "
                        "train with mode='train'")
     out, new_state = trax_predict_dense.call(
-        x, tuple(weights), _as_tuples(state), spec=self._spec)
+        x, tuple(weights), as_tuples(state), spec=self._spec)
     return out, new_state, None, None
 
   def forward_unbatched(self, x, mask=None, *, weights, state, rng,
@@ -365,14 +365,14 @@ class SelfAttention(_Computation, efficient_attention.SelfAttention):
     return _one_pair(self._spec, x, mask, weights, state, rng, update_state)
 
 
-def _as_tuples(tree):
+def as_tuples(tree):
   """Lists (a checkpoint's) as tuples, so jit sees one tree structure."""
   if isinstance(tree, (list, tuple)):
-    return tuple(_as_tuples(t) for t in tree)
+    return tuple(as_tuples(t) for t in tree)
   return tree
 
 
-def _check_predict(*, causal, masked, chunk_len, n_chunks_before,
+def check_predict(*, causal, masked, chunk_len, n_chunks_before,
                    n_chunks_after, predict_mem_len, predict_drop_len):
   """Checks mode='predict' arguments; returns (mem_len, drop_len).
 

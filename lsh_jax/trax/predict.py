@@ -1,7 +1,8 @@
-"""Incremental decoding (`mode='predict'`) of the LSH layer: Trax's algorithm.
+"""Incremental decoding (`mode='predict'`) of the LSH layers: Trax's algorithm.
 
 Pure JAX (no Trax import): the computation behind
-`lsh_jax.trax.LSHSelfAttention(mode='predict')`, Trax 1.4.1's
+`lsh_jax.trax.LSHSelfAttention(mode='predict')` and
+`lsh_jax.trax.PureLSHSelfAttention(mode='predict')`, Trax 1.4.1's
 `_use_predict_mem` and `_incremental_forward_unbatched` written for today's
 JAX, one jit-compiled `call` per step.
 
@@ -12,6 +13,11 @@ C = chunk_len, K = R * C * (1 + n_chunks_before) keys per decoded token.
 State, Trax's layout (its `init_weights_and_state` in predict mode):
   (mem_end int32[], (mem float[B, M, Dm],),
    (buckets int32[P, R * M], buckets_idx int32[P], hash_key uint32[P, 2]))
+The weightless `PureLSHSelfAttention` (spec.kind 'pure') sees each
+(example, head) pair as an example of one head: its inputs are
+(qk float[P, T, D], v float[P, T, Dv]), its memory (qk float[P, M, D],
+v float[P, M, Dv]) in place of `(mem,)`, and it has no weights (Trax's
+layout for that layer).
 `mem` holds the layer's inputs, the next one goes to position `mem_end`;
 `buckets` are the memory positions' bucket ids, flat with round offsets
 (`bucket + h * n_buckets_total`, Trax's `hash_vectors`); `buckets_idx` is
@@ -86,12 +92,30 @@ def _roll_buckets(buckets, buckets_idx, q_start, drop_len):
   return jnp.where(buckets_idx > q_start, rolled, buckets)
 
 
+def _attention_inputs(x, weights, spec):
+  """(q [T, D], v [T, Dv], output map): the LSH layer projects its input
+  x [T, Dm] and maps the attention's output through w_o; the pure layer's
+  x is already (qk [T, D], v [T, Dv]) and its output is the attention's."""
+  if spec.kind == 'pure':
+    qk, v = x
+    return qk, v, lambda o: o
+  q, _, v, w_o = trax_kernels.project(x, weights, spec)
+  return q, v, lambda o: o @ w_o
+
+
+def _rows(x, start, size):
+  """Rows start..start + size of every array of x (an array or a pair)."""
+  return jax.tree_util.tree_map(
+      lambda a: lax.dynamic_slice_in_dim(a, start, size), x)
+
+
 def prefix_head(x, mask, weights, state, *, spec, q_start, q_len):
   """Several tokens at once, one head of one example.
 
   Args:
     x: float[T', Dm], the tokens (a long prefix) or the whole memory (a
-      short one); the new tokens are x[q_start:q_start + q_len].
+      short one); the new tokens are x[q_start:q_start + q_len]. The pure
+      layer: (qk [T', D], v [T', Dv]).
     mask: None (decoding has no padding input).
     weights, state: one head's weights, one pair's state (module docstring).
     spec: `trax_kernels.Spec`.
@@ -104,10 +128,11 @@ def prefix_head(x, mask, weights, state, *, spec, q_start, q_len):
   del mask
   buckets, buckets_idx, hash_key = state
   n_rounds, mem_len = spec.n_hashes, spec.predict_mem_len
-  length = x.shape[0]
+  length = jax.tree_util.tree_leaves(x)[0].shape[0]
   padded = -(-length // spec.chunk_len) * spec.chunk_len
-  x = jnp.pad(x, ((0, padded - length), (0, 0)))  # zeros, after the tokens
-  q, _, v, w_o = trax_kernels.project(x, weights, spec)
+  x = jax.tree_util.tree_map(  # zeros, after the tokens
+      lambda a: jnp.pad(a, ((0, padded - length), (0, 0))), x)
+  q, v, output = _attention_inputs(x, weights, spec)
   count = n_buckets(spec)
   new_buckets = lsh_jax.hash_vectors(q, hash_key, count, n_rounds)  # [R, L']
   o = lsh_jax.lsh_attention_from_buckets(
@@ -115,7 +140,7 @@ def prefix_head(x, mask, weights, state, *, spec, q_start, q_len):
       n_chunks_before=spec.n_chunks_before,
       n_chunks_after=spec.n_chunks_after, causal=True,
       n_ids=hashing.n_buckets_total(count))
-  out = lax.dynamic_slice_in_dim(o, q_start, q_len) @ w_o
+  out = output(lax.dynamic_slice_in_dim(o, q_start, q_len))
   update = lax.dynamic_slice_in_dim(new_buckets + _offsets(spec), q_start,
                                     q_len, axis=1)[:, -mem_len:]
   buckets = _roll_buckets(buckets.reshape(n_rounds, mem_len), buckets_idx,
@@ -155,33 +180,34 @@ def step_head(x, mask, weights, state, *, spec, q_start):
   """One decoded token, one head of one example (Trax's q_len == 1 path).
 
   Args:
-    x: float[M, Dm] the memory, the token at `q_start`.
+    x: float[M, Dm] the memory, the token at `q_start` (the pure layer:
+      (qk [M, D], v [M, Dv])).
     mask: None.
     weights, state, spec: as in `prefix_head`.
     q_start: int32[] the token's position in the memory.
 
   Returns:
-    (out float[1, Dm], new state).
+    (out float[1, Dm] (pure: [1, Dv]), new state).
   """
   del mask
   buckets, buckets_idx, hash_key = state
   n_rounds, mem_len = spec.n_hashes, spec.predict_mem_len
   buckets = _roll_buckets(buckets.reshape(n_rounds, mem_len), buckets_idx,
                           q_start, spec.predict_drop_len)
-  token = lax.dynamic_slice_in_dim(x, q_start, 1)  # [1, Dm]
-  q, _, _, w_o = trax_kernels.project(token, weights, spec)  # q [1, D]
+  q, _, _ = _attention_inputs(_rows(x, q_start, 1), weights, spec)  # [1, D]
   q_buckets = lsh_jax.hash_vectors(q, hash_key, n_buckets(spec),
                                    n_rounds) + _offsets(spec)  # [R, 1]
   buckets = lax.dynamic_update_slice_in_dim(buckets, q_buckets, q_start,
                                             axis=1)
   kv_pos = select_keys(buckets, q_buckets, q_start,
                        min(n_keys(spec), mem_len))  # [K]
-  k, _, v, _ = trax_kernels.project(x[kv_pos], weights, spec)  # [K, D]
+  k, v, output = _attention_inputs(
+      jax.tree_util.tree_map(lambda a: a[kv_pos], x), weights, spec)  # [K, D]
   dots = q @ chunked.normalize_keys(k).T  # [1, K]
   dots = masks.mask_logits(dots, jnp.reshape(q_start, (1,)), kv_pos,
                            causal=True)
   probs = jnp.exp(dots - jax.nn.logsumexp(dots, axis=-1, keepdims=True))
-  out = (probs @ v) @ w_o
+  out = output(probs @ v)
   return out, (buckets.reshape(-1), jnp.asarray(q_start + 1,
                                                 buckets_idx.dtype), hash_key)
 
@@ -189,18 +215,22 @@ def step_head(x, mask, weights, state, *, spec, q_start):
 def _append(mem, mem_end, x, drop_len):
   """Trax's short-call memory update: roll if full, write x at mem_end.
 
+  mem and x are arrays [B, M, ...] and [B, T, ...] or matching tuples of
+  them (the pure layer's (qk, v)).
+
   Returns:
-    (mem float[B, M, Dm], q_start int32[]).
+    (mem, q_start int32[]).
   """
-  mem_len, n_new = mem.shape[1], x.shape[1]
+  tree = jax.tree_util.tree_map
+  mem_len = jax.tree_util.tree_leaves(mem)[0].shape[1]
+  n_new = jax.tree_util.tree_leaves(x)[0].shape[1]
   roll = mem_end + n_new > mem_len
-  mem = lax.cond(
-      roll, lambda m: jnp.pad(m[:, drop_len:], ((0, 0), (0, drop_len),
-                                                (0, 0))),
-      lambda m: m, mem)
+  drop = lambda m: jnp.concatenate(
+      [m[:, drop_len:], jnp.zeros_like(m[:, :drop_len])], axis=1)
+  mem = lax.cond(roll, lambda m: tree(drop, m), lambda m: m, mem)
   q_start = jnp.where(roll, mem_end - drop_len, mem_end)
-  mem = lax.dynamic_update_slice_in_dim(mem, x.astype(mem.dtype), q_start,
-                                        axis=1)
+  mem = tree(lambda m, new: lax.dynamic_update_slice_in_dim(
+      m, new.astype(m.dtype), q_start, axis=1), mem, x)
   return mem, q_start
 
 
@@ -208,7 +238,8 @@ def use_memory(x, mem_end, mem, *, spec):
   """Trax's `_use_predict_mem`: the memory update of one call.
 
   Args:
-    x: float[B, T, Dm] the new tokens; mem_end: int32[]; mem: float[B, M, Dm].
+    x: float[B, T, Dm] the new tokens; mem_end: int32[]; mem: float[B, M, Dm]
+      (or matching tuples, as `_append`).
     spec: `trax_kernels.Spec` with predict_mem_len and predict_drop_len.
 
   Returns:
@@ -216,17 +247,23 @@ def use_memory(x, mem_end, mem, *, spec):
     [B, T, Dm] (NaN when not at the start); the new memory; q_start int32[]
     the first new token's position in `inputs`; the new mem_end int32[]).
   """
+  tree = jax.tree_util.tree_map
   mem_end = jnp.asarray(mem_end, jnp.int32)
-  n_new, mem_len = x.shape[1], spec.predict_mem_len
+  n_new = jax.tree_util.tree_leaves(x)[0].shape[1]
+  mem_len = spec.predict_mem_len
   if n_new <= spec.predict_drop_len and n_new < mem_len:
     mem, q_start = _append(mem, mem_end, x, spec.predict_drop_len)
     return mem, mem, q_start, q_start + n_new
   # A long prefix: only at the start of a sequence.
-  inputs = jnp.where(mem_end == 0, x, jnp.nan).astype(x.dtype)
+  inputs = tree(lambda a: jnp.where(mem_end == 0, a, jnp.nan).astype(a.dtype),
+                x)
   if n_new >= mem_len:
-    mem = x[:, n_new - mem_len:].astype(mem.dtype)
+    keep = lambda a, m: a[:, n_new - mem_len:].astype(m.dtype)
   else:
-    mem = jnp.pad(x, ((0, 0), (0, mem_len - n_new), (0, 0))).astype(mem.dtype)
+    keep = lambda a, m: jnp.pad(
+        a, ((0, 0), (0, mem_len - n_new)) + ((0, 0),) * (a.ndim - 2)
+    ).astype(m.dtype)
+  mem = tree(keep, x, mem)
   return inputs, mem, jnp.zeros((), jnp.int32), jnp.int32(min(n_new, mem_len))
 
 
@@ -235,24 +272,27 @@ def call(x, weights, state, *, spec):
   """The layer in predict mode on T new tokens.
 
   Args:
-    x: float[B, T, Dm] the new tokens.
-    weights: per-head weights, leading axis H (`trax_kernels`).
+    x: float[B, T, Dm] the new tokens; the pure layer (spec.kind 'pure'):
+      (qk float[P, T, D], v float[P, T, Dv]).
+    weights: per-head weights, leading axis H (`trax_kernels`); pure: ().
     state: Trax's predict state (module docstring).
     spec: `trax_kernels.Spec` with predict_mem_len and predict_drop_len.
 
   Returns:
-    (out float[B, T, Dm], new state).
+    (out float[B, T, Dm] (pure: [P, T, Dv]), new state).
   """
-  mem_end, (mem,), head_state = state
-  n_new = x.shape[1]
-  inputs, mem, q_start, new_end = use_memory(x, mem_end, mem, spec=spec)
+  mem_end, mem, head_state = state
+  pure = spec.kind == 'pure'
+  n_new = jax.tree_util.tree_leaves(x)[0].shape[1]
+  inputs, mem, q_start, new_end = use_memory(
+      tuple(x) if pure else (x,), mem_end, tuple(mem), spec=spec)
   if n_new == 1:
     head_fn = functools.partial(step_head, spec=spec, q_start=q_start)
   else:
     head_fn = functools.partial(prefix_head, spec=spec, q_start=q_start,
                                 q_len=n_new)
   out, new_head_state, _, _ = trax_heads.forward_and_or_backward(
-      head_fn, inputs, None, weights, head_state, n_heads=spec.n_heads,
-      n_parallel_heads=spec.n_parallel_heads)
-  return out.astype(x.dtype), (new_end.astype(jnp.int32), (mem,),
-                               new_head_state)
+      head_fn, inputs if pure else inputs[0], None, weights, head_state,
+      n_heads=spec.n_heads, n_parallel_heads=spec.n_parallel_heads)
+  return (out.astype(trax_kernels.out_dtype(x)),
+          (new_end.astype(jnp.int32), mem, new_head_state))

@@ -15,8 +15,11 @@ attention without its projections), all pairs vmapped under one `jax.jit`
 As in Trax, no output dropout is applied (`output_dropout` is accepted and
 ignored); attention dropout is. Any length L >= 1: a length that is not a
 multiple of chunk_len is padded with masked positions, as in
-`lsh_jax.trax.LSHSelfAttention`. mode='predict' is not supported
-(ValueError).
+`lsh_jax.trax.LSHSelfAttention`. mode='predict' (causal, not masked)
+decodes as Trax's layer does (`lsh_jax.trax.predict`): state
+(mem_end int32[], (qk float[P, M, D], v float[P, M, Dv]),
+(buckets int32[P, R * M], buckets_idx int32[P], hash key uint32[P, 2])),
+Trax's layout.
 
 `PureLSHSelfAttentionWrapper` is Trax's (projections, the pure layer, merge
 heads, output dense) with lsh_jax's pure layer as the default
@@ -34,6 +37,7 @@ from trax.layers.research import efficient_attention
 from lsh_jax.core import padding
 from lsh_jax.trax import kernels as trax_kernels
 from lsh_jax.trax import layers as trax_layers
+from lsh_jax.trax import predict as trax_predict
 
 
 @gin.configurable(module='lsh_jax', denylist=['mode'])
@@ -51,9 +55,15 @@ class PureLSHSelfAttention(efficient_attention.PureLSHSelfAttention):
         n_heads=n_heads, d_qk=d_qk, d_v=d_v, causal=causal, mode=mode,
         chunk_len=chunk_len, n_chunks_before=n_chunks_before,
         n_chunks_after=n_chunks_after, attention_dropout=attention_dropout,
-        output_dropout=output_dropout, n_parallel_heads=n_parallel_heads)
+        output_dropout=output_dropout, n_parallel_heads=n_parallel_heads,
+        modes=trax_layers.LSH_MODES)
     if chunk_len is None:
       raise ValueError('chunk_len must be a positive int, got None')
+    if mode == 'predict':
+      predict_mem_len, predict_drop_len = trax_layers.check_predict(
+          causal=causal, masked=masked, chunk_len=chunk_len,
+          n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
+          predict_mem_len=predict_mem_len, predict_drop_len=predict_drop_len)
     n_hashes, n_buckets, max_length_for_buckets = trax_layers.check_hash_args(
         n_hashes, n_buckets, max_length_for_buckets)
     super().__init__(
@@ -72,6 +82,8 @@ class PureLSHSelfAttention(efficient_attention.PureLSHSelfAttention):
     self._spec = trax_kernels.Spec(
         kind='pure', bias=False, n_hashes=n_hashes, n_buckets=n_buckets,
         max_length_for_buckets=max_length_for_buckets,
+        predict_mem_len=predict_mem_len if mode == 'predict' else None,
+        predict_drop_len=predict_drop_len if mode == 'predict' else None,
         **dict(common, n_heads=1, output_dropout=0.0))
 
   def forward(self, inputs):
@@ -113,6 +125,13 @@ class PureLSHSelfAttention(efficient_attention.PureLSHSelfAttention):
       triple; inputs_grad is (d qk, d v) (and a float0 zero for the mask).
     """
     qk, v, mask = self._unpack(inputs)
+    if self._incremental:
+      if output_grad is not None or not update_state:
+        raise ValueError("mode='predict' has no backward pass (decoding "
+                         "only); train with mode='train'")
+      out, new_state = trax_predict.call(
+          (qk, v), (), trax_layers.as_tuples(state), spec=self._spec)
+      return out, new_state, None
     batch, length = qk.shape[0] // self._n_heads, qk.shape[1]
     pair_mask = None if mask is None else jnp.repeat(mask, self._n_heads,
                                                      axis=0)
