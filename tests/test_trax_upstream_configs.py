@@ -11,7 +11,9 @@ shorter length). Expected: every attention layer in the model is lsh_jax's
 move. These are properties of the configs themselves, not numbers: no
 expected value is hard-coded.
 
-Configs whose lsh_jax class is not there yet are xfail with the class named.
+Trax's encoder-decoder `Reformer` builds its attention in code: its config
+selects lsh_jax's layers through `lsh_jax.WithLSHJaxLayers`
+(tests/test_trax_models.py).
 """
 import dataclasses
 import os
@@ -135,14 +137,6 @@ CASES = (
          ('EncDecAttention', 'SelfAttention')),
 )
 
-# Trax's encoder-decoder `Reformer` calls `tl.EncDecAttention(...)` and
-# `tl.SelfAttention(...)` in its code: no gin binding reaches them, so its
-# config cannot select lsh_jax's layers (see docs/trax_configs.md).
-HARD_WIRED = {'reformer_wmt_ende': 'trax.models.Reformer builds '
-              'tl.EncDecAttention and tl.SelfAttention in code; no binding '
-              'of reformer_wmt_ende.gin can select lsh_jax layers'}
-
-
 def test_every_listed_trax_config_has_an_lsh_jax_version():
   names = sorted(name[:-4] for name in os.listdir(CONFIG_DIR)
                  if name.endswith('.gin'))
@@ -193,11 +187,6 @@ FAST = ('reformer_copy', 'reformer_enwik8', 'terraformer_purelsh_copy')
     for case in CASES], ids=lambda case: case.name)
 def test_config_builds_with_lsh_jax_layers_and_trains(trax_env, case):
   import lsh_jax.trax as ours  # pylint: disable=import-outside-toplevel
-  missing = [name for name in case.needs if not hasattr(ours, name)]
-  if case.name in HARD_WIRED:
-    pytest.xfail(HARD_WIRED[case.name])
-  if missing:
-    pytest.xfail('lsh_jax.trax has no ' + ', '.join(missing) + ' yet')
   parse(case)
   model_fn = gin.query_parameter('train.model').scoped_configurable_fn
   model = model_fn(mode='train')
@@ -208,7 +197,7 @@ def test_config_builds_with_lsh_jax_layers_and_trains(trax_env, case):
   layers = list(sublayers(model))
   ours_found = {type(layer).__name__ for layer in layers
                 if isinstance(layer, tuple(getattr(ours, name)
-                                           for name in ours.__all__))}
+                                           for name in ours.LAYERS))}
   assert set(case.needs) <= ours_found
   theirs = [layer for layer in layers if type(layer).__name__ in FAMILY and
             not type(layer).__module__.startswith('lsh_jax')]

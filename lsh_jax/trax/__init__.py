@@ -8,6 +8,8 @@ functions; they are gin-configurable as `lsh_jax.<ClassName>`.
   layers.py         LSHSelfAttention, SelfAttention (weights, state, wiring)
   pure.py           PureLSHSelfAttention, its Wrapper, MixedLSHSelfAttention
   encdec.py         EncDecAttention
+  models.py         WithLSHJaxLayers: Trax models that build attention in
+                    code (the encoder-decoder Reformer) with lsh_jax's layers
   kernels.py        the jit-compiled per-(example, head) computations
   dense.py          Trax's dense/chunked `attend` in pure JAX
   heads.py          batching over (example, head) pairs, `n_parallel_heads`
@@ -20,7 +22,10 @@ from lsh_jax.trax.layers import SelfAttention
 from lsh_jax.trax.pure import MixedLSHSelfAttention
 from lsh_jax.trax.pure import PureLSHSelfAttention
 from lsh_jax.trax.pure import PureLSHSelfAttentionWrapper
+from lsh_jax.trax.models import WithLSHJaxLayers  # pylint: disable=g-bad-import-order
 
-__all__ = ['EncDecAttention', 'LSHSelfAttention', 'MixedLSHSelfAttention',
-           'PureLSHSelfAttention', 'PureLSHSelfAttentionWrapper',
-           'SelfAttention']
+# The layers, each named as its Trax 1.4.1 counterpart.
+LAYERS = ('EncDecAttention', 'LSHSelfAttention', 'MixedLSHSelfAttention',
+          'PureLSHSelfAttention', 'PureLSHSelfAttentionWrapper',
+          'SelfAttention')
+__all__ = list(LAYERS) + ['WithLSHJaxLayers']

@@ -108,7 +108,7 @@ def substitute():
 
   import lsh_jax.trax as ours  # pylint: disable=import-outside-toplevel
   mapping, report = {}, []
-  for name in ours.__all__:
+  for name in ours.LAYERS:
     replacement = getattr(ours, name)
     for owner in (tl, ea):
       original = getattr(owner, name, None)
@@ -143,7 +143,7 @@ def _record_builds():
   classes = [getattr(ea, name) for name in FAMILY if hasattr(ea, name)]
   try:
     import lsh_jax.trax as ours  # pylint: disable=import-outside-toplevel
-    classes += [getattr(ours, name) for name in ours.__all__]
+    classes += [getattr(ours, name) for name in ours.LAYERS]
   except ImportError:
     pass
   for cls in set(classes):
