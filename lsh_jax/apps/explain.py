@@ -7,7 +7,11 @@ attention (§3: each chunk's probabilities and log-sum-exps), the undone sort
 (§4) and the combine (§5) for one query: each round's output and
 log-sum-exp, the round weights, the combined result, and a check against
 attention computed directly (NumPy, float64) over the union of that query's
-candidate sets. Exit status 1 if that check fails.
+candidate sets; then the paper's exact multi-round attention
+(`allow_duplicate_attention=False`) for that query (each candidate counted
+once, checked the same way) and, for the whole example, the error against
+full attention with and without it as n_hashes grows. Exit status 1 if a
+check fails.
 
     python -m lsh_jax.apps.explain [--length 16 --n-hashes 2 --n-buckets 4
                                --chunk-len 4 --seed 0] [--plot FILE.png]
@@ -102,6 +106,11 @@ class Walkthrough:
   error: float
   self_only: bool  # the query's only candidate is itself in every round
   tolerance: float
+  exact: np.ndarray  # [L, Dv], lsh_attention(allow_duplicate_attention=False)
+  direct_exact: np.ndarray  # [Dv], float64 over the union, each key once
+  exact_error: float
+  full: np.ndarray  # [Dv], float64 full attention of the query
+  sweep: list  # [(n_hashes, error, exact error)] against full attention
   passed: bool
 
 
@@ -153,17 +162,20 @@ def candidates(sticker, query, settings):
   return per_round
 
 
-def direct_attention(q, v, query, per_round):
+def direct_attention(q, v, query, per_round, *, once=False):
   """Attention over the union of candidate sets, float64 NumPy.
 
   out = sum_h sum_{j in C_h} exp(s_j) v_j / sum_h sum_{j in C_h} exp(s_j):
   a key in several rounds' sets (or twice in one window) counts each time,
-  as the kernel counts it. s_j are the shared-QK logits with the self
+  as the kernel counts it; with `once`, each key of the union counts once
+  (the paper's exact attention). s_j are the shared-QK logits with the self
   penalty; causally masked keys are left out of C_h.
   """
   q = np.asarray(q, np.float64)
   keys = oracle.shared_qk_keys(q)
   members = np.concatenate(per_round)
+  if once:
+    members = np.unique(members)
   logits = keys[members] @ q[query] - oracle.SELF_PENALTY * (members == query)
   weights = np.exp(logits - logits.max())
   return weights @ np.asarray(v, np.float64)[members] / weights.sum()
@@ -200,7 +212,8 @@ def _rounds(q, v, khash, *, n_buckets, n_hashes, chunk_len, n_chunks_before,
 
   Returns:
     rotations [D, R, rot / 2], buckets [R, L], sticker [R, L], undo [R, L],
-    o [R, L, Dv], lse [R, L], and `lsh_attention`'s output [L, Dv].
+    o [R, L, Dv], lse [R, L], and `lsh_attention`'s output [L, Dv] without
+    and with `allow_duplicate_attention=False`.
   """
   rotations = core.random_rotations(khash, q.shape[-1], n_buckets, n_hashes)
   buckets = core.hash_with_rotations(q, rotations, n_buckets)
@@ -212,11 +225,37 @@ def _rounds(q, v, khash, *, n_buckets, n_hashes, chunk_len, n_chunks_before,
       causal=causal)
   o, lse = jax.vmap(one_round)(jnp.arange(n_hashes, dtype=jnp.int32))
   # The public entry point on the same inputs, for comparison.
-  public = lsh_jax.lsh_attention(
-      q, v, khash, n_buckets=n_buckets, n_hashes=n_hashes,
-      chunk_len=chunk_len, n_chunks_before=n_chunks_before,
-      n_chunks_after=n_chunks_after, causal=causal)
-  return rotations, buckets, sticker, undo, o, lse, public
+  public = functools.partial(
+      lsh_jax.lsh_attention, q, v, khash, n_buckets=n_buckets,
+      n_hashes=n_hashes, chunk_len=chunk_len,
+      n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
+      causal=causal)
+  return (rotations, buckets, sticker, undo, o, lse, public(),
+          public(allow_duplicate_attention=False))
+
+
+SWEEP = (1, 2, 4, 8)  # n_hashes of the exact-attention comparison
+
+
+@functools.partial(jax.jit, static_argnames=(
+    'n_buckets', 'chunk_len', 'n_chunks_before', 'n_chunks_after', 'causal'))
+def _sweep(q, v, khash, *, n_buckets, chunk_len, n_chunks_before,
+           n_chunks_after, causal):
+  """Relative error against full attention, [len(SWEEP), 2]: per n_hashes,
+  without and with `allow_duplicate_attention=False`."""
+  full = lsh_jax.full_attention(q, v, causal=causal)
+  rows = []
+  for n_hashes in SWEEP:
+    row = []
+    for allow in (True, False):
+      out = lsh_jax.lsh_attention(
+          q, v, khash, n_buckets=n_buckets, n_hashes=n_hashes,
+          chunk_len=chunk_len, n_chunks_before=n_chunks_before,
+          n_chunks_after=n_chunks_after, causal=causal,
+          allow_duplicate_attention=allow)
+      row.append(jnp.linalg.norm(out - full) / jnp.linalg.norm(full))
+    rows.append(row)
+  return jnp.asarray(rows)
 
 
 def _chunk_views(q, sticker, lse, s):
@@ -263,7 +302,7 @@ def compute(settings):
       n_hashes=s.n_hashes, chunk_len=s.chunk_len,
       n_chunks_before=s.n_chunks_before, n_chunks_after=s.n_chunks_after,
       causal=s.causal)
-  rotations, buckets, sticker, undo, o, lse, public = (
+  rotations, buckets, sticker, undo, o, lse, public, exact = (
       np.asarray(a) for a in arrays)
   chunks, lse_difference = _chunk_views(q, sticker, lse, s)
   weights = np.asarray(core.round_weights(jnp.asarray(lse)))  # [R, L]
@@ -276,6 +315,14 @@ def compute(settings):
   error = float(np.max(np.abs(combined[query] - direct)))
   only_self = self_only(per_round, query)
   tolerance = SELF_ONLY_TOLERANCE if only_self else TOLERANCE
+  direct_exact = direct_attention(q, v, query, per_round, once=True)
+  exact_error = float(np.max(np.abs(exact[query] - direct_exact)))
+  everyone = [np.arange(s.length)[:query + 1] if s.causal
+              else np.arange(s.length)]
+  sweep = np.asarray(_sweep(
+      q, v, khash, n_buckets=validation.check_n_buckets(s.n_buckets),
+      chunk_len=s.chunk_len, n_chunks_before=s.n_chunks_before,
+      n_chunks_after=s.n_chunks_after, causal=s.causal))
   return Walkthrough(
       settings=s, q=np.asarray(q), v=np.asarray(v), hash_key=khash,
       rotations=rotations,
@@ -284,7 +331,10 @@ def compute(settings):
       lse_difference=lse_difference, o=o, lse=lse, round_weights=weights,
       combined=combined, public=public, query=query, per_round=per_round,
       direct=direct, error=error, self_only=only_self, tolerance=tolerance,
-      passed=bool(error <= tolerance))
+      exact=exact, direct_exact=direct_exact, exact_error=exact_error,
+      full=direct_attention(q, v, query, everyone),
+      sweep=[(n, float(e), float(x)) for n, (e, x) in zip(SWEEP, sweep)],
+      passed=bool(error <= tolerance and exact_error <= tolerance))
 
 
 def walk(settings, out=None):

@@ -151,9 +151,36 @@ def _render_combine(w, p):
     f'{"PASS" if w.passed else "FAIL"}')
 
 
+def _render_exact(w, p):
+  query = w.query
+  members = np.concatenate(w.per_round)
+  keys, counts = np.unique(members, return_counts=True)
+  p('')
+  p(f'STEP 5b exact multi-round attention (§5a, the paper), query {query}: '
+    'allow_duplicate_attention=False')
+  p('  a key found by N rounds has log N subtracted from its logit in each, '
+    'so the combine counts it once:')
+  p('  key ' + ' '.join(f'{k:>3}' for k in keys))
+  p('  N   ' + ' '.join(f'{n:>3}' for n in counts))
+  for label, value in [
+      (f'lsh_attention(..., exact)[{query}]', _fmt(w.exact[query], 5)),
+      ('direct over the union, once', _fmt(w.direct_exact, 5)),
+      ('full attention (all keys)', _fmt(w.full, 5))]:
+    p(f'  {label:<31}= {value}')
+  passed = w.exact_error <= w.tolerance
+  p(f'  check: max |exact - direct once| = {w.exact_error:.1e} '
+    f'{"<=" if passed else ">"} {w.tolerance:g}: '
+    f'{"PASS" if passed else "FAIL"}')
+  p('  the whole example against full attention, |out - full| / |full|, as '
+    'rounds are added (same hash key):')
+  p('  n_hashes | duplicates counted | exact')
+  for n_hashes, error, exact_error in w.sweep:
+    p(f'  {n_hashes:>8} | {error:18.4f} | {exact_error:.4f}')
+
+
 def render(walkthrough, out=None):
   """Prints a `Walkthrough` step by step (to `out`, default stdout)."""
   p = lambda *a: print(*a, file=out or sys.stdout)
   for part in (_render_inputs, _render_hash, _render_sort, _render_chunks,
-               _render_undo, _render_combine):
+               _render_undo, _render_combine, _render_exact):
     part(walkthrough, p)
