@@ -61,16 +61,8 @@ test-core: install-core
 
 # The complement of test-core: the tests that need Trax, Flax or matplotlib
 # (`make test` runs both tiers instead of running the core tests twice).
-# They compare the integrations with Trax and run them end to end; most of
-# their time is XLA compiling small programs, which LLVM's optimisation
-# passes dominate: without them this tier took 355 s instead of 574 s
-# (same 181 tests passing). Results move at float32 rounding level only;
-# the core tier checks the kernels compiled as users compile them.
-# `make test-extras EXTRAS_XLA_FLAGS=` compiles as users do.
-EXTRAS_XLA_FLAGS ?= --xla_backend_optimization_level=0
 test-extras: install
-	XLA_FLAGS='$(EXTRAS_XLA_FLAGS)' $(PY) -m pytest -q -n $(TEST_WORKERS) \
-	  -m '($(EXTRAS)) and not long' tests \
+	$(PY) -m pytest -q -n $(TEST_WORKERS) -m '($(EXTRAS)) and not long' tests \
 	  || test $$? -eq 5  # 5: nothing selected (no such tests): not a failure
 
 # The long hypothesis campaign against the oracle (fixed seed: derandomized;

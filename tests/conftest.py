@@ -6,6 +6,14 @@ import os
 import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+# Most of the suite's time is XLA compiling small programs, and LLVM's
+# optimisation passes are most of that. The tests compile without them: the
+# same XLA graphs, float32 results moved at rounding level only (every
+# tolerance holds either way). LSH_JAX_TEST_XLA_OPT=1 compiles as users do
+# (`make fuzz` does); docs/testing.md has the times and the last full run.
+if os.environ.get('LSH_JAX_TEST_XLA_OPT') != '1':
+  os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                             ' --xla_backend_optimization_level=0').strip()
 
 import hypothesis  # noqa: E402
 import jax  # noqa: E402

@@ -1,6 +1,4 @@
 """Helpers shared by the test modules."""
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,21 +9,6 @@ def random_qv(seed, length, d_qk, d_v, dtype=jnp.float32):
   kq, kv = jax.random.split(jax.random.PRNGKey(seed))
   return (jax.random.normal(kq, (length, d_qk), dtype),
           jax.random.normal(kv, (length, d_v), dtype))
-
-
-# The property tests compile a new program for every generated setting, and
-# LLVM's optimisation passes are most of that time (about 3x, measured on a
-# small lsh_attention gradient). `jit_for_properties` compiles without them
-# there: the same XLA graph, evaluated in a different summation order, so
-# float32 results move at rounding level (the tolerances hold). `make fuzz`
-# and LSH_JAX_TEST_XLA_OPT=1 compile as users do.
-_PROPERTY_OPTIONS = (None if os.environ.get('LSH_JAX_TEST_XLA_OPT') == '1'
-                     else {'xla_backend_optimization_level': 0})
-
-
-def jit_for_properties(fn):
-  """jax.jit(fn) for property tests: compiled quickly (see above)."""
-  return jax.jit(fn, compiler_options=_PROPERTY_OPTIONS)
 
 
 def hash_margin(q, rotations, factors):

@@ -31,7 +31,6 @@ from lsh_jax.core import hashing
 from lsh_jax import oracle
 from lsh_jax.core import padding
 from helpers import hash_margin
-from helpers import jit_for_properties
 
 # Below this float64 gap between the two best hash scores, float32 rounding
 # may pick another bucket than float64 does; such draws are skipped.
@@ -131,11 +130,10 @@ def run_both(s):
   window = dict(n_hashes=s['n_hashes'], chunk_len=s['chunk_len'],
                 n_chunks_before=s['n_chunks_before'],
                 n_chunks_after=s['n_chunks_after'], causal=s['causal'])
-  got = jit_for_properties(lambda q, v: lsh_jax.lsh_attention(
-      q, v, key, n_buckets=s['n_buckets'],
-      sequential_rounds=s['sequential_rounds'],
-      mask=None if mask is None else jnp.asarray(mask), **window))(
-          jnp.asarray(q, dtype), jnp.asarray(v, dtype))
+  got = lsh_jax.lsh_attention(
+      jnp.asarray(q, dtype), jnp.asarray(v, dtype), key,
+      n_buckets=s['n_buckets'], sequential_rounds=s['sequential_rounds'],
+      mask=None if mask is None else jnp.asarray(mask), **window)
   assert got.shape == (length, s['d_v']) and got.dtype == dtype
   extra = padding.padded_length(length, s['chunk_len']) - length
   expected, _, lse = oracle.lsh_self_attention(
@@ -200,6 +198,10 @@ def test_gradients_match_finite_differences(s):
                                                   s['n_hashes']))
   dq = rng.normal(size=q.shape) * valid[:, None]
   dq /= max(1.0, np.abs(dq).max())
+  # Keys are q / sqrt(|q|^2 + eps), which bends sharply near 0: each row's
+  # step (FD_EPS * |dq_t|) stays under a hundredth of its norm (a row with
+  # |q_t| = 0.008 in d = 1 put the central difference 2.6% off).
+  dq *= np.minimum(1.0, 10 * np.linalg.norm(np.asarray(q), axis=1))[:, None]
   # A step moves any hash score by at most FD_EPS * |dq_t| * |rotation|.
   reach = FD_EPS * np.linalg.norm(dq, axis=1).max() * np.linalg.norm(
       rotations, axis=0).max()
@@ -226,7 +228,7 @@ def test_gradients_match_finite_differences(s):
   weights = jnp.asarray(rng.normal(size=(length, s['d_v'])) * normal[:, None],
                         jnp.float32)
   # One program for the loss and its gradient: one compilation per setting.
-  value_and_grad = jit_for_properties(jax.value_and_grad(
+  value_and_grad = jax.jit(jax.value_and_grad(
       lambda q, v: jnp.sum(weights * attend(q, v)), argnums=(0, 1)))
   loss = lambda q, v: value_and_grad(q, v)[0]
   grads = value_and_grad(q, v)[1]
