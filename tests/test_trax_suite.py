@@ -16,8 +16,8 @@ A test that still builds a Trax class lsh_jax does not have yet is xfail.
 The two small tests at the end check the plugin and the sdist extraction
 without Trax (core tier).
 
-Run: pytest -m long tests/test_trax_suite.py (about 30-60 min on
-two busy cores), or `python -m trax_suite.runner` for the tally alone.
+Run: pytest -m long tests/test_trax_suite.py (about 12 min on two quiet
+cores), or `python -m trax_suite.runner` for the tally alone.
 """
 import io
 import tarfile
