@@ -19,10 +19,10 @@ functions; they are gin-configurable as `lsh_jax.<ClassName>`.
 from lsh_jax.trax.encdec import EncDecAttention
 from lsh_jax.trax.layers import LSHSelfAttention
 from lsh_jax.trax.layers import SelfAttention
+from lsh_jax.trax.models import WithLSHJaxLayers
 from lsh_jax.trax.pure import MixedLSHSelfAttention
 from lsh_jax.trax.pure import PureLSHSelfAttention
 from lsh_jax.trax.pure import PureLSHSelfAttentionWrapper
-from lsh_jax.trax.models import WithLSHJaxLayers  # pylint: disable=g-bad-import-order
 
 # The layers, each named as its Trax 1.4.1 counterpart.
 LAYERS = ('EncDecAttention', 'LSHSelfAttention', 'MixedLSHSelfAttention',

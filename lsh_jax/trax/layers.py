@@ -373,7 +373,7 @@ def as_tuples(tree):
 
 
 def check_predict(*, causal, masked, chunk_len, n_chunks_before,
-                   n_chunks_after, predict_mem_len, predict_drop_len):
+                  n_chunks_after, predict_mem_len, predict_drop_len):
   """Checks mode='predict' arguments; returns (mem_len, drop_len).
 
   None or 0 lengths default as in Trax: memory chunk_len * (1 +
