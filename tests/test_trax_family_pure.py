@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from trax_testing import assert_trees_equal
+from trax_testing import decode
 from trax_testing import trax_decoding  # noqa: F401  (fixture)
 from trax_testing import trax_env  # noqa: F401  (fixture)
 
@@ -233,20 +234,14 @@ def test_pure_predict_matches_trax_step_by_step(trax_env, trax_decoding,
     layers.append(layer)
   theirs, ours = layers
   assert_trees_equal(ours.state, theirs.state)
-  steps = [(0, prefix_len)] + [(t, t + 1) for t in range(prefix_len, LENGTH)]
-  runs = []
-  for layer in layers:
-    step, state, outs = jax.jit(layer.pure_fn), layer.state, []
-    for start, stop in steps:
-      out, state = step((qk[:, start:stop], v[:, start:stop]), (), state,
-                        jax.random.PRNGKey(7))
-      outs.append((out, state))
-    runs.append(outs)
-  for (expected, expected_state), (got, state) in zip(*runs):
+  (expected_outs, expected_states), (outs, states) = (
+      decode(layer, (qk, v), prefix_len) for layer in layers)
+  for expected, expected_state, got, state in zip(
+      expected_outs, expected_states, outs, states):
     assert got.shape == expected.shape
     np.testing.assert_allclose(got, expected, rtol=0, atol=OUT_ATOL)
     assert_trees_equal(state, expected_state)
-  mem_end, (qk_mem, v_mem), _ = runs[1][-1][1]
+  mem_end, (qk_mem, v_mem), _ = states[-1]
   assert qk_mem.shape == (pairs, kwargs['predict_mem_len'], D_QK)
   np.testing.assert_array_equal(v_mem[:, int(mem_end) - 1], v[:, -1])
 

@@ -29,6 +29,7 @@ import pytest
 
 from lsh_jax.core import hashing
 from lsh_jax import oracle
+from trax_testing import decode
 from trax_testing import trained_run  # noqa: F401  (fixture)
 from trax_testing import trax_decoding  # noqa: F401  (fixture)
 from trax_testing import trax_env  # noqa: F401  (fixture)
@@ -60,20 +61,6 @@ def make_layer(env, module, kwargs, d_model, batch, seed=1):
   layer.init(env.shapes.ShapeDtype((batch, 1, d_model), jnp.float32),
              rng=env.fastmath.random.get_prng(seed))
   return layer
-
-
-def decode(layer, x, prefix_len):
-  """The prefix in one call, then one token per call: outputs and states."""
-  step = jax.jit(layer.pure_fn)
-  state, rng = layer.state, jax.random.PRNGKey(7)
-  outs, states = [], []
-  calls = [(0, prefix_len)] + [(t, t + 1) for t in range(prefix_len,
-                                                          x.shape[1])]
-  for start, stop in calls:
-    out, state = step(x[:, start:stop], layer.weights, state, rng)
-    outs.append(np.asarray(out))
-    states.append(state)
-  return outs, states
 
 
 def oracle_decode(layer, kwargs, x, prefix_len):

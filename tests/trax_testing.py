@@ -138,3 +138,24 @@ def trained_run(trax_env, tmp_path_factory):  # pylint: disable=redefined-outer-
   gin.clear_config()
   yield run_dir, printed.getvalue().splitlines()
   gin.clear_config()
+
+
+def decode(layer, x, prefix_len):
+  """A predict-mode layer on x [B, T, ...] (or a tuple of such arrays, the
+  pure layer's (qk, v)): the prefix in one call, then one token per call.
+
+  Returns:
+    (outputs, one per call, as NumPy; states after each call).
+  """
+  step = jax.jit(layer.pure_fn)
+  state, rng = layer.state, jax.random.PRNGKey(7)
+  length = jax.tree_util.tree_leaves(x)[0].shape[1]
+  outs, states = [], []
+  calls = [(0, prefix_len)] + [(t, t + 1) for t in range(prefix_len, length)]
+  for start, stop in calls:
+    part = jax.tree_util.tree_map(lambda a: a[:, start:stop], x)
+    out, state = step(part, layer.weights, state, rng)
+    outs.append(np.asarray(out))
+    states.append(state)
+  return outs, states
+

@@ -372,6 +372,19 @@ def as_tuples(tree):
   return tree
 
 
+def _predict_lengths(chunk_len, n_chunks_before, predict_mem_len,
+                     predict_drop_len):
+  """(mem_len, drop_len), checked; None or 0 default as in Trax."""
+  mem_len = validation.check_positive_int(
+      'predict_mem_len', predict_mem_len or chunk_len * (1 + n_chunks_before))
+  drop_len = validation.check_positive_int('predict_drop_len',
+                                           predict_drop_len or chunk_len)
+  if drop_len > mem_len:
+    raise ValueError(f'predict_drop_len must be <= predict_mem_len='
+                     f'{mem_len}, got {drop_len}')
+  return mem_len, drop_len
+
+
 def check_predict(*, causal, masked, chunk_len, n_chunks_before,
                   n_chunks_after, predict_mem_len, predict_drop_len):
   """Checks mode='predict' arguments; returns (mem_len, drop_len).
@@ -389,14 +402,8 @@ def check_predict(*, causal, masked, chunk_len, n_chunks_before,
   if n_chunks_after:
     raise ValueError(f"mode='predict' needs n_chunks_after=0 (later chunks "
                      f'are not decoded yet), got {n_chunks_after}')
-  mem_len = validation.check_positive_int(
-      'predict_mem_len', predict_mem_len or chunk_len * (1 + n_chunks_before))
-  drop_len = validation.check_positive_int('predict_drop_len',
-                                           predict_drop_len or chunk_len)
-  if drop_len > mem_len:
-    raise ValueError(f'predict_drop_len must be <= predict_mem_len='
-                     f'{mem_len}, got {drop_len}')
-  return mem_len, drop_len
+  return _predict_lengths(chunk_len, n_chunks_before, predict_mem_len,
+                          predict_drop_len)
 
 
 def _check_dense_predict(*, causal, masked, chunk_len, n_chunks_before,
@@ -416,14 +423,8 @@ def _check_dense_predict(*, causal, masked, chunk_len, n_chunks_before,
     raise ValueError("mode='predict' without chunk_len needs predict_mem_len "
                      f'and predict_drop_len, got {predict_mem_len} and '
                      f'{predict_drop_len}')
-  mem_len = validation.check_positive_int(
-      'predict_mem_len', predict_mem_len or chunk_len * (1 + n_chunks_before))
-  drop_len = validation.check_positive_int('predict_drop_len',
-                                           predict_drop_len or chunk_len)
-  if drop_len > mem_len:
-    raise ValueError(f'predict_drop_len must be <= predict_mem_len='
-                     f'{mem_len}, got {drop_len}')
-  return mem_len, drop_len
+  return _predict_lengths(chunk_len, n_chunks_before, predict_mem_len,
+                          predict_drop_len)
 
 
 def _one_pair(spec, x, mask, weights, state, rng, update_state):
