@@ -27,6 +27,7 @@ import lsh_jax
 from lsh_jax.core import hashing
 from lsh_jax.trax import dense as trax_dense
 from lsh_jax.trax import heads as trax_heads
+from lsh_jax.trax import projected as trax_projected
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,10 +231,20 @@ def run(x, mask, weights, state, rng, output_grad=None, *, spec,
     multiplier = keep.astype(out_dtype(x)) / keep_prob  # [Dm], every position
     if output_grad is not None:
       output_grad = output_grad * multiplier
-  out, new_state, x_grad, w_grad = trax_heads.forward_and_or_backward(
-      head_fn, x, mask, weights, state, n_heads=spec.n_heads,
-      n_parallel_heads=spec.n_parallel_heads, output_grad=output_grad,
-      update_state=update_state)
+  if spec.kind == 'lsh':
+    # Projections as whole-batch einsums, attention pair by pair
+    # (`trax_projected`): the same values as `lsh_head` in the loop.
+    out, new_state, x_grad, w_grad = trax_projected.run(
+        functools.partial(pure_head, spec=spec, attend_rng=attend_rng,
+                          update_state=update_state),
+        x, mask, weights, state, n_heads=spec.n_heads,
+        n_parallel_heads=spec.n_parallel_heads, bias=spec.bias,
+        output_grad=output_grad, update_state=update_state)
+  else:
+    out, new_state, x_grad, w_grad = trax_heads.forward_and_or_backward(
+        head_fn, x, mask, weights, state, n_heads=spec.n_heads,
+        n_parallel_heads=spec.n_parallel_heads, output_grad=output_grad,
+        update_state=update_state)
   if multiplier is not None:
     out = out * multiplier
   return out, new_state, x_grad, w_grad
