@@ -8,6 +8,7 @@ import collections
 LABELS = {
     'layer_lsh_jax': 'lsh_jax.trax.LSHSelfAttention',
     'layer_trax': 'Trax 1.4.1 LSHSelfAttention',
+    'layer_flax': 'lsh_jax.flax.LSHSelfAttention (NNX)',
     'lm_lsh_jax': 'ReformerLM + lsh_jax.trax',
     'lm_trax': 'ReformerLM + Trax LSHSelfAttention',
     'multihead_lsh_self_attention': 'lsh_jax.lsh_self_attention',
@@ -33,6 +34,8 @@ def _reference(kind, impl, mode, by_name):
   """The function a row is compared with (the ratio column), or None."""
   if kind == 'layer' and impl.startswith('layer_lsh_jax'):
     return by_name.get((impl.replace('lsh_jax', 'trax'), mode))
+  if kind == 'layer' and impl == 'layer_flax':
+    return by_name.get(('layer_trax[nph=1]', mode))
   if kind == 'lm' and impl == 'lm_lsh_jax':
     return by_name.get(('lm_trax', mode))
   if kind == 'lm' and impl.startswith('layer_lsh_jax'):

@@ -79,7 +79,37 @@ def layer_group(length, batch, parallel_heads=PARALLEL_HEADS):
       group[f'layer_{impl}[nph={nph}]/bwd'] = (grads, (x, layer.weights))
       if nph == 1:
         group[f'layer_{impl}[nph={nph}]/fwd'] = (forward, (x, layer.weights))
+  group.update(_flax_layer(length, x, ct))
   return group
+
+
+def _flax_layer(length, x, ct):
+  """`lsh_jax.flax.LSHSelfAttention` at the layer's sizes (no biases, as
+  the Trax layers), forward and forward+backward in x and its parameters;
+  {} when Flax is not installed."""
+  try:
+    from flax import nnx
+    from lsh_jax.flax import LSHSelfAttention
+  except ImportError:
+    return {}
+  kw = _attention_kwargs(length)
+  module = LSHSelfAttention(
+      N_HEADS, D_MODEL, qk_features=N_HEADS * DEPTH,
+      v_features=N_HEADS * DEPTH, causal=True, use_bias=False,
+      n_hashes=N_HASHES, n_buckets=kw['n_buckets'], chunk_len=CHUNK_LEN,
+      n_chunks_before=1, n_chunks_after=0, rngs=nnx.Rngs(0))
+  graphdef, params, rest = nnx.split(module, nnx.Param, ...)
+
+  def forward(x, params):
+    # deterministic: the module's fixed hash key (training draws a fresh
+    # one per call from its rng stream: the same work).
+    return nnx.merge(graphdef, params, rest)(x, deterministic=True)
+
+  def grads(x, params):
+    loss = lambda x, p: jnp.vdot(forward(x, p), ct)
+    return jax.grad(loss, argnums=(0, 1))(x, params)
+  return {'layer_flax/bwd': (grads, (x, params)),
+          'layer_flax/fwd': (forward, (x, params))}
 
 
 def lm_group(length, n_layers):

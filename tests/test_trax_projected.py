@@ -6,7 +6,7 @@ the loop, as Trax's layer does; that form is itself checked against Trax in
 test_trax_layer.py through the layer before this change, and the layer now
 runs the projected form against Trax there). Both use the same attention
 function, so they differ only in the order of the projection sums: float32
-rounding, ~1e-6 seen. No Trax import: lsh_jax.trax's kernels are pure JAX.
+rounding, ~1e-6 seen.
 """
 import functools
 
