@@ -35,6 +35,14 @@ _STATIC = ('chunk_len', 'n_chunks_before', 'n_chunks_after', 'causal',
 # logits) run the forward 1.5x and the backward 1.25x faster than 16, and
 # 8 chunks are as slow as 16; 1 to 4 are about equal.
 _BLOCK_LOGITS = 2**15
+# Except when all of a step's logits (every round attended at once, or one
+# round in turn) fit this many: then no chunk loop at all. A loop step
+# copies its block's inputs and outputs; at 1K-4K that costs more than the
+# cache misses of one [N, C, W*C] pass (jax 0.10.2, one-process A/B at
+# chunk 64, 4 rounds in turn, forward+backward: 1K 1.21-1.24x, 4K
+# 1.15-1.26x faster, forward within noise). At 16K blocks of 2**19 logits
+# are as fast as 2**15 in the backward and 0.88x in the forward.
+_WHOLE_ROUND_LOGITS = 2**19
 # Automatic rounds (`sequential_rounds=None`): from this many token-rounds
 # R * L on, rounds run one after another into a running combine. One-process
 # A/B at chunk 64 (vmapped -> in turn, median ms): forward+backward 256 x 4
@@ -59,7 +67,10 @@ def dropout_multiplier(rng, rate, chunk_len, window_len, dtype):
 
 
 def chunks_per_block(n_rounds, n_chunks, logits_per_chunk):
-  """The largest divisor of n_chunks whose logits fit `_BLOCK_LOGITS`."""
+  """All n_chunks when their logits fit `_WHOLE_ROUND_LOGITS`, else the
+  largest divisor of n_chunks whose logits fit `_BLOCK_LOGITS`."""
+  if n_rounds * n_chunks * logits_per_chunk <= _WHOLE_ROUND_LOGITS:
+    return n_chunks
   target = max(1, _BLOCK_LOGITS // (n_rounds * logits_per_chunk))
   return max(b for b in range(1, min(target, n_chunks) + 1)
              if n_chunks % b == 0)
