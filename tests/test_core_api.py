@@ -305,6 +305,20 @@ def test_chunk_blocks_do_not_change_results(before, after, causal):
     one_round(0, chunks_per_block=5)
 
 
+def test_chunks_per_block_whole_round_up_to_2_19_logits():
+  """The rule in attention.py's comments, at chunk 64 with one chunk back
+  (8,192 logits a chunk): a whole round's logits up to 2**19 in one step
+  (1K and 4K in turn, 1K x 4 at once), else blocks of <= 2**15 logits."""
+  from lsh_jax.core import attention
+  per_chunk = 64 * 128
+  assert attention.chunks_per_block(1, 16, per_chunk) == 16  # 1K, in turn
+  assert attention.chunks_per_block(1, 64, per_chunk) == 64  # 4K
+  assert attention.chunks_per_block(4, 16, per_chunk) == 16  # 1K x 4 at once
+  assert attention.chunks_per_block(1, 128, per_chunk) == 4  # 8K: 2**15
+  assert attention.chunks_per_block(1, 1024, per_chunk) == 4  # 64K
+  assert attention.chunks_per_block(1, 129, per_chunk) == 3  # a divisor
+
+
 @pytest.mark.parametrize('causal,padded', [(False, False), (True, True)])
 def test_sequential_rounds_give_the_same_results(causal, padded):
   """lax.map over rounds (memory-bounded) equals vmap, values and grads."""
