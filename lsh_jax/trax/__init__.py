@@ -13,6 +13,7 @@ functions; they are gin-configurable as `lsh_jax.<ClassName>`.
   kernels.py        the jit-compiled per-(example, head) computations
   dense.py          Trax's dense/chunked `attend` in pure JAX
   heads.py          batching over (example, head) pairs, `n_parallel_heads`
+  projected.py      the LSH layer's projections batch-wide, around that loop
   predict.py        incremental decoding (`mode='predict'`), LSH layer
   predict_dense.py  incremental decoding, dense SelfAttention
 """

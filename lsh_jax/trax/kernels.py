@@ -14,7 +14,9 @@ Lb = max_length_for_buckets (or L). The dense layer has no state.
 
 `lsh_head` and `dense_head` compute one head of one example with lsh_jax's
 functions; `run` vmaps them over heads and batch (`trax_heads`) under one
-`jax.jit`.
+`jax.jit`. For the LSH layer it runs the same computation with the
+projections taken out of the loop over pairs (`trax_projected`; `lsh_head`
+is its per-pair reference in the tests).
 """
 import dataclasses
 import functools

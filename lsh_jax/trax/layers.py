@@ -14,7 +14,9 @@ Arguments Trax has and lsh_jax treats differently:
   n_parallel_heads: how many (example, head) pairs are computed at once, as
     in Trax: None (or >= batch * n_heads) vmaps all of them in one step; k
     runs blocks of k pairs, each vmapped, one after another in a
-    `lax.fori_loop` -- the memory of k heads. Trax's LSH default is 1.
+    `lax.fori_loop` -- the attention memory of k heads. Trax's LSH default
+    is 1. LSHSelfAttention's q/v/output projections are computed for all
+    pairs around the loop (`lsh_jax.trax.projected`).
   use_python_loop: accepted and ignored; blocks always run in one
     `lax.fori_loop` (Trax unrolls them in Python when True, a debug aid).
   use_reference_code: Trax switches to its readable per-head Python loop
