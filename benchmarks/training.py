@@ -6,7 +6,8 @@
 
 A group is a list of functions of arrays that answer the same question
 (lsh_jax against Trax, or against the nested-vmap form and dense
-attention). `time_group` compiles them all, then calls them in turn, round
+attention; a string instead of a function is a row not run, with its
+reason). `time_group` compiles them all, then calls them in turn, round
 after round, so that every ratio in a group compares calls made seconds
 apart on the same (shared, noisy) machine; each function's median and its
 spread are kept, and the median CPU time of a call too (less sensitive to
@@ -183,8 +184,16 @@ def multihead_group(length, batch):
   def dense(q, v):
     k = lsh_jax.core.normalize_keys(q)
     return jax.nn.dot_product_attention(q, k, v, scale=1.0, is_causal=True)
-  forwards['multihead_dense_nn'] = dense
   group = {}
+  scores = batch * N_HEADS * length**2
+  if scores > DENSE_MAX_SCORES:
+    # XLA:CPU's dot_product_attention materialises the [B, N, L, L] scores
+    # (its backward several such arrays): past the memory cap here.
+    reason = (f'dense scores B*N*L^2 = {scores:,} floats > '
+              f'{DENSE_MAX_SCORES:,}: past the memory cap on CPU')
+    group.update({f'multihead_dense_nn/{m}': reason for m in ('fwd', 'bwd')})
+  else:
+    forwards['multihead_dense_nn'] = dense
   for name, forward in forwards.items():
     group[f'{name}/fwd'] = (forward, (q, v))
     grads = lambda q, v, f=forward: jax.grad(
@@ -193,6 +202,10 @@ def multihead_group(length, batch):
   return group
 
 
+# Dense multi-head attention rows only up to this many scores (1 GB of
+# float32; its backward keeps several such arrays: B 8 x 8 heads at 4K, 2**30
+# scores, went past the 22 GB cap, and 8 heads at 16K asked for 26 GB).
+DENSE_MAX_SCORES = 2**28
 GROUPS = {'layer': layer_group, 'lm': lm_group, 'multihead': multihead_group}
 
 
@@ -216,6 +229,9 @@ def time_group(spec, *, repeats, budget_s):
   kind, length, size, options = parse_group(spec)
   group = GROUPS[kind](length, size, **options)
   compiled, records = {}, {}
+  skipped = {name: reason for name, reason in group.items()
+             if isinstance(reason, str)}  # not run, with the reason
+  group = {name: v for name, v in group.items() if name not in skipped}
   for name, (fn, args) in group.items():
     jax.block_until_ready(args)
     t0 = time.perf_counter()
@@ -245,4 +261,8 @@ def time_group(spec, *, repeats, budget_s):
              min_ms=min(r['times_ms']), max_ms=max(r['times_ms']),
              cpu_median_ms=statistics.median(r['cpu_ms']),
              versions=timing.package_versions(('jax', 'jaxlib', 'trax')))
+  for name, reason in skipped.items():
+    impl, mode = name.split('/')
+    records[name] = dict(group=spec, impl=impl, mode=mode, length=length,
+                         hashes=N_HASHES, size=size, skip=reason)
   return list(records.values())
