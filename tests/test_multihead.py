@@ -71,6 +71,21 @@ def test_equals_lsh_attention_per_head(settings):
   np.testing.assert_allclose(got, expected, rtol=0, atol=2e-6)
 
 
+@pytest.mark.parametrize('n_parallel_heads', [1, 4, 5, B * N])
+def test_pairs_at_once_do_not_change_results(n_parallel_heads):
+  """Pairs one at a time (the CPU default), in steps of 4 or 5 (a remainder
+  step), or all vmapped: each equals the per-head loop (expected values:
+  `lsh_attention` per pair, as above), masked and with dropout."""
+  q, v = _inputs()
+  settings = dict(SETTINGS, causal=True, attention_dropout=0.2)
+  drop = jax.random.PRNGKey(9)
+  got = lsh_jax.lsh_self_attention(q, v, KEY, mask=_mask(), dropout_key=drop,
+                                   n_parallel_heads=n_parallel_heads,
+                                   **settings)
+  expected = _per_head(q, v, KEY, _mask(), dropout_key=drop, **settings)
+  np.testing.assert_allclose(got, expected, rtol=0, atol=2e-6)
+
+
 def test_heads_and_examples_hash_independently():
   """Identical heads in identical examples still get different keys."""
   q, v = _inputs(batch=1)
@@ -244,6 +259,7 @@ def test_bad_shapes_raise_clear_errors(q_shape, v_shape, mask_shape, match):
     (dict(attention_dropout=0.1, dropout_key=0.5), r'dropout_key must be a '
      r'PRNG key'),
     (dict(key=jax.random.split(KEY, 2)), r'key must be a PRNG key'),
+    (dict(n_parallel_heads=0), r'n_parallel_heads must be >= 1, got 0'),
     (dict(key=jax.random.split(jax.random.key(0), B)), r'key must be a single '
      r'PRNG key, got a key array of shape \(2,\)'),
 ])

@@ -208,6 +208,8 @@ class LSHSelfAttention(SelfAttention):
     allow_duplicate_attention, attend_across_buckets: as in
       `lsh_jax.lsh_attention` (False: the Reformer paper's exact
       multi-round attention, per-bucket candidates; docs/paper.md).
+    n_parallel_heads: (example, head) pairs computed at once, as in
+      `lsh_jax.lsh_self_attention` (None: 1 on CPU, all on accelerators).
   """
 
   def __init__(self, num_heads: int, in_features: int, *,
@@ -216,8 +218,12 @@ class LSHSelfAttention(SelfAttention):
                chunk_len: int = 64, n_chunks_before: int = 1,
                n_chunks_after: int = 0, rngs: nnx.Rngs,
                allow_duplicate_attention: bool = True,
-               attend_across_buckets: bool = True, **kwargs):
+               attend_across_buckets: bool = True,
+               n_parallel_heads: Optional[int] = None, **kwargs):
     super().__init__(num_heads, in_features, rngs=rngs, **kwargs)
+    self.n_parallel_heads = (None if n_parallel_heads is None else
+                             validation.check_positive_int(
+                                 'n_parallel_heads', n_parallel_heads))
     self.allow_duplicate_attention = duplicates.check_flag(
         'allow_duplicate_attention', allow_duplicate_attention)
     self.attend_across_buckets = duplicates.check_flag(
@@ -246,4 +252,5 @@ class LSHSelfAttention(SelfAttention):
         attention_dropout=self.attention_dropout if dropout_key is not None
         else 0.0, dropout_key=dropout_key,
         allow_duplicate_attention=self.allow_duplicate_attention,
-        attend_across_buckets=self.attend_across_buckets)
+        attend_across_buckets=self.attend_across_buckets,
+        n_parallel_heads=self.n_parallel_heads)
