@@ -196,7 +196,11 @@ def encdec_head(x, mask, weights, state, *, spec, attend_rng, update_state):
   return o @ w_o, state
 
 
-_HEADS = {'lsh': lsh_head, 'dense': dense_head, 'pure': pure_head,
+# The loop's per-pair function of each kind. The LSH layer's loop runs the
+# attention alone, its projections are whole-batch einsums around it
+# (`trax_projected`); `lsh_head` is that layer's per-pair form, the
+# reference in tests/test_trax_projected.py.
+_HEADS = {'lsh': pure_head, 'dense': dense_head, 'pure': pure_head,
           'encdec': encdec_head}
 
 
@@ -234,12 +238,9 @@ def run(x, mask, weights, state, rng, output_grad=None, *, spec,
     if output_grad is not None:
       output_grad = output_grad * multiplier
   if spec.kind == 'lsh':
-    # Projections as whole-batch einsums, attention pair by pair
-    # (`trax_projected`): the same values as `lsh_head` in the loop.
+    # The same values as `lsh_head` in the loop (tests/test_trax_projected).
     out, new_state, x_grad, w_grad = trax_projected.run(
-        functools.partial(pure_head, spec=spec, attend_rng=attend_rng,
-                          update_state=update_state),
-        x, mask, weights, state, n_heads=spec.n_heads,
+        head_fn, x, mask, weights, state, n_heads=spec.n_heads,
         n_parallel_heads=spec.n_parallel_heads, bias=spec.bias,
         output_grad=output_grad, update_state=update_state)
   else:
