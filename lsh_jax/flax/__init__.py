@@ -6,6 +6,8 @@
   LSHSelfAttention    Reformer's LSH self-attention, an `nnx.Module`
   SelfAttention       its dense twin: the same parameters, exact attention
   LocalSelfAttention  separate keys, chunked or dense (Trax's SelfAttention)
+  from_trax           a Trax ReformerLM (live or a checkpoint file) as a
+                      ReformerLM with its weights
 
 Importing this package imports Flax; `import lsh_jax` does not. The
 function underneath the attention is `lsh_jax.lsh_self_attention`.
@@ -14,7 +16,8 @@ docs/flax.md is the reference.
 from lsh_jax.flax.attention import LSHSelfAttention
 from lsh_jax.flax.attention import SelfAttention
 from lsh_jax.flax.local import LocalSelfAttention
+from lsh_jax.flax.from_trax import from_trax
 from lsh_jax.flax.reformer import ReformerLM
 
 __all__ = ['LSHSelfAttention', 'LocalSelfAttention', 'ReformerLM',
-           'SelfAttention']
+           'SelfAttention', 'from_trax']
