@@ -165,8 +165,21 @@ def load_weights(model: ReformerLM, flat_weights) -> None:
     param.value = jnp.asarray(value, param.dtype)
 
 
-def from_trax(model_or_path: Any, *, rngs: Optional[nnx.Rngs] = None,
-              **config) -> ReformerLM:
+def _set_hash_keys(model, hash_keys, n_heads):
+  """Each LSH layer's evaluation hash_key := its Trax layer's keys."""
+  for index, (block, keys) in enumerate(zip(model.blocks, hash_keys)):
+    if keys is None:
+      continue
+    if not isinstance(block.attention, LSHSelfAttention):
+      raise ValueError(f'layer {index} is LSH in the Trax model, not in the '
+                       f'Flax configuration given')
+    keys = keys.reshape(-1, n_heads, 2)  # pair b * N + n -> [B, N]
+    block.attention.hash_key.value = jax.random.wrap_key_data(
+        jnp.asarray(keys, jnp.uint32))
+
+
+def from_trax(model_or_path: Any, *, trax_hash_keys: bool = False,
+              rngs: Optional[nnx.Rngs] = None, **config) -> ReformerLM:
   """The Flax `ReformerLM` equal to a Trax `ReformerLM`, with its weights.
 
   Args:
@@ -178,6 +191,12 @@ def from_trax(model_or_path: Any, *, rngs: Optional[nnx.Rngs] = None,
       the `.weights.npy.gz` beside it, plain NumPy) is read, with an
       allow-list of the classes Trax writes; anything else in it is refused
       by name. Load checkpoints you trust.
+    trax_hash_keys: a live model only. True: each LSH layer's evaluation
+      `hash_key` becomes the keys the Trax layer's next call hashes with,
+      one per (example, head) from the Trax layer's state, so the Flax
+      model in evaluation hashes exactly as Trax does, for batches of the
+      size the Trax model was initialised with. False (default): one key
+      per layer drawn from `rngs`, any batch size.
     rngs: `nnx.Rngs` for what the weights do not give (the LSH layers'
       evaluation hash keys, the model's hash and dropout streams); default
       `nnx.Rngs(0)`.
@@ -198,7 +217,11 @@ def from_trax(model_or_path: Any, *, rngs: Optional[nnx.Rngs] = None,
       ff_sparsity, loss_sparsity, pos_start_from_zero_prob, an attention
       or positional type), or a configuration the weights do not fit.
   """
+  hash_keys = None
   if isinstance(model_or_path, (str, os.PathLike)):
+    if trax_hash_keys:
+      raise ValueError('trax_hash_keys=True needs a live Trax model (its '
+                       'layers\' state), got a checkpoint path')
     for name in ('vocab_size', 'attention_type'):
       if name not in config:
         raise ValueError(
@@ -215,8 +238,10 @@ def from_trax(model_or_path: Any, *, rngs: Optional[nnx.Rngs] = None,
           f'model_or_path must be a Trax ReformerLM (a trax.layers.Layer) or '
           f'the path of a Trax checkpoint file (model.pkl.gz), got '
           f'{type(model_or_path).__name__}')
-    read, flat_weights, _ = _config_of(model_or_path)
+    read, flat_weights, hash_keys = _config_of(model_or_path)
     config = dict(read, **config)
   model = ReformerLM(**config, rngs=nnx.Rngs(0) if rngs is None else rngs)
   load_weights(model, flat_weights)
+  if trax_hash_keys:
+    _set_hash_keys(model, hash_keys, config['n_heads'])
   return model

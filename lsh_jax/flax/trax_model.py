@@ -204,9 +204,9 @@ def read(model) -> Dict[str, Any]:
     n_layers, n_heads, d_attention_key, d_attention_value, dropout,
     pos_type and its arguments, ff_activation (a name), ff_chunk_size),
     `attention` (one dict of settings per layer), `flat_weights` (NumPy
-    arrays in Trax's flattening order) and `hash_keys` (per LSH layer, its
-    state's keys uint32[P, 2], P = batch * heads pairs; None for other
-    layers).
+    arrays in Trax's flattening order) and `hash_keys` (per LSH layer, the
+    keys uint32[P, 2] its next call hashes with, P = batch * heads pairs of
+    the batch it was initialised for; None for other layers).
 
   Raises:
     ValueError: not a ReformerLM, or an option without a Flax equivalent
@@ -297,10 +297,13 @@ def read(model) -> Dict[str, Any]:
 
 
 def _hash_keys(layer):
-  """The LSH layer's state keys uint32[P, 2] (train/eval: the keys its next
-  forward pass splits; predict: the keys it hashes with)."""
-  state = layer.state
+  """The keys uint32[P, 2] the LSH layer's next call hashes with, P = B * N
+  pairs numbered b * N + n: in train and eval mode the second half of its
+  state's keys split (the first half is stored for the call after), in
+  predict mode the state's keys themselves."""
+  import jax  # pylint: disable=import-outside-toplevel
   if getattr(layer, '_incremental', False):
-    state = state[2]
-  return np.asarray(state[-1]) if state else None
+    return np.asarray(layer.state[2][-1])
+  keys = np.asarray(layer.state[-1])
+  return np.asarray(jax.vmap(lambda k: jax.random.split(k)[1])(keys))
 
