@@ -2,9 +2,20 @@
 import argparse
 import os
 
+from lsh_jax import _extras
+
 
 class CommandError(Exception):
   """A user error a command reports as one line (no traceback)."""
+
+
+def require_extras(*extras: str, alternative: str = '') -> None:
+  """Raises CommandError naming the missing extras and their install
+  command (and `alternative`, a way without them); a command calls this
+  before any work."""
+  text = _extras.message(*extras)
+  if text:
+    raise CommandError(text + (f', or {alternative}' if alternative else ''))
 
 
 def positive_int(text):
