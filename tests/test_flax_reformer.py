@@ -200,3 +200,32 @@ def test_reversible_gradients_equal_plain_autodiff():
 def test_bad_arguments_raise_clear_errors(make, message):
   with pytest.raises(ValueError, match=message):
     make()
+
+
+def _step_temp_bytes(n_layers, reversible):
+  """Compiled temp memory of loss + gradients (compiled, not run)."""
+  model = _model(SelfAttention, n_layers=n_layers, dropout=0.1, max_len=256,
+                 reversible=reversible)
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+  def grads(params, rest, tokens):
+    model = nnx.merge(graphdef, params, rest)
+    return nnx.grad(lambda m: jnp.mean(m(tokens)))(model)
+  tokens = jax.ShapeDtypeStruct((2, 256), jnp.int32)
+  compiled = jax.jit(grads).lower(params, rest, tokens).compile()
+  param_bytes = sum(x.nbytes for x in jax.tree.leaves(params))
+  return compiled.memory_analysis().temp_size_in_bytes, param_bytes
+
+
+def test_reversible_step_memory_does_not_grow_with_depth():
+  rev2, params2 = _step_temp_bytes(2, True)
+  rev4, params4 = _step_temp_bytes(4, True)
+  plain2, _ = _step_temp_bytes(2, False)
+  plain4, _ = _step_temp_bytes(4, False)
+  # Two more layers add their weights' stacked copies and gradients (about
+  # twice their bytes) and no activations to the reversible step; the
+  # plain step keeps two more layers' activations (2 x 256 positions x a
+  # few Dm- and Dff-wide arrays: MBs, far above the weights' KBs).
+  extra_weights = params4 - params2
+  assert rev4 - rev2 <= 2 * extra_weights, (rev2, rev4, extra_weights)
+  assert plain4 - plain2 > 20 * extra_weights, (plain2, plain4)

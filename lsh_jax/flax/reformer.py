@@ -107,6 +107,23 @@ class DecoderBlock(nnx.Module):
     return y1, x2 + self.ff_half(y1, keys)
 
 
+def _fork(rngs, name):
+  """`rngs[name]` (or 'default') forked, or None when it has neither."""
+  try:
+    return rngs[name].fork()
+  except KeyError:
+    return nnx.data(None)
+
+
+def _draw(stream, name):
+  if stream is None:
+    raise ValueError(f'training needs an rng stream {name!r} (or '
+                     "'default'): pass rngs=nnx.Rngs(params=..., lsh=..., "
+                     'dropout=...) to the constructor or the call, or call '
+                     'with deterministic=True')
+  return stream()
+
+
 def _check_tokens(tokens, mask):
   shape = tuple(np.shape(tokens))
   if len(shape) != 2 or not jnp.issubdtype(jnp.result_type(tokens),
@@ -237,8 +254,8 @@ class ReformerLM(nnx.Module):
     self.logits = nnx.Linear(2 * d_model, vocab_size,
                              kernel_init=nnx.initializers.xavier_uniform(),
                              rngs=rngs)
-    self.hash_rngs = rngs[HASH_STREAM].fork()
-    self.dropout_rngs = rngs['dropout'].fork()
+    self.hash_rngs = _fork(rngs, HASH_STREAM)
+    self.dropout_rngs = _fork(rngs, 'dropout')
 
   def __call__(self, tokens: jax.Array, mask: Optional[jax.Array] = None, *,
                deterministic: Optional[bool] = None,
@@ -262,14 +279,18 @@ class ReformerLM(nnx.Module):
     deterministic = bool(self.deterministic if deterministic is None
                          else deterministic)
     batch, length = np.shape(tokens)
-    hash_stream = self.hash_rngs if rngs is None else rngs[HASH_STREAM]
-    dropout_stream = self.dropout_rngs if rngs is None else rngs['dropout']
     if deterministic:
       embed_key = position_key = final_key = layer_keys = None
     else:
+      hash_key = _draw(self.hash_rngs if rngs is None else
+                       _fork(rngs, HASH_STREAM), HASH_STREAM)
+      # With dropout 0 no mask is drawn: the keys below go unused.
+      dropout_key = hash_key if not self.dropout else _draw(
+          self.dropout_rngs if rngs is None else _fork(rngs, 'dropout'),
+          'dropout')
       embed_key, position_key, final_key, layer_key = jax.random.split(
-          dropout_stream(), 4)
-      layer_keys = (jax.random.split(hash_stream(), self.n_layers),
+          dropout_key, 4)
+      layer_keys = (jax.random.split(hash_key, self.n_layers),
                     jax.random.split(layer_key, self.n_layers))
     x = self.embed(shift_right(tokens))
     x = dropout_lib.dropout(x, self.dropout, embed_key, (-2,))
