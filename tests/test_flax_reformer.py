@@ -122,7 +122,7 @@ def test_any_length_and_chunked_feed_forward_equals_unchunked():
   chunked = _model(LOCAL, ff_chunk_size=4, dropout=0.3)
   whole = _model(LOCAL, ff_chunk_size=0, dropout=0.3)
   for deterministic in (True, False):
-    run = nnx.jit(lambda m: m(tokens, rngs=nnx.Rngs(lsh=1, dropout=2),
+    run = nnx.jit(lambda m: m(tokens, rngs=nnx.Rngs(hash=1, dropout=2),
                               deterministic=deterministic))
     got, expected = run(chunked), run(whole)
     assert got.shape == (2, 13, V)
@@ -152,7 +152,7 @@ def test_positional_tables_follow_their_formulas():
 @nnx.jit
 def _grads(model, tokens):
   def loss(model):
-    logits = model(tokens, rngs=nnx.Rngs(lsh=5, dropout=6))
+    logits = model(tokens, rngs=nnx.Rngs(hash=5, dropout=6))
     return jnp.mean(jax.nn.log_softmax(logits)[..., 0])
   return nnx.grad(loss)(model)
 

@@ -98,7 +98,7 @@ class LocalSelfAttention(attention.SelfAttention):
           kv_valid=kv_valid, causal=self.causal, exclude_self=False,
           chunk_len=chunk, n_chunks_before=self.n_chunks_before,
           n_chunks_after=self.n_chunks_after, dropout_rate=rate,
-          dropout_rng=key)
+          dropout_key=key)
 
     heads_fn = jax.vmap(one_head, in_axes=(1, 1, 1, None, 0), out_axes=1)
     out = jax.vmap(heads_fn)(q, k, v, valid, keys)

@@ -42,7 +42,7 @@ Layer norms use Trax's epsilon 1e-6.
 
 Randomness (NNX rng streams, drawn once per call in training and handed to
 every layer, so the reversible backward replays them): 'params' for the
-weights; 'lsh' (falling back to 'default') for the hash keys, one per
+weights; 'hash' (falling back to 'default') for the hash keys, one per
 layer per call; 'dropout' (falling back to 'default') for every dropout
 mask. In evaluation (`model.eval()` or `deterministic=True`) there is no
 dropout and each LSH layer hashes with its fixed `hash_key`.
@@ -62,7 +62,7 @@ from lsh_jax.flax import positional
 from lsh_jax.flax import reversible as reversible_lib
 from lsh_jax.flax.attention import LSHSelfAttention
 
-HASH_STREAM = 'lsh'
+HASH_STREAM = 'hash'
 POS_TYPES = (None, 'sin-cos', 'axial', 'no')
 _NORM_EPSILON = 1e-6  # Trax's LayerNorm
 
@@ -118,7 +118,7 @@ def _fork(rngs, name):
 def _draw(stream, name):
   if stream is None:
     raise ValueError(f'training needs an rng stream {name!r} (or '
-                     "'default'): pass rngs=nnx.Rngs(params=..., lsh=..., "
+                     "'default'): pass rngs=nnx.Rngs(params=..., hash=..., "
                      'dropout=...) to the constructor or the call, or call '
                      'with deterministic=True')
   return stream()
@@ -183,7 +183,7 @@ class ReformerLM(nnx.Module):
     reversible: True: the backward pass recomputes activations
       (`reversible.py`); False: plain autodiff of the same blocks.
     deterministic: default mode (False: training), as the attention modules.
-    rngs: `nnx.Rngs` ('params', 'lsh', 'dropout'; see the module docstring).
+    rngs: `nnx.Rngs` ('params', 'hash', 'dropout'; see the module docstring).
   """
 
   def __init__(self, vocab_size: int, d_model: int = 512, d_ff: int = 2048,
@@ -269,7 +269,7 @@ class ReformerLM(nnx.Module):
         meaningless).
       deterministic: overrides the model's mode for this call.
       rngs: an `nnx.Rngs` to draw this call's hash and dropout keys from
-        (its 'lsh' and 'dropout' streams) instead of the model's own.
+        (its 'hash' and 'dropout' streams) instead of the model's own.
 
     Returns:
       float[B, T, vocab_size]: position t predicts tokens[:, t] from

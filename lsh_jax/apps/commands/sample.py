@@ -59,8 +59,12 @@ def format_sample(tokens, prefix_len, sample):
 def run(args):
   start = time.time()
   if args.framework == 'flax':
+    commands.require_extras('flax')
     result = _flax_sample(args)
     return _report(args, result, start, 'Flax import and compilation')
+  commands.require_extras(
+      'trax', alternative='for a Flax run folder: lsh-jax sample --framework '
+      'flax')
   bindings = list(args.binding)
   if args.n_hashes:
     bindings = [f'lsh_jax.LSHSelfAttention.n_hashes = {args.n_hashes}'
