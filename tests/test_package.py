@@ -54,9 +54,10 @@ def test_oracle_alias_exposes_the_three_reference_modules():
   assert oracle.predict_step is decode.predict_step
 
 
-# What the `trax`, `flax` and `plots` extras bring; the core must not load it.
+# What the `trax`, `flax`, `equinox` and `plots` extras bring; the core must
+# not load it.
 OPTIONAL_MODULES = ('trax', 'tensorflow', 'flax', 'optax', 'gin', 'matplotlib',
-                    'gym')
+                    'gym', 'equinox', 'jaxtyping')
 LIGHT_CHECK = """
 import json, os, sys
 import jax, jax.numpy as jnp
