@@ -5,13 +5,9 @@ checks it against `lsh_jax.lsh_self_attention` of its projections) on the
 same weights, copied into the Equinox module's `eqx.nn.Linear` layout, and
 the same hash key, one sequence at a time (Flax's [T, F] call): within
 1e-6. Sizes differ from each other (B=3, T=20, F=10, N=2, H=4, Hv=3,
-out 7) so a swapped axis cannot pass.
+out 7) so a swapped axis cannot pass. (Without Equinox, importing
+lsh_jax.equinox names the extra: tests/test_extras.py.)
 """
-import os
-import pathlib
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -106,7 +102,8 @@ def test_dropout_needs_a_key_and_inference_turns_it_off():
 
 @pytest.mark.parametrize('call,match', [
     (lambda m: m(jnp.ones((2, T, F))), r'x must have shape \[length, 10\] '
-     r'\(in_features\): one sequence, jax.vmap for batches; got \(2, 20, 10\)'),
+     r'\(in_features\): one sequence, jax.vmap for batches; got '
+     r'\(2, 20, 10\)'),
     (lambda m: m(jnp.ones((T, F + 1))), r'got \(20, 11\)'),
 ])
 def test_bad_inputs_raise_clear_errors(call, match):
@@ -119,16 +116,3 @@ def test_bad_arguments_raise_clear_errors():
   with pytest.raises(ValueError, match=r'qk_features \(9\) must be divisible '
                      r'by num_heads \(2\)'):
     LSHSelfAttention(2, F, qk_features=9, key=jax.random.PRNGKey(0))
-
-
-def test_import_without_equinox_names_the_extra():
-  code = ('import sys; sys.modules["equinox"] = None\n'
-          'try:\n  import lsh_jax.equinox\n'
-          'except ImportError as e:\n  print(e)\n')
-  root = pathlib.Path(__file__).resolve().parent.parent
-  result = subprocess.run([sys.executable, '-c', code], capture_output=True,
-                          text=True, timeout=300, cwd=root,
-                          env=dict(os.environ, PYTHONPATH=str(root)))
-  assert result.returncode == 0, result.stderr[-2000:]
-  assert ("lsh_jax.equinox needs Equinox, which is not installed: "
-          "pip install 'lsh_jax[equinox]'") in result.stdout

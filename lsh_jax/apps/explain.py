@@ -38,6 +38,7 @@ import numpy as np
 import lsh_jax
 from lsh_jax import core
 from lsh_jax import oracle
+from lsh_jax.apps import commands
 from lsh_jax.apps.explain_render import render
 from lsh_jax.core import validation
 from lsh_jax.core import weights as weights_lib
@@ -395,8 +396,10 @@ def settings_from_args(args):
 def run(args):
   """The subcommand: 0 if the step-5 check passes, 1 if not, 2 bad input."""
   try:
+    if args.plot:
+      commands.require_extras('plots')
     result = walk(settings_from_args(args))
-  except ValueError as error:
+  except (ValueError, commands.CommandError) as error:
     print(f'lsh-jax explain: error: {error}', file=sys.stderr)
     return 2
   if args.plot:

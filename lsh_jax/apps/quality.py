@@ -50,6 +50,7 @@ import numpy as np
 
 import lsh_jax
 from lsh_jax import oracle
+from lsh_jax.apps import commands
 from lsh_jax.apps import machine
 from lsh_jax.core import weights as weights_lib
 
@@ -396,11 +397,15 @@ def add_arguments(parser):
 def run(args):
   """The subcommand; returns the exit status."""
   try:
+    if args.plot:
+      commands.require_extras('plots')
+    if args.run_dir:
+      commands.require_extras('trax')
     lsh_jax.core.validation.check_chunking(1, args.n_chunks_before,
                                       args.n_chunks_after)
     if args.n_buckets is not None:
       lsh_jax.core.validation.check_n_buckets(args.n_buckets)
-  except ValueError as error:
+  except (ValueError, commands.CommandError) as error:
     print(f'lsh-jax quality: error: {error}', file=sys.stderr)
     return 2
   chunk_lens = [c for c in args.chunk_lens if args.length % c == 0]

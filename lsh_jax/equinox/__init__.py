@@ -9,13 +9,11 @@ function underneath is `lsh_jax.lsh_self_attention`; the module computes
 what `lsh_jax.flax.LSHSelfAttention` computes on one sequence.
 docs/equinox.md is the reference.
 """
-try:
-  import equinox as _equinox  # noqa: F401  (the extra's check)
-except ImportError as error:
-  raise ImportError(
-      "lsh_jax.equinox needs Equinox, which is not installed: "
-      "pip install 'lsh_jax[equinox]'") from error
+from lsh_jax import _extras
 
-from lsh_jax.equinox.attention import LSHSelfAttention
+# Without the extra: one line naming it and its install command.
+_extras.require('equinox', 'lsh_jax.equinox')
+
+from lsh_jax.equinox.attention import LSHSelfAttention  # noqa: E402
 
 __all__ = ['LSHSelfAttention']
