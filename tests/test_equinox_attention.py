@@ -8,12 +8,14 @@ the same hash key, one sequence at a time (Flax's [T, F] call): within
 out 7) so a swapped axis cannot pass. (Without Equinox, importing
 lsh_jax.equinox names the extra: tests/test_extras.py.)
 """
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-eqx = pytest.importorskip('equinox')
+# The equinox tier (tests/conftest.py) guarantees Equinox; the comparison
+# also needs Flax.
 nnx = pytest.importorskip('flax.nnx')
 
 from lsh_jax.equinox import LSHSelfAttention  # noqa: E402
