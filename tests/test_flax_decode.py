@@ -32,19 +32,6 @@ from lsh_jax.flax import SelfAttention
 B, F, N, H, HV = 2, 6, 2, 4, 3
 SIZES = dict(qk_features=N * H, v_features=N * HV)
 
-# name: (LSH settings, cache length S, drop_len, total length, prefix length)
-ORACLE_CASES = {
-    # A short prefix fills part of the cache; the steps roll it over.
-    'short_prefix_rolls_over': (dict(
-        chunk_len=4, n_chunks_before=1, n_hashes=2, n_buckets=4), 16, 8, 30,
-                                5),
-    # A long prefix (> S, not a multiple of chunk_len), factorised buckets.
-    'long_prefix_factorised': (dict(
-        chunk_len=4, n_chunks_before=2, n_hashes=3, n_buckets=(2, 4)), 20, 6,
-                               30, 26),
-}
-
-
 def _tokens(length, seed=0):
   return jax.random.normal(jax.random.PRNGKey(seed), (B, length, F))
 
@@ -58,9 +45,9 @@ def _decode(module, x, prefix_len):
   return np.concatenate([np.asarray(o) for o in outs], axis=1)
 
 
-@pytest.mark.parametrize('case', list(ORACLE_CASES))
+@pytest.mark.parametrize('case', list(helpers.DECODE_CASES))
 def test_lsh_decoding_equals_the_oracle(case):
-  lsh, mem_len, drop_len, length, prefix_len = ORACLE_CASES[case]
+  lsh, mem_len, drop_len, length, prefix_len = helpers.DECODE_CASES[case]
   module = LSHSelfAttention(N, F, **SIZES, **lsh, causal=True, use_bias=False,
                             decode=True, rngs=nnx.Rngs(params=0, default=3))
   module.init_cache((B, mem_len, F), drop_len=drop_len)

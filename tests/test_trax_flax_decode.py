@@ -19,30 +19,21 @@ import numpy as np
 import pytest
 from flax import nnx
 
+import helpers
 from lsh_jax.core import multihead
 from lsh_jax.flax import LSHSelfAttention
 from lsh_jax.flax import SelfAttention
 from trax_testing import decode
 from trax_testing import trax_env  # noqa: F401  (fixture)
 
-OUT_ATOL = 1e-5
+OUT_ATOL = helpers.DECODE_ATOL
 B, F, N, H, HV = 2, 6, 2, 4, 3
 
 # name: (LSH settings or None for dense, cache length S, drop_len, total
 # length, prefix length)
-CASES = {
-    # A short prefix fills part of the cache; 35 steps roll it over.
-    'lsh_short_prefix_rolls_over': (dict(
-        chunk_len=4, n_chunks_before=1, n_hashes=2, n_buckets=4), 16, 8, 40,
-                                    5),
-    # A long prefix (> S, not a multiple of chunk_len), factorised buckets,
-    # three rounds.
-    'lsh_long_prefix_factorised': (dict(
-        chunk_len=4, n_chunks_before=2, n_hashes=3, n_buckets=(2, 4)), 20, 6,
-                                   34, 26),
-    # Dense, a long prefix (> S), then steps rolling the cache over.
-    'dense_long_prefix': (None, 12, 5, 22, 15),
-}
+CASES = {f'lsh_{name}': case for name, case in helpers.DECODE_CASES.items()}
+# Dense, a long prefix (> S), then steps rolling the cache over.
+CASES['dense_long_prefix'] = (None, 12, 5, 22, 15)
 
 
 def _flax_module(lsh):

@@ -36,35 +36,16 @@ from lsh_jax.core import duplicates
 from lsh_jax.core import validation
 
 
-def _per_head(name, features, num_heads):
-  if features % num_heads:
-    raise ValueError(f'{name} ({features}) must be divisible by num_heads '
-                     f'({num_heads})')
-  return features // num_heads
-
-
 class LSHSelfAttention(eqx.Module):
   """LSH self-attention with shared queries and keys, one sequence.
 
   Args:
-    num_heads: N.
-    in_features: F, the last axis of the input.
-    qk_features: N * H, the shared query/key width (default in_features).
-    v_features: N * Hv, the value width (default qk_features).
-    out_features: the output width (default in_features).
-    n_hashes: hash rounds R.
-    n_buckets: even int, list of even factors, or None (automatic from the
-      length and chunk_len).
-    chunk_len, n_chunks_before, n_chunks_after: the chunk windows.
-    causal: a token does not attend to later tokens.
-    attention_dropout: dropout rate on the attention probabilities.
-    dropout_rate: output dropout rate (one flag per feature, shared over
-      the sequence, as Trax and the Flax module draw it).
-    use_bias: biases in the three projections.
-    allow_duplicate_attention, attend_across_buckets: as in
-      `lsh_jax.lsh_attention` (False: the Reformer paper's exact multi-round
-      attention, per-bucket candidates).
-    n_parallel_heads: heads computed at once (`lsh_jax.lsh_self_attention`).
+    num_heads, in_features, qk_features, v_features, out_features,
+      n_hashes, n_buckets, chunk_len, n_chunks_before, n_chunks_after,
+      causal, attention_dropout, dropout_rate, use_bias,
+      allow_duplicate_attention, attend_across_buckets, n_parallel_heads:
+      as in `lsh_jax.flax.LSHSelfAttention` (N heads of depth
+      H = qk_features / N over F = in_features).
     inference: default for the call's `inference` (True: no dropout).
     dtype: the parameters' dtype (default float32, float64 under x64).
     key: PRNG key for the parameters and the fixed `hash_key`.
@@ -104,16 +85,9 @@ class LSHSelfAttention(eqx.Module):
                attend_across_buckets: bool = True,
                n_parallel_heads: Optional[int] = None,
                inference: bool = False, dtype=None, key: PRNGKeyArray):
-    num_heads = validation.check_positive_int('num_heads', num_heads)
-    in_features = validation.check_positive_int('in_features', in_features)
-    qk_features = validation.check_positive_int(
-        'qk_features', in_features if qk_features is None else qk_features)
-    v_features = validation.check_positive_int(
-        'v_features', qk_features if v_features is None else v_features)
-    out_features = validation.check_positive_int(
-        'out_features', in_features if out_features is None else out_features)
-    _per_head('qk_features', qk_features, num_heads)
-    _per_head('v_features', v_features, num_heads)
+    (num_heads, in_features, qk_features, v_features, out_features, _,
+     _) = validation.check_head_features(
+         num_heads, in_features, qk_features, v_features, out_features)
     validation.check_chunking(chunk_len, n_chunks_before, n_chunks_after)
     self.attention_dropout = validation.check_rate('attention_dropout',
                                                    attention_dropout)

@@ -38,13 +38,6 @@ from lsh_jax.flax import decoding
 default_kernel_init = nnx.initializers.lecun_normal()
 
 
-def _head_depth(name, features, num_heads):
-  if features % num_heads:
-    raise ValueError(f'{name} ({features}) must be divisible by num_heads '
-                     f'({num_heads})')
-  return features // num_heads
-
-
 def _key_from(rngs, stream):
   """One key from an Rngs (its `stream`), an RngStream or a key."""
   if isinstance(rngs, nnx.Rngs):
@@ -93,16 +86,9 @@ class SelfAttention(nnx.Module):
                bias_init: Callable = nnx.initializers.zeros_init(),
                deterministic: Optional[bool] = False, decode: bool = False,
                dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
-    num_heads = validation.check_positive_int('num_heads', num_heads)
-    in_features = validation.check_positive_int('in_features', in_features)
-    qk_features = validation.check_positive_int(
-        'qk_features', in_features if qk_features is None else qk_features)
-    v_features = validation.check_positive_int(
-        'v_features', qk_features if v_features is None else v_features)
-    out_features = validation.check_positive_int(
-        'out_features', in_features if out_features is None else out_features)
-    depth = _head_depth('qk_features', qk_features, num_heads)
-    v_depth = _head_depth('v_features', v_features, num_heads)
+    (num_heads, in_features, qk_features, v_features, out_features, depth,
+     v_depth) = validation.check_head_features(
+         num_heads, in_features, qk_features, v_features, out_features)
     for name, rate in (('attention_dropout', attention_dropout),
                        ('dropout_rate', dropout_rate)):
       if not 0.0 <= float(rate) < 1.0:
