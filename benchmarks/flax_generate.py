@@ -1,4 +1,4 @@
-"""Per-step cost of `lsh_jax.flax` decoding: does a step slow down with position?
+"""Per-step cost of Flax decoding: does a step slow down with position?
 
     python benchmarks/flax_generate.py [--steps 520] [--cache 1024]
 
@@ -8,8 +8,8 @@ gives it a 16-token prefix in one call (`generation.prefill`) and decodes
 `--steps` tokens one `generation.step` at a time, the same compiled program
 every step, each timed with `block_until_ready`. Prints the compile times
 apart, then the step times around steps 10 and 500 (median of 10 steps
-each) and their ratio: a cache of fixed size S makes the step's cost
-independent of how many tokens came before (it depends on S).
+each) and their ratio: a cache of fixed size Lm makes the step's cost
+independent of how many tokens came before (it depends on Lm).
 """
 import argparse
 import os
@@ -33,7 +33,7 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--steps', type=int, default=520)
   parser.add_argument('--cache', type=int, default=1024,
-                      help='positions each layer keeps (S)')
+                      help='positions each layer keeps (Lm)')
   args = parser.parse_args(argv)
   attention = lambda *a, **k: lsh_flax.LSHSelfAttention(
       *a, n_hashes=2, chunk_len=64, **k)
@@ -57,7 +57,7 @@ def main(argv=None):
     token.block_until_ready()
     times.append(time.perf_counter() - start)
   print(f'{platform.machine()}, {jax.devices()[0].platform}, jax '
-        f'{jax.__version__}; cache S={args.cache}, prefix 16, 2 LSH layers')
+        f'{jax.__version__}; cache Lm={args.cache}, prefix 16, 2 LSH layers')
   print(f'prefill (compile + run): {prefill_s:.2f} s; first step (compile '
         f'+ run): {times[0]:.2f} s')
   at = lambda i: float(np.median(times[i:i + 10])) * 1e3

@@ -172,11 +172,11 @@ def multihead_group(length, batch):
   forwards = {}
   if hasattr(lsh_jax, 'lsh_self_attention'):
     forwards['multihead_lsh_self_attention'] = (
-        lambda q, v: lsh_jax.lsh_self_attention(q, v, key, **kw))
+        lambda q, v: lsh_jax.lsh_self_attention(q, v, hash_key=key, **kw))
   keys = jax.random.split(key, batch * N_HEADS).reshape(batch, N_HEADS, -1)
 
   def nested_vmap(q, v):
-    one = lambda q, v, k: lsh_jax.lsh_attention(q, v, k, **kw)
+    one = lambda q, v, k: lsh_jax.lsh_attention(q, v, hash_key=k, **kw)
     heads = jax.vmap(one, in_axes=(1, 1, 0), out_axes=1)
     return jax.vmap(heads)(q, v, keys)
   forwards['multihead_nested_vmap'] = nested_vmap

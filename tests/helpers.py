@@ -74,13 +74,13 @@ DECODE_ATOL = 1e-5
 DECODE_ONLY_SELF_ATOL = 1e-2
 
 # The Flax decoding tests' LSH cases: name -> (module settings, cache
-# length S, drop_len, total length, prefix length).
+# length Lm, drop_len, total length, prefix length).
 DECODE_CASES = {
     # A short prefix fills part of the cache; the steps roll it over.
     'short_prefix_rolls_over': (dict(
         chunk_len=4, n_chunks_before=1, n_hashes=2, n_buckets=4), 16, 8, 30,
                                 5),
-    # A long prefix (> S, not a multiple of chunk_len), factorised buckets,
+    # A long prefix (> Lm, not a multiple of chunk_len), factorised buckets,
     # three rounds; the steps roll the full cache over.
     'long_prefix_factorised': (dict(
         chunk_len=4, n_chunks_before=2, n_hashes=3, n_buckets=(2, 4)), 20, 6,

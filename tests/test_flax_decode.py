@@ -12,9 +12,9 @@ Expected values, per test:
     where decoding and full attention compute the same thing: the dense
     module whenever the cache holds the whole sequence (both are exact
     causal attention); the LSH module when besides one chunk spans the
-    cache (chunk_len >= S, n_chunks_before=0): every round of the full call
+    cache (chunk_len >= Lm, n_chunks_before=0): every round of the full call
     then sees every earlier token, and a decoded token's
-    n_hashes * chunk_len >= S candidates are the whole cache. Otherwise the
+    n_hashes * chunk_len >= Lm candidates are the whole cache. Otherwise the
     two differ by design: a decoded token hashes alone and attends to the
     positions sharing its buckets, not to its sorted chunk's neighbours.
 """
@@ -91,7 +91,7 @@ def test_decoding_equals_the_full_causal_call_where_they_coincide(lsh):
 def test_the_cache_is_nnx_cache_state_and_unbatched_inputs_work():
   module = SelfAttention(N, F, **SIZES, causal=True, rngs=nnx.Rngs(0))
   module.init_cache((7, F))
-  assert module.cache.settings.drop_len == 3  # S // 2 for the dense module
+  assert module.cache.settings.drop_len == 3  # Lm // 2 for the dense module
   shapes = jax.tree.map(jnp.shape, nnx.to_pure_dict(nnx.state(module,
                                                               nnx.Cache)))
   assert shapes == {'cache': {'index': (), 'qk': (1, 7, N, H),

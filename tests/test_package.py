@@ -35,22 +35,10 @@ def test_other_commands_reject_unknown_options(capsys):
   assert 'unrecognized arguments: --no-such-option' in capsys.readouterr().err
 
 
-def test_moved_building_blocks_still_resolve_with_a_warning():
-  from lsh_jax import core  # pylint: disable=import-outside-toplevel
-  with pytest.warns(DeprecationWarning, match='lsh_jax.core.sort_buckets'):
-    moved = lsh_jax.sort_buckets
-  assert moved is core.sort_buckets
-
-
-def test_unknown_attribute_is_an_attribute_error():
-  with pytest.raises(AttributeError, match='no_such_name'):
-    lsh_jax.no_such_name  # pylint: disable=pointless-statement
-
-
 def test_oracle_alias_exposes_the_three_reference_modules():
   from lsh_jax import oracle  # pylint: disable=import-outside-toplevel
   from lsh_jax.reference import decode, lab, spec  # pylint: disable=import-outside-toplevel
-  assert oracle.lsh_self_attention is spec.lsh_self_attention
+  assert oracle.lsh_attention is spec.lsh_attention
   assert oracle.dotandv is lab.dotandv
   assert oracle.predict_step is decode.predict_step
 
@@ -64,8 +52,8 @@ from lsh_jax.apps import commands
 import jax, jax.numpy as jnp
 import lsh_jax, lsh_jax.core, lsh_jax.reference
 q = jax.random.normal(jax.random.PRNGKey(0), (8, 4))
-out = lsh_jax.lsh_attention(q, q, jax.random.PRNGKey(1), n_buckets=2,
-                            n_hashes=2, chunk_len=4)
+out = lsh_jax.lsh_attention(q, q, hash_key=jax.random.PRNGKey(1),
+                            n_buckets=2, n_hashes=2, chunk_len=4)
 root = os.path.dirname(lsh_jax.__file__)
 print(json.dumps(dict(
     loaded=[m for m in {modules} if m in sys.modules],

@@ -29,10 +29,10 @@ from trax_testing import trax_env  # noqa: F401  (fixture)
 OUT_ATOL = helpers.DECODE_ATOL
 B, F, N, H, HV = 2, 6, 2, 4, 3
 
-# name: (LSH settings or None for dense, cache length S, drop_len, total
+# name: (LSH settings or None for dense, cache length Lm, drop_len, total
 # length, prefix length)
 CASES = {f'lsh_{name}': case for name, case in helpers.DECODE_CASES.items()}
-# Dense, a long prefix (> S), then steps rolling the cache over.
+# Dense, a long prefix (> Lm), then steps rolling the cache over.
 CASES['dense_long_prefix'] = (None, 12, 5, 22, 15)
 
 
@@ -100,7 +100,7 @@ def test_every_decoding_step_equals_trax(trax_env, case):
                                err_msg=f'call {start}:{stop}')
     errors.append(float(np.max(np.abs(np.asarray(got) - want))))
     assert int(module.cache.index[...]) == int(state[0])
-    if lsh is not None:  # Trax's flat [P, R * S] vs the cache's [B, N, R, S]
+    if lsh is not None:  # Trax's flat [P, R * Lm] vs the cache's [B, N, R, Lm]
       np.testing.assert_array_equal(
           np.asarray(module.cache.buckets[...]).reshape(B * N, -1),
           state[2][0])

@@ -149,7 +149,7 @@ def train(config: CopyConfig = CopyConfig(), *, steps=1000, seed=0,
     (model, losses: list of the training loss per step).
   """
   out = out or sys.stdout
-  model = CopyLM(config, rngs=nnx.Rngs(params=seed, lsh=seed + 1))
+  model = CopyLM(config, rngs=nnx.Rngs(params=seed, hash=seed + 1))
   schedule = optax.linear_schedule(0.0, config.learning_rate,
                                    config.warmup_steps)
   optimizer = nnx.Optimizer(model, optax.adam(schedule), wrt=nnx.Param)
@@ -195,7 +195,7 @@ def evaluate(model, config: CopyConfig = CopyConfig(),
   results = {}
   for name, n_hashes in settings:
     other = CopyLM(config, n_hashes=n_hashes,
-                   rngs=nnx.Rngs(params=0, lsh=seed))
+                   rngs=nnx.Rngs(params=0, hash=seed))
     nnx.update(other, params)
     results[name] = copy_accuracy(other, batches)
   return results

@@ -109,8 +109,8 @@ def _lsh_and_sticker(q, v, key, mask, *, n_buckets, **kwargs):
   Returns:
     (out float[L, Dv], sticker int32[R, L]).
   """
-  out = lsh_jax.lsh_attention(q, v, key, mask=mask, n_buckets=n_buckets,
-                              **kwargs)
+  out = lsh_jax.lsh_attention(q, v, hash_key=key, mask=mask,
+                              n_buckets=n_buckets, **kwargs)
   rotations = lsh_jax.core.random_rotations(key, q.shape[-1], n_buckets,
                                        kwargs['n_hashes'])
   buckets = lsh_jax.core.hash_with_rotations(q, rotations, n_buckets, mask)
@@ -182,7 +182,8 @@ def measure(samples, *, n_hashes, chunk_len, n_buckets=None,
       masses.append(float(np.mean(np.sum(probs * union, axis=-1)[valid])))
     if index == 0 and repeats:
       time_ms = _median_ms(lambda: lsh_jax.lsh_attention(
-          sample.q, sample.v, key, mask=sample.mask, **kwargs), repeats)
+          sample.q, sample.v, hash_key=key, mask=sample.mask, **kwargs),
+          repeats)
   return dict(rel_error=float(np.mean(errors)),
               exact_error=float(np.mean(exact_errors)),
               covered_mass=float(np.mean(masses)), time_ms=time_ms)

@@ -1,38 +1,39 @@
 """Incremental decoding of causal shared-QK attention: Trax 1.4.1's algorithm.
 
 Pure JAX. The computation behind `lsh_jax.trax`'s `mode='predict'` and the
-Flax modules' `decode=True`: a memory of the last S positions, a prefix in
+Flax modules' `decode=True`: a memory of the last Lm positions, a prefix in
 one call, then one token per call at a cost that does not grow with the
 number of tokens decoded before (docs/decoding.md).
 
-Shapes (the package glossary): B batch, T tokens given in one call,
-S = the memory's length (Trax's `predict_mem_len`; S as the key length of
-jax.nn), D query/key depth, Dv value depth, R hash rounds, C chunk_len.
+Shapes (the package glossary): B batch, T tokens given in one call, Lm
+the memory's length (Trax's `predict_mem_len`), Ks the memory positions a
+decoded LSH token attends to, D query/key depth, Dv value depth, R hash
+rounds, C chunk_len.
 
 Memory rows. The memory holds, for each position, whatever its owner
 stores: the layer's inputs (the Trax LSH layer, which projects them again
 per step) or their projections (the Flax modules, Trax's
-`PureLSHSelfAttention`: a pair (qk [S, D], v [S, Dv])). The per-pair
+`PureLSHSelfAttention`: a pair (qk [Lm, D], v [Lm, Dv])). The per-pair
 functions take the rows as a pytree `x` and a `project` function mapping
 rows to (queries [., D], values [., Dv]); positions not yet written hold
 `fill` rows (zeros when None: Trax's zero inputs; their projections for an
 owner storing projections, so that both see the same attention).
 
 The memory update (`use_memory`, over the whole batch):
-  * T <= drop_len and T < S (one decoded token, a short prefix): when the
+  * T <= drop_len and T < Lm (one decoded token, a short prefix): when the
     memory cannot take T more, its oldest `drop_len` positions are dropped
     (everything moves left, fill rows come in at the end); the tokens are
     written at `mem_end`.
   * otherwise, a long prefix at the start of a sequence: the heads read the
-    T tokens; the memory keeps the last S of them. Not at the start
+    T tokens; the memory keeps the last Lm of them. Not at the start
     (mem_end > 0), the inputs become NaN, Trax's error signal.
 
-Per (example, head) pair, with the memory's bucket ids int32[R, S] (Trax's
+Per (example, head) pair, with the memory's bucket ids int32[R, Lm] (Trax's
 flat ids with round offsets, `bucket + r * ids_per_round`) and a hash key
 fixed for the whole decode:
   `lsh_step`    one token: hash it, pick `n_keys` memory positions sharing
                 a bucket with it (then the most recent others), attend to
-                them: O(S) selection plus O(n_keys) attention.
+                them: O(Lm) selection plus O(Ks) attention.
   `lsh_prefix`  several tokens: chunked LSH attention over the rows read
                 (padded to a multiple of C), outputs of the new tokens.
   `dense_attend` the dense twin: the new tokens attend to every position up
@@ -49,7 +50,7 @@ from lsh_jax.core import masks
 
 
 def n_keys(n_hashes, chunk_len, n_chunks_before):
-  """How many memory positions a decoded LSH token attends to."""
+  """Ks: how many memory positions a decoded LSH token attends to."""
   return n_hashes * chunk_len * (1 + n_chunks_before)
 
 
@@ -62,7 +63,7 @@ def round_offsets(n_buckets, n_hashes):
 def roll_buckets(buckets, buckets_idx, q_start, drop_len):
   """Drops the oldest positions' buckets when the memory was rolled.
 
-  buckets int32[R, S]. Trax's `roll_buckets`: the window of S starting at
+  buckets int32[R, Lm]. Trax's `roll_buckets`: the window of Lm starting at
   `buckets_idx - q_start` (clamped to `drop_len`, as `dynamic_slice` does)
   of the buckets followed by `drop_len` zeros.
   """
@@ -109,7 +110,7 @@ def lsh_prefix(x, buckets, buckets_idx, hash_key, *, project, q_start, q_len,
   Args:
     x: memory rows [L', ...] (module docstring): a long prefix or the whole
       memory (a short call); the new tokens are rows q_start..q_start + q_len.
-    buckets: int32[R, S] the memory's bucket ids; buckets_idx: int32[] where
+    buckets: int32[R, Lm] the memory's bucket ids; buckets_idx: int32[] where
       the next token's go; hash_key: the pair's hash key.
     project: rows -> (q [., D], v [., Dv]).
     q_start: int32[] position of the first new token; q_len: static.
@@ -119,14 +120,15 @@ def lsh_prefix(x, buckets, buckets_idx, hash_key, *, project, q_start, q_len,
     fill: rows for the padding to a multiple of C (None: zeros).
 
   Returns:
-    (o float[q_len, Dv], buckets int32[R, S], buckets_idx int32[]).
+    (o float[q_len, Dv], buckets int32[R, Lm], buckets_idx int32[]).
   """
   mem_len = buckets.shape[1]
   length = jax.tree_util.tree_leaves(x)[0].shape[0]
   x = _pad_rows(x, -(-length // chunk_len) * chunk_len, fill)
   q, v = project(x)
-  new_buckets = hashing.hash_vectors(q, hash_key, n_buckets,
-                                     n_hashes)  # [R, L'']
+  new_buckets = hashing.hash_vectors(q, hash_key=hash_key,
+                                     n_buckets=n_buckets,
+                                     n_hashes=n_hashes)  # [R, L'']
   o = attention.lsh_attention_from_buckets(
       q, v, new_buckets, chunk_len=chunk_len, n_chunks_before=n_chunks_before,
       n_chunks_after=n_chunks_after, causal=True,
@@ -146,20 +148,20 @@ def select_keys(buckets, q_buckets, q_start, n_selected):
   Positions sharing a bucket with the token in some round come first, then
   the others, each group by recency; future positions last. Trax's
   priorities, all distinct: position t <= q_start + 1 scores t, a later one
-  -(S + t); sharing a bucket adds S. (Trax counts q_start + 1 as a past
+  -(Lm + t); sharing a bucket adds Lm. (Trax counts q_start + 1 as a past
   position; the causal mask hides it anyway.)
 
   Args:
-    buckets: int32[R, S] the memory's buckets, the token's included.
+    buckets: int32[R, Lm] the memory's buckets, the token's included.
     q_buckets: int32[R, 1] the token's buckets.
     q_start: int32[] the token's position.
-    n_selected: static, min(n_keys, S).
+    n_selected: static, min(Ks, Lm).
 
   Returns:
     int32[n_selected] positions, lowest priority first (Trax's order).
   """
   mem_len = buckets.shape[1]
-  shares = jnp.any(buckets == q_buckets, axis=0)  # [S]
+  shares = jnp.any(buckets == q_buckets, axis=0)  # [Lm]
   positions = jnp.arange(mem_len, dtype=jnp.int32)
   priority = jnp.where(positions > q_start + 1, -(mem_len + positions),
                        positions) + mem_len * shares.astype(jnp.int32)
@@ -172,19 +174,20 @@ def lsh_step(x, buckets, buckets_idx, hash_key, *, project, q_start,
   """One decoded token, one (example, head) pair (Trax's q_len == 1 path).
 
   Args:
-    x: the memory rows [S, ...], the token at `q_start`.
+    x: the memory rows [Lm, ...], the token at `q_start`.
     buckets, buckets_idx, hash_key, project, n_buckets, n_hashes, chunk_len,
       n_chunks_before, drop_len: as in `lsh_prefix`.
     q_start: int32[] the token's position in the memory.
 
   Returns:
-    (o float[1, Dv], buckets int32[R, S], buckets_idx int32[]).
+    (o float[1, Dv], buckets int32[R, Lm], buckets_idx int32[]).
   """
   mem_len = buckets.shape[1]
   buckets = roll_buckets(buckets, buckets_idx, q_start, drop_len)
   q, _ = project(_rows(x, q_start, 1))  # [1, D]
-  q_buckets = hashing.hash_vectors(q, hash_key, n_buckets, n_hashes) + (
-      round_offsets(n_buckets, n_hashes))  # [R, 1]
+  q_buckets = hashing.hash_vectors(
+      q, hash_key=hash_key, n_buckets=n_buckets, n_hashes=n_hashes) + (
+          round_offsets(n_buckets, n_hashes))  # [R, 1]
   buckets = lax.dynamic_update_slice_in_dim(buckets, q_buckets, q_start,
                                             axis=1)
   kv_pos = select_keys(buckets, q_buckets, q_start, min(
@@ -225,7 +228,7 @@ def dense_attend(x, *, project, q_start, q_len):
 def _append(mem, mem_end, x, drop_len, fill):
   """The short-call memory update: roll if full, write x at mem_end.
 
-  mem and x are pytrees of arrays [B, S, ...] and [B, T, ...].
+  mem and x are pytrees of arrays [B, Lm, ...] and [B, T, ...].
 
   Returns:
     (mem, q_start int32[]).
@@ -249,8 +252,8 @@ def use_memory(x, mem_end, mem, *, drop_len, fill=None):
 
   Args:
     x: the new tokens' rows, a pytree of [B, T, ...]; mem_end: int32[];
-    mem: the memory, the same pytree of [B, S, ...].
-    drop_len: positions dropped when the memory is full (1 <= it <= S).
+    mem: the memory, the same pytree of [B, Lm, ...].
+    drop_len: positions dropped when the memory is full (1 <= it <= Lm).
     fill: rows the memory takes where nothing was written, a pytree
       matching mem of arrays broadcasting to [B, 1, ...] (None: zeros).
 

@@ -152,8 +152,9 @@ class LSHSelfAttention(eqx.Module):
     value = heads(jax.vmap(self.value_proj)(x))
     attention_rate = self.attention_dropout if dropping else 0.0
     out = lsh_jax.lsh_self_attention(
-        qk, value, hash_key, n_buckets=self.n_buckets, n_hashes=self.n_hashes,
-        chunk_len=self.chunk_len, n_chunks_before=self.n_chunks_before,
+        qk, value, hash_key=hash_key, n_buckets=self.n_buckets,
+        n_hashes=self.n_hashes, chunk_len=self.chunk_len,
+        n_chunks_before=self.n_chunks_before,
         n_chunks_after=self.n_chunks_after, causal=self.causal, mask=mask,
         attention_dropout=attention_rate,
         dropout_key=attention_key if attention_rate else None,

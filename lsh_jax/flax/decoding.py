@@ -7,8 +7,8 @@ The algorithm is Trax 1.4.1's `mode='predict'`, the one
 `lsh_jax.trax.LSHSelfAttention(mode='predict')` runs
 (`lsh_jax.core.decoding`, docs/decoding.md):
 
-  * the cache holds the last S positions' projected queries/keys and values
-    (S = input_shape[-2], Trax's `predict_mem_len`); when a call does not fit,
+  * the cache holds the last Lm positions' projected queries/keys and values
+    (Lm = input_shape[-2], Trax's `predict_mem_len`); when a call does not fit,
     the oldest `drop_len` positions are dropped (Trax's `predict_drop_len`);
   * the first call may carry a prefix of any length, in one call; then one
     token per call (or short calls of at most `drop_len` tokens);
@@ -18,11 +18,11 @@ The algorithm is Trax 1.4.1's `mode='predict'`, the one
     sharing a bucket with it, topped up with the most recent others; the
     dense module attends to every position in the cache up to its own.
 
-A step costs O(S) whatever the number of tokens decoded before. Positions
+A step costs O(Lm) whatever the number of tokens decoded before. Positions
 not yet written hold the projections of a zero input, as Trax's memory of
 zero inputs. Decoding draws nothing: no dropout, no fresh hash keys.
 
-Shapes: B batch, T tokens per call, S the cache's length, F in_features,
+Shapes: B batch, T tokens per call, Lm the cache's length, F in_features,
 N heads, H query/key depth per head, Hv value depth per head, R rounds.
 """
 import dataclasses
@@ -58,8 +58,8 @@ class Cache(nnx.Module):
 
   Attributes:
     index: int32[], where the next token goes (Trax's `mem_end`).
-    qk: float[B, S, N, H], value: float[B, S, N, Hv], the projections.
-    buckets: LSH only, int32[B, N, R, S] the positions' bucket ids (Trax's
+    qk: float[B, Lm, N, H], value: float[B, Lm, N, Hv], the projections.
+    buckets: LSH only, int32[B, N, R, Lm] the positions' bucket ids (Trax's
       flat ids with round offsets).
     settings: `Settings`; batched: whether calls take [B, T, F] (else
       [T, F], with B = 1 inside).
@@ -125,7 +125,7 @@ def settings_for(module, mem_len: int, drop_len: Optional[int]) -> Settings:
 
 def init_cache(module, input_shape: Sequence[int], dtype=jnp.float32,
                drop_len: Optional[int] = None) -> None:
-  """Creates `module.cache` for inputs `input_shape` = (B, S, F) or (S, F).
+  """Creates `module.cache` for inputs `input_shape` = (B, Lm, F) or (Lm, F).
 
   See `SelfAttention.init_cache`.
   """
@@ -193,9 +193,9 @@ def attend(new, fill, mem, index, buckets, keys, *, settings):
   Args:
     new: (qk float[B, T, N, H], value float[B, T, N, Hv]) of the new tokens.
     fill: (float[N, H], float[N, Hv]), the projections of a zero input.
-    mem: the cache's (qk [B, S, N, H], value [B, S, N, Hv]).
+    mem: the cache's (qk [B, Lm, N, H], value [B, Lm, N, Hv]).
     index: int32[] where the next token goes.
-    buckets: int32[B, N, R, S] (LSH) or None (dense).
+    buckets: int32[B, N, R, Lm] (LSH) or None (dense).
     keys: PRNG keys [B, N] (LSH) or None.
     settings: `Settings`.
 

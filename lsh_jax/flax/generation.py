@@ -1,6 +1,6 @@
 """Decoding the Flax `ReformerLM`: `decode=True`, `init_cache`, `generate`.
 
-`model.init_cache((B, S))` gives every attention layer its cache of S
+`model.init_cache((B, Lm))` gives every attention layer its cache of Lm
 positions (`lsh_jax.flax.decoding`, Trax's `predict_mem_len`) and the
 model a position counter; `model(tokens, decode=True)` then runs the model
 on the next positions' *inputs*: no shift (as Trax's `ShiftRight` in predict
@@ -14,7 +14,7 @@ tokens came before.
 prefix in one call (`prefill`), then one compiled `step` per token, reused
 (greedy with temperature 0, else softmax sampling at that temperature).
 
-Shapes: B batch, P prefix length, T tokens per call, S cache length,
+Shapes: B batch, P prefix length, T tokens per call, Lm cache length,
 Dm d_model, V vocab_size.
 """
 from typing import Optional, Sequence
@@ -95,7 +95,7 @@ def step(model, token, key, *, temperature):
   """One decoding step: the last token int32[B] -> the next one int32[B].
 
   One compiled program for every step: its cost does not depend on how
-  many tokens came before (the caches are of fixed size S).
+  many tokens came before (the caches are of fixed size Lm).
   """
   return _sample(model(token[:, None], decode=True)[:, -1], temperature, key)
 
@@ -118,7 +118,7 @@ def generate(model, prefix: jax.Array, n_tokens: int, *,
       temperature).
     key: PRNG key, required when temperature > 0 (step i draws with
       `jax.random.fold_in(key, i)`).
-    cache_len: S, the positions each attention layer keeps (Trax's
+    cache_len: Lm, the positions each attention layer keeps (Trax's
       `predict_mem_len`); default P + n_tokens, the whole sequence (then
       dense layers decode exactly what the full model computes).
     drop_len: positions dropped when a cache is full (defaults: see

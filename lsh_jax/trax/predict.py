@@ -8,17 +8,17 @@ JAX, one jit-compiled `call` per step. The algorithm itself, per (example,
 head) pair, is `lsh_jax.core.decoding` (which the Flax modules' decode=True
 runs too); this module maps Trax's weights and state layout onto it.
 
-Shapes: B batch, H heads, P = B * H (example, head) pairs, T tokens given
-in one call, M = predict_mem_len, Dm model depth, D = d_qk, R = n_hashes,
-C = chunk_len, K = R * C * (1 + n_chunks_before) keys per decoded token.
+Shapes: B batch, N heads, P = B * N (example, head) pairs, T tokens given
+in one call, Lm = predict_mem_len, Dm model depth, D = d_qk, R = n_hashes,
+C = chunk_len, Ks = R * C * (1 + n_chunks_before) keys per decoded token.
 
 State, Trax's layout (its `init_weights_and_state` in predict mode):
-  (mem_end int32[], (mem float[B, M, Dm],),
-   (buckets int32[P, R * M], buckets_idx int32[P], hash_key uint32[P, 2]))
+  (mem_end int32[], (mem float[B, Lm, Dm],),
+   (buckets int32[P, R * Lm], buckets_idx int32[P], hash_key uint32[P, 2]))
 The weightless `PureLSHSelfAttention` (spec.kind 'pure') sees each
 (example, head) pair as an example of one head: its inputs are
-(qk float[P, T, D], v float[P, T, Dv]), its memory (qk float[P, M, D],
-v float[P, M, Dv]) in place of `(mem,)`, and it has no weights (Trax's
+(qk float[P, T, D], v float[P, T, Dv]), its memory (qk float[P, Lm, D],
+v float[P, Lm, Dv]) in place of `(mem,)`, and it has no weights (Trax's
 layout for that layer).
 `mem` holds the layer's inputs, the next one goes to position `mem_end`;
 `buckets` are the memory positions' bucket ids, flat with round offsets
@@ -26,23 +26,23 @@ layout for that layer).
 where the next token's buckets go; the hash key stays fixed while decoding.
 
 A call with T tokens (`call`):
-  * T <= predict_drop_len and T < M (one decoded token, a short prefix):
+  * T <= predict_drop_len and T < Lm (one decoded token, a short prefix):
     when the memory cannot take T more, its oldest `predict_drop_len`
     positions are dropped (everything moves left, zeros come in at the end,
     the buckets likewise); the tokens are written at `mem_end`. T = 1:
     `step_head`; T > 1: `prefix_head` over the whole memory.
   * otherwise, a long prefix at the start of a sequence: `prefix_head`
-    over the T tokens; the memory keeps the last M of them. Not at the
+    over the T tokens; the memory keeps the last Lm of them. Not at the
     start (mem_end > 0), the outputs are NaN, Trax's error signal.
-`step_head` costs O(M) for the selection plus O(K) attention, whatever the
+`step_head` costs O(Lm) for the selection plus O(Ks) attention, whatever the
 number of tokens decoded so far; `prefix_head` is the layer's chunked LSH
 attention over the prefix padded to a multiple of C.
 
 Where this differs from Trax, on purpose:
   * n_buckets=None: Trax resolves the automatic count from the length it
-    hashes, so the prefix (length M or T) and each decoded token (length 2:
+    hashes, so the prefix (length Lm or T) and each decoded token (length 2:
     2 buckets) use different hash functions. Here both use
-    `auto_n_buckets(max_length_for_buckets or M, C)` (the training length
+    `auto_n_buckets(max_length_for_buckets or Lm, C)` (the training length
     when `max_length_for_buckets` is set, as in the copy configs).
   * a multi-token call after the start reads its outputs at its own
     positions and rolls the buckets with the memory (Trax returns the first
@@ -119,8 +119,8 @@ def step_head(x, mask, weights, state, *, spec, q_start):
   """One decoded token, one head of one example (Trax's q_len == 1 path).
 
   Args:
-    x: float[M, Dm] the memory, the token at `q_start` (the pure layer:
-      (qk [M, D], v [M, Dv])).
+    x: float[Lm, Dm] the memory, the token at `q_start` (the pure layer:
+      (qk [Lm, D], v [Lm, Dv])).
     mask: None.
     weights, state, spec: as in `prefix_head`.
     q_start: int32[] the token's position in the memory.
@@ -146,7 +146,7 @@ def use_memory(x, mem_end, mem, *, spec):
     spec: `trax_kernels.Spec` with predict_mem_len and predict_drop_len.
 
   Returns:
-    (inputs: what the heads read, the memory [B, M, Dm] or a long prefix
+    (inputs: what the heads read, the memory [B, Lm, Dm] or a long prefix
     [B, T, Dm] (NaN when not at the start); the new memory; q_start int32[]
     the first new token's position in `inputs`; the new mem_end int32[]).
   """
@@ -160,7 +160,7 @@ def call(x, weights, state, *, spec):
   Args:
     x: float[B, T, Dm] the new tokens; the pure layer (spec.kind 'pure'):
       (qk float[P, T, D], v float[P, T, Dv]).
-    weights: per-head weights, leading axis H (`trax_kernels`); pure: ().
+    weights: per-head weights, leading axis N (`trax_kernels`); pure: ().
     state: Trax's predict state (module docstring).
     spec: `trax_kernels.Spec` with predict_mem_len and predict_drop_len.
 
