@@ -52,7 +52,9 @@ CASES = {
     'evaluate reformer_copy_cpu run/model.pkl.gz': ('trax', ''),
     'demo': ('trax', DEMO_ALTERNATIVE),
     'demo --framework flax': ('flax', ''),
-    'sample run': ('trax', ''),
+    'sample run': ('trax', ', or for a Flax run folder: lsh-jax sample '
+                   '--framework flax'),
+    'sample run --framework flax': ('flax', ''),
     'table2 --tiny': ('trax', ''),
     'bench': ('trax', ''),
     'explain --plot e.png': ('plots', ''),

@@ -32,6 +32,8 @@ import numpy as np
 from flax import nnx
 
 import lsh_jax
+from lsh_jax import core
+from lsh_jax.core import attention as core_attention
 from lsh_jax.core import duplicates
 from lsh_jax.core import validation
 from lsh_jax.flax import decoding
@@ -54,7 +56,8 @@ class SelfAttention(nnx.Module):
   The dense twin of `LSHSelfAttention`: the same parameters, and the
   attention `lsh_jax.full_attention` computes per head (length-normalised
   keys, a token attends to itself only when nothing else is visible,
-  causal and padding masks).
+  causal and padding masks), with attention dropout on the [T, T]
+  probabilities of each (example, head) when training.
 
   Args:
     num_heads: N.
@@ -146,13 +149,16 @@ class SelfAttention(nnx.Module):
       attention_key = self._dropout_key(drop_rngs)
     out = self.attend(qk, value, mask, deterministic=deterministic, rngs=rngs,
                       dropout_key=attention_key)
-    out = self.out(out)
-    if not deterministic and self.dropout_rate > 0:
-      keep = 1.0 - self.dropout_rate
-      flags = jax.random.bernoulli(self._dropout_key(drop_rngs), keep,
-                                   (out.shape[-1],))
-      out = jnp.where(flags, out / jnp.asarray(keep, out.dtype), 0)
-    return out
+    return self._output_dropout(self.out(out), deterministic, drop_rngs)
+
+  def _output_dropout(self, out, deterministic, drop_rngs):
+    """Output dropout: one flag per feature, shared over batch and length."""
+    if deterministic or not self.dropout_rate > 0:
+      return out
+    keep = 1.0 - self.dropout_rate
+    flags = jax.random.bernoulli(self._dropout_key(drop_rngs), keep,
+                                 (out.shape[-1],))
+    return jnp.where(flags, out / jnp.asarray(keep, out.dtype), 0)
 
   def init_cache(self, input_shape: Sequence[int], dtype=jnp.float32, *,
                  drop_len: Optional[int] = None) -> None:
@@ -175,18 +181,27 @@ class SelfAttention(nnx.Module):
   def attend(self, qk, value, mask, *, deterministic, rngs, dropout_key):
     """Dense shared-QK attention per (example, head): [..., T, N, Hv]."""
     del deterministic, rngs  # dense attention draws no hash
-    if dropout_key is not None:
-      raise ValueError('SelfAttention computes exact attention without '
-                       'attention dropout; set attention_dropout=0.0')
     batched = qk.ndim == 4
     if not batched:
       qk, value = qk[None], value[None]
       mask = None if mask is None else jnp.asarray(mask)[None]
-    one_head = lambda q, v, m: lsh_jax.full_attention(
-        q, v, causal=self.causal, mask=m)
+    batch, length, heads = qk.shape[:3]
+    if dropout_key is None:
+      keys = jnp.zeros((batch, heads), jnp.uint32)  # unused placeholders
+    else:  # one [T, T] keep mask per (example, head), keys as head_keys
+      keys = core.head_keys(dropout_key, batch, heads)
+
+    def one_head(q, v, m, key):
+      multiplier = None if dropout_key is None else (
+          core_attention.dropout_multiplier(key, self.attention_dropout,
+                                            length, length, q.dtype))
+      return core_attention.dense_attention(
+          q, None, v, m, causal=self.causal, dropout_multiplier=multiplier)
+
     mask_axis = None if mask is None or jnp.ndim(mask) == 1 else 0
-    per_example = jax.vmap(one_head, in_axes=(1, 1, None), out_axes=1)
-    out = jax.vmap(per_example, in_axes=(0, 0, mask_axis))(qk, value, mask)
+    per_example = jax.vmap(one_head, in_axes=(1, 1, None, 0), out_axes=1)
+    out = jax.vmap(per_example, in_axes=(0, 0, mask_axis, 0))(
+        qk, value, mask, keys)
     return out if batched else out[0]
 
   def _check_input(self, x):
