@@ -73,11 +73,14 @@ class CopyLM(nnx.Module):
   """A causal LM: tokens int[B, T] -> logits float[B, T, vocab_size].
 
   `n_hashes=None` builds the dense twin (`SelfAttention`): the same
-  parameters, exact attention.
+  parameters, exact attention. `layout` (mesh=, sequence_axis=,
+  batch_axis=): sequence parallelism for tokens sharded along T (and B),
+  passed to each `LSHSelfAttention`; the embeddings, norms and
+  feed-forwards are position-wise and stay sharded (docs/scaling.md).
   """
 
   def __init__(self, config: CopyConfig, *, n_hashes: Optional[int] = -1,
-               rngs: nnx.Rngs):
+               rngs: nnx.Rngs, **layout):
     n_hashes = config.n_hashes if n_hashes == -1 else n_hashes
     self.embed = nnx.Embed(config.vocab_size, config.d_model, rngs=rngs)
     self.positions = nnx.Param(nnx.initializers.normal(0.02)(
@@ -93,7 +96,7 @@ class CopyLM(nnx.Module):
         attention = LSHSelfAttention(
             config.n_heads, config.d_model, n_hashes=n_hashes,
             chunk_len=config.chunk_len,
-            n_chunks_before=config.n_chunks_before, **common)
+            n_chunks_before=config.n_chunks_before, **layout, **common)
       blocks.append(Block(config, attention, rngs=rngs))
     self.blocks = nnx.List(blocks)
     self.norm = nnx.LayerNorm(config.d_model, rngs=rngs)
@@ -142,14 +145,24 @@ def copy_accuracy(model, batches):
 
 
 def train(config: CopyConfig = CopyConfig(), *, steps=1000, seed=0,
-          log_every=100, out=None):
+          log_every=100, out=None, mesh=None, sequence_axis=None,
+          batch_axis=None):
   """Trains a CopyLM; prints `step | loss | accuracy | steps/s` lines.
+
+  With a `mesh`, each batch is sharded: B over `batch_axis` (data
+  parallel) and T over `sequence_axis` (sequence parallel, the attention's
+  head exchange); the parameters are replicated.
 
   Returns:
     (model, losses: list of the training loss per step).
   """
   out = out or sys.stdout
-  model = CopyLM(config, rngs=nnx.Rngs(params=seed, lsh=seed + 1))
+  layout = {} if mesh is None else dict(
+      mesh=mesh, sequence_axis=sequence_axis, batch_axis=batch_axis)
+  model = CopyLM(config, rngs=nnx.Rngs(params=seed, lsh=seed + 1), **layout)
+  place = lambda x: jnp.asarray(x) if mesh is None else jax.device_put(
+      x, jax.sharding.NamedSharding(
+          mesh, jax.sharding.PartitionSpec(batch_axis, sequence_axis)))
   schedule = optax.linear_schedule(0.0, config.learning_rate,
                                    config.warmup_steps)
   optimizer = nnx.Optimizer(model, optax.adam(schedule), wrt=nnx.Param)
@@ -162,8 +175,8 @@ def train(config: CopyConfig = CopyConfig(), *, steps=1000, seed=0,
     model.train()  # a fresh hash per call, as Trax re-hashes every step
     tokens, weights = copy_batch(rng, config.vocab_size, config.length,
                                  config.batch_size)
-    losses.append(float(train_step(model, optimizer, jnp.asarray(tokens),
-                                   jnp.asarray(weights))))
+    losses.append(float(train_step(model, optimizer, place(tokens),
+                                   place(weights))))
     if log_every and (step % log_every == 0 or step == steps):
       accuracy = copy_accuracy(model, eval_batches)
       rate = min(step, log_every) / max(time.time() - last, 1e-9)
