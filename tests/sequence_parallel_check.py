@@ -92,6 +92,13 @@ def attention_report(full=False):
     report['unbatched_bit_identical'] = bool(np.array_equal(
         lsh_jax.lsh_self_attention(q[0], v[0], hash_key, mesh=four,
                                    sequence_axis='seq', **SETTINGS), one))
+  # Long enough (R * T = 1024) for the rounds to run in turn: a scan whose
+  # carry starts from zeros inside the exchange.
+  long_q, long_v = (jnp.tile(x, (1, 8, 1, 1)) for x in (q, v))
+  report['rounds_in_turn_bit_identical'] = bool(np.array_equal(
+      lsh_jax.lsh_self_attention(long_q, long_v, hash_key, mesh=seq,
+                                 sequence_axis='seq', **SETTINGS),
+      lsh_jax.lsh_self_attention(long_q, long_v, hash_key, **SETTINGS)))
   # Attention dropout: the dropout keys follow the pairs as the hash keys.
   drop = dict(attention_dropout=0.25, dropout_key=drop_key)
   report['dropout_bit_identical'] = bool(np.array_equal(

@@ -55,6 +55,7 @@ def _check_attention_report(report, full):
   assert report['out_specs']['data_x_seq_mesh'] == "P('data', 'seq')"
   assert report['out_specs']['read_from_sharding'] == "P(None, 'seq')"
   assert report['dropout_bit_identical']
+  assert report['rounds_in_turn_bit_identical']
   # One all_to_all for each of q, v, the mask, and the outputs back.
   assert report['forward_collectives'] == {
       'all-to-all': 4, 'all-gather': 0, 'all-reduce': 0,
