@@ -6,7 +6,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # The core tier: jax, numpy and the test tools only (no Trax, TensorFlow,
-# gin, matplotlib or Flax), the package installed as a user would (no -e).
+# gin, matplotlib, Flax, Equinox or Jupyter), the package installed as a
+# user would (no -e).
 CORE_VENV ?= .venv-core
 CORE_PY := $(CORE_VENV)/bin/python
 CONSTRAINTS := constraints.txt
@@ -14,15 +15,18 @@ export TF_CPP_MIN_LOG_LEVEL := 3
 # Test processes (pytest-xdist): XLA compiles on one thread, so two workers
 # keep both cores of a small CI machine busy.
 TEST_WORKERS ?= 2
-PACKAGE_FILES := $(shell find lsh_jax -name '*.py' -o -name '*.gin' -o -name py.typed)
-# The tests that need an optional dependency (test_trax_*.py and
-# test_flax_*.py are marked by tests/conftest.py; matplotlib tests `plots`).
-EXTRAS := trax or flax or plots
+# What the wheel ships: the package and the gin configs (configs/ installs
+# as lsh_jax/configs, setup.cfg's package_dir).
+PACKAGE_FILES := $(shell find lsh_jax configs -name '*.py' -o -name '*.gin' -o -name py.typed)
+# The tests that need an optional dependency (test_trax_*.py,
+# test_flax_*.py and test_equinox_*.py are marked by tests/conftest.py;
+# matplotlib tests `plots`, notebook tests `notebook`).
+EXTRAS := trax or flax or equinox or plots or notebook
 
 .PHONY: install install-core demo test test-all test-core test-extras fuzz bench \
 	explain quality table2 clean
 
-$(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
+$(VENV)/.installed: pyproject.toml setup.cfg $(CONSTRAINTS)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c $(CONSTRAINTS) -e '.[all]'
@@ -30,7 +34,7 @@ $(VENV)/.installed: pyproject.toml $(CONSTRAINTS)
 
 # Not editable: this also checks what a wheel ships (configs, py.typed);
 # reinstalled when the package changes.
-$(CORE_VENV)/.installed: pyproject.toml $(CONSTRAINTS) $(PACKAGE_FILES)
+$(CORE_VENV)/.installed: pyproject.toml setup.cfg $(CONSTRAINTS) $(PACKAGE_FILES)
 	test -x $(CORE_PY) || $(PYTHON) -m venv $(CORE_VENV)
 	$(CORE_PY) -m pip install -q --upgrade pip
 	$(CORE_PY) -m pip install -q -c $(CONSTRAINTS) '.[test]'
@@ -47,7 +51,8 @@ demo: install
 # Everything `make test-core` and `make test-extras` run, in one environment.
 # The whole suite, each test once: the core tier in an environment without
 # any optional dependency (proves the core installs and runs alone), then
-# the tests that need Trax, Flax or matplotlib in the full one.
+# the tests that need an extra (Trax, Flax, Equinox, matplotlib, the
+# notebook tools) in the full one.
 test: test-core test-extras
 
 # Every test in the full environment alone (no core venv).
@@ -55,11 +60,12 @@ test-all: install
 	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
 
 # The tests that need jax and numpy only, without any optional dependency
-# installed (test_trax_*/test_flax_* are not collected, `plots` skipped).
+# installed (test_trax_*/test_flax_*/test_equinox_* are not collected,
+# `plots` and `notebook` skipped).
 test-core: install-core
 	$(CORE_PY) -m pytest -q -n $(TEST_WORKERS) tests
 
-# The complement of test-core: the tests that need Trax, Flax or matplotlib
+# The complement of test-core: the tests that need an extra
 # (`make test` runs both tiers instead of running the core tests twice).
 test-extras: install
 	$(PY) -m pytest -q -n $(TEST_WORKERS) -m '($(EXTRAS)) and not long' tests \

@@ -46,7 +46,7 @@ def build(length, n_hashes, mode, flags):
 
   def forward(q, v):
     return lsh_jax.lsh_attention(
-        q, v, rng, n_buckets=jax_cases.n_buckets_for(length),
+        q, v, hash_key=rng, n_buckets=jax_cases.n_buckets_for(length),
         n_hashes=n_hashes, chunk_len=jax_cases.CHUNK_LEN,
         n_chunks_before=jax_cases.N_CHUNKS_BEFORE,
         n_chunks_after=jax_cases.N_CHUNKS_AFTER, **flags)

@@ -61,7 +61,7 @@ def lsh_jax_case(length, n_hashes, mode, sequential_rounds=False):
 
   def forward(q, v):
     return lsh_jax.lsh_attention(
-        q, v, rng, n_buckets=n_buckets, n_hashes=n_hashes,
+        q, v, hash_key=rng, n_buckets=n_buckets, n_hashes=n_hashes,
         chunk_len=CHUNK_LEN, n_chunks_before=N_CHUNKS_BEFORE,
         n_chunks_after=N_CHUNKS_AFTER, **extra)
   return _mode(forward, (q, v), mode, (length, DEPTH))

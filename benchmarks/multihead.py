@@ -15,7 +15,6 @@ median and fastest call and the ratio of medians to the nested vmap. With
 query and value).
 """
 import argparse
-import functools
 import os
 import statistics
 import sys
@@ -38,11 +37,11 @@ def cases(args):
   shape = (args.batch, args.length, args.heads, args.depth)
   q, v = jax.random.normal(kq, shape), jax.random.normal(kv, shape)
   keys = lsh_jax.core.head_keys(key, args.batch, args.heads)  # [B, N]
-  one_head = functools.partial(lsh_jax.lsh_attention, n_buckets=None,
-                               **settings)
+  one_head = lambda q, v, k: lsh_jax.lsh_attention(q, v, hash_key=k,
+                                                   **settings)
 
   def multi(q, v):
-    return lsh_jax.lsh_self_attention(q, v, key, **settings)
+    return lsh_jax.lsh_self_attention(q, v, hash_key=key, **settings)
 
   def nested(q, v):  # [B, T, N, H]: heads are axis 1 of each example
     per_example = jax.vmap(one_head, in_axes=(1, 1, 0), out_axes=1)

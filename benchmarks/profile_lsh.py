@@ -126,7 +126,7 @@ def main():
             n_chunks_before=BEFORE, n_chunks_after=AFTER)
   if a.sequential:
     kw['sequential_rounds'] = True
-  fwd = lambda q, v: lsh_jax.lsh_attention(q, v, rng, **kw)
+  fwd = lambda q, v: lsh_jax.lsh_attention(q, v, hash_key=rng, **kw)
   bwd = jax.grad(lambda q, v: jnp.vdot(fwd(q, v), ct), argnums=(0, 1))
   print(f'L={length:,} R={n_hashes} n_buckets={n_buckets} '
         f'attention GFLOP (4RLCWd) = {4 * n_hashes * length * C * 2 * D / 1e9:.2f}')
@@ -139,7 +139,8 @@ def main():
       print(f'{name}: top XLA ops per call (loops include their bodies)')
       op_profile(fn, q, v)
     return
-  buckets = lsh_jax.hash_vectors(q, rng, n_buckets, n_hashes)
+  buckets = lsh_jax.hash_vectors(q, hash_key=rng, n_buckets=n_buckets,
+                                 n_hashes=n_hashes)
   n_ids = hashing.n_buckets_total(n_buckets) + 1
   sticker, undo = sorting.sort_buckets(buckets, n_ids=n_ids)
   keys = chunked.normalize_keys(q)
@@ -183,7 +184,7 @@ def main():
   sv = jax.vmap(lambda p: v[p])(sticker)
   stages = [
       ('hash (rotations, matmul, argmax)', lambda q: lsh_jax.hash_vectors(
-          q, rng, n_buckets, n_hashes), (q,)),
+          q, hash_key=rng, n_buckets=n_buckets, n_hashes=n_hashes), (q,)),
       ('sort (packed int32 key) + inverse', lambda b: sorting.sort_buckets(
           b, n_ids=n_ids), (buckets,)),
       ('gathers only (sort q/k/v, undo)', permute_only,

@@ -93,7 +93,7 @@ def attention_programs(length, mesh, heads=HEADS):
   key = jax.random.PRNGKey(0)
 
   def forward(q, v):
-    return lsh_jax.lsh_self_attention(q, v, key, n_hashes=HASHES,
+    return lsh_jax.lsh_self_attention(q, v, hash_key=key, n_hashes=HASHES,
                                       chunk_len=CHUNK, **layout)
 
   def grads(q, v, ct):

@@ -173,11 +173,11 @@ def multihead_group(length, batch):
   forwards = {}
   if hasattr(lsh_jax, 'lsh_self_attention'):
     forwards['multihead_lsh_self_attention'] = (
-        lambda q, v: lsh_jax.lsh_self_attention(q, v, key, **kw))
+        lambda q, v: lsh_jax.lsh_self_attention(q, v, hash_key=key, **kw))
   keys = jax.random.split(key, batch * N_HEADS).reshape(batch, N_HEADS, -1)
 
   def nested_vmap(q, v):
-    one = lambda q, v, k: lsh_jax.lsh_attention(q, v, k, **kw)
+    one = lambda q, v, k: lsh_jax.lsh_attention(q, v, hash_key=k, **kw)
     heads = jax.vmap(one, in_axes=(1, 1, 0), out_axes=1)
     return jax.vmap(heads)(q, v, keys)
   forwards['multihead_nested_vmap'] = nested_vmap
@@ -229,7 +229,7 @@ def seqpar_group(length, batch):
 
   def grads(q, v, ct, **layout):
     return jax.grad(lambda q, v: jnp.vdot(lsh_jax.lsh_self_attention(
-        q, v, key, **kw, **layout), ct), argnums=(0, 1))(q, v)
+        q, v, hash_key=key, **kw, **layout), ct), argnums=(0, 1))(q, v)
   one = jax.devices()[0]
   return {
       'seqpar_1dev/bwd': (grads, jax.device_put((q, v, ct), one)),

@@ -20,15 +20,17 @@ def main(length=1024, d_qk=64, d_v=64, chunk_len=64, n_hashes=4):
   print(f'L={length} d={d_qk} chunk_len={chunk_len} n_hashes={n_hashes} '
         f'n_buckets={n_buckets} causal on {jax.devices()[0].platform}')
 
-  out = lsh_jax.lsh_attention(q, v, khash, **settings).block_until_ready()
+  out = lsh_jax.lsh_attention(q, v, hash_key=khash,
+                              **settings).block_until_ready()
   start = time.perf_counter()
-  out = lsh_jax.lsh_attention(q, v, khash, **settings).block_until_ready()
+  out = lsh_jax.lsh_attention(q, v, hash_key=khash,
+                              **settings).block_until_ready()
   fast_ms = 1e3 * (time.perf_counter() - start)
 
   # The oracle gets the very rotations that lsh_attention drew from khash.
   rotations = lsh_jax.core.random_rotations(khash, d_qk, n_buckets, n_hashes)
   start = time.perf_counter()
-  expected, _, lse = oracle.lsh_self_attention(
+  expected, _, lse = oracle.lsh_attention(
       np.asarray(q), np.asarray(v), np.asarray(rotations), return_rounds=True,
       **settings)
   oracle_ms = 1e3 * (time.perf_counter() - start)

@@ -1,5 +1,5 @@
 """The NumPy reference under one name: `lsh_jax.reference.spec`, `.lab` and
-`.decode` together (`lsh_jax.oracle.lsh_self_attention`,
+`.decode` together (`lsh_jax.oracle.lsh_attention`,
 `lsh_jax.oracle.our_simple_attend`, `lsh_jax.oracle.predict_step`, ...).
 """
 from lsh_jax.reference.decode import *  # noqa: F401,F403

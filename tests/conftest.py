@@ -33,8 +33,9 @@ hypothesis.settings.load_profile(os.environ.get('HYPOTHESIS_PROFILE', 'ci'))
 
 
 # Optional dependencies. The core tier (`make test-core`: jax, numpy and the
-# test tools only) does not collect the modules that need Trax or Flax; they
-# are named after what they need, so the rule is a file-name glob.
+# test tools only) does not collect the modules that need Trax, Flax or
+# Equinox; they are named after what they need, so the rule is a file-name
+# glob.
 def _missing(*modules):
   return [name for name in modules if importlib.util.find_spec(name) is None]
 
@@ -42,12 +43,20 @@ def _missing(*modules):
 OPTIONAL = {  # marker: (module glob, packages it needs)
     'trax': ('test_trax_*.py', ('trax', 'gin')),
     'flax': ('test_flax_*.py', ('flax', 'optax')),
+    'equinox': ('test_equinox_*.py', ('equinox',)),
 }
 MISSING = {marker: _missing(*packages)
            for marker, (_, packages) in OPTIONAL.items()}
 collect_ignore_glob = [glob for marker, (glob, _) in OPTIONAL.items()
                        if MISSING[marker]]
-MISSING['plots'] = _missing('matplotlib')
+# Markers of single tests, skipped (not uncollected) without their packages.
+SKIPPED = {  # marker: (packages it needs, the extra that brings them)
+    'plots': (('matplotlib',), 'plots'),
+    'notebook': (('nbclient', 'nbformat', 'ipykernel', 'matplotlib'),
+                 'notebook'),
+}
+MISSING.update({marker: _missing(*packages)
+                for marker, (packages, _) in SKIPPED.items()})
 
 
 def pytest_report_header(config):
@@ -58,25 +67,32 @@ def pytest_report_header(config):
       lines.append(f'not collected: tests/{glob} (missing '
                    f'{", ".join(MISSING[marker])}; pip install '
                    f"'lsh_jax[{marker}]')")
-  if MISSING['plots']:
-    lines.append('skipped: tests marked `plots` (missing matplotlib)')
+  for marker in SKIPPED:
+    if MISSING[marker]:
+      lines.append(f'skipped: tests marked `{marker}` (missing '
+                   f'{", ".join(MISSING[marker])})')
   return lines
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` selects by these markers
 def pytest_collection_modifyitems(config, items):
   """Marks tests by the optional package they need (`-m 'not trax'` etc.);
-  skips `plots` tests without matplotlib. `long` tests are deselected by
-  the `-m 'not long'` of pyproject.toml's addopts (`make fuzz`: -m long)."""
+  skips `plots` and `notebook` tests without their packages. `long` tests
+  are deselected by the `-m 'not long'` of pyproject.toml's addopts (`make
+  fuzz`: -m long)."""
   del config  # unused
-  skip_plots = pytest.mark.skip(reason='needs matplotlib (lsh_jax[plots])')
+  skips = {
+      marker: pytest.mark.skip(
+          reason=f'needs {", ".join(MISSING[marker])} (lsh_jax[{extra}])')
+      for marker, (_, extra) in SKIPPED.items() if MISSING[marker]}
   for item in items:
     name = os.path.basename(str(item.fspath))
     for marker, (glob, _) in OPTIONAL.items():
       if fnmatch.fnmatch(name, glob):
         item.add_marker(getattr(pytest.mark, marker))
-    if MISSING['plots'] and 'plots' in item.keywords:
-      item.add_marker(skip_plots)
+    for marker, skip in skips.items():
+      if marker in item.keywords:
+        item.add_marker(skip)
 
 
 @pytest.fixture(autouse=True)

@@ -60,7 +60,7 @@ def attention_report(full=False):
   assert jax.device_count() == 8, jax.devices()
   q, v, mask, hash_key, drop_key, cot_key = _inputs()
   attend = lambda q, v, **kw: lsh_jax.lsh_self_attention(
-      q, v, hash_key, mask=mask, **SETTINGS, **kw)
+      q, v, hash_key=hash_key, mask=mask, **SETTINGS, **kw)
   expected = jax.jit(attend)(q, v)
   seq = Mesh(np.array(jax.devices()), ('seq',))
   explicit = jax.make_mesh((8,), ('seq',))  # Explicit axis types
@@ -88,17 +88,20 @@ def attention_report(full=False):
                          for name, out in outputs.items()}
   if full:  # unbatched [T, N, H]: N pairs over a 4-device sequence axis
     four = Mesh(np.array(jax.devices()[:4]), ('seq',))
-    one = lsh_jax.lsh_self_attention(q[0], v[0], hash_key, **SETTINGS)
+    one = lsh_jax.lsh_self_attention(q[0], v[0], hash_key=hash_key,
+                                     **SETTINGS)
     report['unbatched_bit_identical'] = bool(np.array_equal(
-        lsh_jax.lsh_self_attention(q[0], v[0], hash_key, mesh=four,
-                                   sequence_axis='seq', **SETTINGS), one))
+        lsh_jax.lsh_self_attention(q[0], v[0], hash_key=hash_key,
+                                   mesh=four, sequence_axis='seq',
+                                   **SETTINGS), one))
   # Long enough (R * T = 1024) for the rounds to run in turn: a scan whose
   # carry starts from zeros inside the exchange.
   long_q, long_v = (jnp.tile(x, (1, 8, 1, 1)) for x in (q, v))
   report['rounds_in_turn_bit_identical'] = bool(np.array_equal(
-      lsh_jax.lsh_self_attention(long_q, long_v, hash_key, mesh=seq,
-                                 sequence_axis='seq', **SETTINGS),
-      lsh_jax.lsh_self_attention(long_q, long_v, hash_key, **SETTINGS)))
+      lsh_jax.lsh_self_attention(long_q, long_v, hash_key=hash_key,
+                                 mesh=seq, sequence_axis='seq', **SETTINGS),
+      lsh_jax.lsh_self_attention(long_q, long_v, hash_key=hash_key,
+                                 **SETTINGS)))
   # Attention dropout: the dropout keys follow the pairs as the hash keys.
   drop = dict(attention_dropout=0.25, dropout_key=drop_key)
   report['dropout_bit_identical'] = bool(np.array_equal(
@@ -132,7 +135,7 @@ def attention_report(full=False):
                    ('axis', dict(q=q, v=v, mesh=seq, axis='sequence'))):
     try:
       lsh_jax.lsh_self_attention(
-          kw['q'], kw['v'], hash_key, mesh=kw['mesh'],
+          kw['q'], kw['v'], hash_key=hash_key, mesh=kw['mesh'],
           sequence_axis=kw.get('axis', 'seq'), **SETTINGS)
       errors[name] = None
     except ValueError as error:
@@ -169,7 +172,8 @@ def loss_fn(params, tokens, hash_key, **layout):
   h = _norm(x)
   qk = jnp.einsum('btf,fnh->btnh', h, params['qk'])
   v = jnp.einsum('btf,fnh->btnh', h, params['v'])
-  att = lsh_jax.lsh_self_attention(qk, v, hash_key, **SETTINGS, **layout)
+  att = lsh_jax.lsh_self_attention(qk, v, hash_key=hash_key, **SETTINGS,
+                                   **layout)
   x = x + jnp.einsum('btnh,nhf->btf', att, params['out'])
   x = x + jax.nn.relu(_norm(x) @ params['ff1']) @ params['ff2']
   logits = _norm(x) @ params['embed'].T  # [B, T, V], tied embeddings
@@ -245,7 +249,7 @@ def worker_report(process_id, port):
                for s in out.addressable_shards)
 
   attend = lambda q, v, m, **kw: lsh_jax.lsh_self_attention(
-      q, v, hash_key, mask=m, **SETTINGS, **kw)
+      q, v, hash_key=hash_key, mask=m, **SETTINGS, **kw)
   expected = jax.jit(attend)(*jax.device_put((q, v, mask), here))
   line = Mesh(np.array(devices), ('seq',))
   spec = NamedSharding(line, P(None, 'seq'))

@@ -41,7 +41,7 @@ def attention_check(grads=False):
   rngs = jax.random.split(keys[2], BATCH * HEADS).reshape(BATCH, HEADS, 2)
 
   def one_head(q, v, rng, mask):
-    return lsh_jax.lsh_attention(q, v, rng, mask=mask, **SETTINGS)
+    return lsh_jax.lsh_attention(q, v, hash_key=rng, mask=mask, **SETTINGS)
 
   # Heads share their example's mask: in_axes=None for it.
   per_example = jax.vmap(one_head, in_axes=(0, 0, 0, None))

@@ -51,15 +51,15 @@ def _qv(length=16, d_qk=3, d_v=5):
      r'got -0.1'),
     (dict(attention_dropout=float('nan')), r'attention_dropout must be in'),
     (dict(attention_dropout='high'), r'attention_dropout must be a float'),
-    (dict(attention_dropout=0.1), r'dropout_rng is required'),
-    (dict(attention_dropout=0.1, dropout_rng=0.5),
-     r'dropout_rng must be a PRNG key'),
+    (dict(attention_dropout=0.1), r'dropout_key is required'),
+    (dict(attention_dropout=0.1, dropout_key=0.5),
+     r'dropout_key must be a PRNG key'),
 ])
 def test_bad_arguments_raise_clear_errors(change, match):
   q, v = _qv()
   kwargs = dict(KW, **change)
   with pytest.raises(ValueError, match=match):
-    lsh_jax.lsh_attention(q, v, KEY, **kwargs)
+    lsh_jax.lsh_attention(q, v, hash_key=KEY, **kwargs)
 
 
 @pytest.mark.parametrize('q_shape,v_shape,match', [
@@ -72,7 +72,8 @@ def test_bad_arguments_raise_clear_errors(change, match):
 ])
 def test_bad_shapes_raise_clear_errors(q_shape, v_shape, match):
   with pytest.raises(ValueError, match=match):
-    lsh_jax.lsh_attention(jnp.ones(q_shape), jnp.ones(v_shape), KEY, **KW)
+    lsh_jax.lsh_attention(jnp.ones(q_shape), jnp.ones(v_shape), hash_key=KEY,
+                          **KW)
 
 
 @pytest.mark.parametrize('q_shape,v_shape,match', [
@@ -82,7 +83,8 @@ def test_bad_shapes_raise_clear_errors(q_shape, v_shape, match):
 ])
 def test_empty_inputs_are_rejected(q_shape, v_shape, match):
   with pytest.raises(ValueError, match=match):
-    lsh_jax.lsh_attention(jnp.ones(q_shape), jnp.ones(v_shape), KEY, **KW)
+    lsh_jax.lsh_attention(jnp.ones(q_shape), jnp.ones(v_shape), hash_key=KEY,
+                          **KW)
 
 
 @pytest.mark.parametrize('q_dtype,v_dtype,match', [
@@ -96,41 +98,42 @@ def test_non_float_inputs_are_rejected(q_dtype, v_dtype, match):
   with pytest.raises(ValueError, match=match):
     lsh_jax.lsh_attention(jnp.ones((16, 3), q_dtype), jnp.ones((16, 5),
                                                                v_dtype),
-                          KEY, **KW)
+                          hash_key=KEY, **KW)
 
 
-@pytest.mark.parametrize('rng,match', [
-    (0, r'rng must be a PRNG key .* got int'),
-    (jnp.zeros(2, jnp.float32), r'rng must be a PRNG key .* got '
+@pytest.mark.parametrize('key,match', [
+    (0, r'hash_key must be a PRNG key .* got int'),
+    (jnp.zeros(2, jnp.float32), r'hash_key must be a PRNG key .* got '
      r'float32\[2\]'),
-    (jax.random.split(KEY, 3), r'rng must be a PRNG key .* got '
+    (jax.random.split(KEY, 3), r'hash_key must be a PRNG key .* got '
      r'uint32\[3, 2\]; use jax.vmap'),
-    (jax.random.split(jax.random.key(0), 3), r'rng must be a single PRNG key, '
-     r'got a key array of shape \(3,\)'),
+    (jax.random.split(jax.random.key(0), 3), r'hash_key must be a single '
+     r'PRNG key, got a key array of shape \(3,\)'),
 ])
-def test_bad_keys_are_rejected(rng, match):
+def test_bad_keys_are_rejected(key, match):
   q, v = _qv()
   with pytest.raises(ValueError, match=match):
-    lsh_jax.lsh_attention(q, v, rng, **KW)
+    lsh_jax.lsh_attention(q, v, hash_key=key, **KW)
 
 
 def test_typed_and_raw_keys_give_the_same_result():
   """jax.random.key(0) and PRNGKey(0) hold the same bits: same hash."""
   q, v = _qv()
   np.testing.assert_array_equal(
-      lsh_jax.lsh_attention(q, v, jax.random.key(0), **KW),
-      lsh_jax.lsh_attention(q, v, KEY, **KW))
+      lsh_jax.lsh_attention(q, v, hash_key=jax.random.key(0), **KW),
+      lsh_jax.lsh_attention(q, v, hash_key=KEY, **KW))
 
 
 def test_errors_surface_before_tracing_under_jit_and_vmap():
   q, v = _qv()
-  bad = jax.jit(lambda q, v: lsh_jax.lsh_attention(q, v, KEY, n_buckets=5,
-                                                   n_hashes=2, chunk_len=4))
+  bad = jax.jit(lambda q, v: lsh_jax.lsh_attention(q, v, hash_key=KEY,
+                                                   n_buckets=5, n_hashes=2,
+                                                   chunk_len=4))
   with pytest.raises(ValueError, match='n_buckets must be an even int'):
     bad(q, v)
   with pytest.raises(ValueError, match='mask must have shape'):
     jax.vmap(lambda q, v: lsh_jax.lsh_attention(
-        q, v, KEY, mask=jnp.ones(3, bool), **KW))(q[None], v[None])
+        q, v, hash_key=KEY, mask=jnp.ones(3, bool), **KW))(q[None], v[None])
 
 
 def test_buckets_argument_is_checked():
@@ -152,18 +155,20 @@ def test_buckets_argument_is_checked():
 
 def test_hash_vectors_checks_its_arguments():
   with pytest.raises(ValueError, match='vecs must be a 2-D array'):
-    lsh_jax.hash_vectors(jnp.ones(5), KEY, 4, 2)
+    lsh_jax.hash_vectors(jnp.ones(5), hash_key=KEY, n_buckets=4, n_hashes=2)
   with pytest.raises(ValueError, match='needs n_buckets'):
-    lsh_jax.hash_vectors(jnp.ones((5, 2)), KEY, None, 2)
+    lsh_jax.hash_vectors(jnp.ones((5, 2)), hash_key=KEY, n_buckets=None,
+                         n_hashes=2)
 
 
 def test_from_buckets_equals_lsh_attention():
   q, v = _qv()
-  buckets = lsh_jax.hash_vectors(q, KEY, 4, 2)
+  buckets = lsh_jax.hash_vectors(q, hash_key=KEY, n_buckets=4, n_hashes=2)
   offsets = 4 * jnp.arange(2)[:, None]  # Trax-style offsets change nothing
   for b in (buckets, buckets + offsets):
     got = lsh_jax.lsh_attention_from_buckets(q, v, b, chunk_len=4)
-    np.testing.assert_array_equal(got, lsh_jax.lsh_attention(q, v, KEY, **KW))
+    np.testing.assert_array_equal(
+        got, lsh_jax.lsh_attention(q, v, hash_key=KEY, **KW))
 
 
 def test_vmap_over_batch_and_heads_equals_a_loop():
@@ -172,7 +177,8 @@ def test_vmap_over_batch_and_heads_equals_a_loop():
   q = jax.random.normal(keys[0], (batch, heads, length, 3))
   v = jax.random.normal(keys[1], (batch, heads, length, 5))
   rngs = jax.random.split(keys[2], batch * heads).reshape(batch, heads, 2)
-  attend = lambda q, v, r: lsh_jax.lsh_attention(q, v, r, causal=True, **KW)
+  attend = lambda q, v, r: lsh_jax.lsh_attention(q, v, hash_key=r,
+                                                 causal=True, **KW)
   got = jax.jit(jax.vmap(jax.vmap(attend)))(q, v, rngs)
   for b in range(batch):
     for h in range(heads):
@@ -183,13 +189,16 @@ def test_vmap_over_batch_and_heads_equals_a_loop():
 
 def test_same_key_is_deterministic_jit_or_not():
   q, v = _qv()
-  first = lsh_jax.lsh_attention(q, v, KEY, **KW)
-  np.testing.assert_array_equal(first, lsh_jax.lsh_attention(q, v, KEY, **KW))
+  first = lsh_jax.lsh_attention(q, v, hash_key=KEY, **KW)
+  np.testing.assert_array_equal(
+      first, lsh_jax.lsh_attention(q, v, hash_key=KEY, **KW))
   with jax.disable_jit():
-    eager = lsh_jax.lsh_attention(q, v, KEY, **KW)
+    eager = lsh_jax.lsh_attention(q, v, hash_key=KEY, **KW)
   np.testing.assert_allclose(eager, first, rtol=1e-6, atol=1e-6)
-  other = lsh_jax.hash_vectors(q, jax.random.PRNGKey(1), 4, 2)
-  assert not np.array_equal(other, lsh_jax.hash_vectors(q, KEY, 4, 2))
+  other = lsh_jax.hash_vectors(q, hash_key=jax.random.PRNGKey(1), n_buckets=4,
+                               n_hashes=2)
+  assert not np.array_equal(
+      other, lsh_jax.hash_vectors(q, hash_key=KEY, n_buckets=4, n_hashes=2))
 
 
 def test_second_call_with_same_shapes_does_not_retrace(monkeypatch):
@@ -203,12 +212,14 @@ def test_second_call_with_same_shapes_does_not_retrace(monkeypatch):
   monkeypatch.setattr(attention, '_attend_buckets', counting)
   jax.clear_caches()
   q, v = random_qv(1, 24, 7, 2)  # shapes no other test uses
-  lsh_jax.lsh_attention(q, v, KEY, n_buckets=4, n_hashes=3, chunk_len=8)
+  lsh_jax.lsh_attention(q, v, hash_key=KEY, n_buckets=4, n_hashes=3,
+                        chunk_len=8)
   q2, v2 = random_qv(2, 24, 7, 2)
-  lsh_jax.lsh_attention(q2, v2, jax.random.PRNGKey(5), n_buckets=4,
+  lsh_jax.lsh_attention(q2, v2, hash_key=jax.random.PRNGKey(5), n_buckets=4,
                         n_hashes=3, chunk_len=8)
   assert len(traces) == 1
-  lsh_jax.lsh_attention(q2, v2, KEY, n_buckets=4, n_hashes=2, chunk_len=8)
+  lsh_jax.lsh_attention(q2, v2, hash_key=KEY, n_buckets=4, n_hashes=2,
+                        chunk_len=8)
   assert len(traces) == 2  # a new static setting compiles once more
 
 
@@ -224,8 +235,8 @@ def test_gradients_match_finite_differences(causal, padded):
   q, v = _qv()
   mask = jnp.arange(16) % 5 != 2 if padded else None
   f = lambda q, v: lsh_jax.lsh_attention(
-      q, v, KEY, n_buckets=4, n_hashes=3, chunk_len=4, n_chunks_after=1,
-      causal=causal, mask=mask)
+      q, v, hash_key=KEY, n_buckets=4, n_hashes=3, chunk_len=4,
+      n_chunks_after=1, causal=causal, mask=mask)
   rng = np.random.default_rng(0)
   ct = jnp.asarray(rng.normal(size=(16, 5)), jnp.float32)
   loss = jax.jit(lambda q, v: jnp.vdot(f(q, v), ct))
@@ -251,7 +262,8 @@ def test_gradients_match_finite_differences(causal, padded):
 
 def test_undo_sort_gradient_is_a_gather_not_a_scatter():
   x = jax.random.normal(KEY, (16, 3))
-  sticker, undo = lsh_jax.core.sort_buckets(lsh_jax.hash_vectors(x, KEY, 4, 1))
+  sticker, undo = lsh_jax.core.sort_buckets(
+      lsh_jax.hash_vectors(x, hash_key=KEY, n_buckets=4, n_hashes=1))
   loss = lambda x: jnp.sum(jnp.sin(sorting.undo_sort(x, undo[0], sticker[0])))
   hlo = jax.jit(jax.grad(loss)).lower(x).as_text()
   assert 'scatter' not in hlo and 'gather' in hlo
@@ -288,8 +300,8 @@ def test_chunk_blocks_do_not_change_results(before, after, causal):
   from lsh_jax.core import rounds
   n_rounds, length = 3, 96  # 12 chunks of 8 per round
   q, v = _qv(length, 3, 5)
-  sticker, undo = lsh_jax.core.sort_buckets(lsh_jax.hash_vectors(q, KEY, 6,
-                                                            n_rounds))
+  sticker, undo = lsh_jax.core.sort_buckets(
+      lsh_jax.hash_vectors(q, hash_key=KEY, n_buckets=6, n_hashes=n_rounds))
   results = []
   for block in (None, 1, 3, 12):
     one_round = functools.partial(
@@ -327,10 +339,12 @@ def test_sequential_rounds_give_the_same_results(causal, padded):
                 n_chunks_after=1, causal=causal,
                 mask=jnp.arange(32) % 6 != 2 if padded else None)
   loss = lambda q, v, seq: jnp.sum(jnp.sin(lsh_jax.lsh_attention(
-      q, v, KEY, sequential_rounds=seq, **kwargs)))
+      q, v, hash_key=KEY, sequential_rounds=seq, **kwargs)))
   np.testing.assert_allclose(
-      lsh_jax.lsh_attention(q, v, KEY, sequential_rounds=True, **kwargs),
-      lsh_jax.lsh_attention(q, v, KEY, **kwargs), rtol=1e-6, atol=1e-6)
+      lsh_jax.lsh_attention(q, v, hash_key=KEY, sequential_rounds=True,
+                            **kwargs),
+      lsh_jax.lsh_attention(q, v, hash_key=KEY, **kwargs), rtol=1e-6,
+      atol=1e-6)
   for a, b in zip(jax.grad(loss, argnums=(0, 1))(q, v, True),
                   jax.grad(loss, argnums=(0, 1))(q, v, False)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
@@ -349,7 +363,7 @@ def test_automatic_rounds_schedule(monkeypatch):
   kwargs = dict(n_buckets=4, n_hashes=3, chunk_len=8, n_chunks_before=1,
                 n_chunks_after=1, causal=True)
   loss = lambda q, v, seq: jnp.sum(jnp.sin(lsh_jax.lsh_attention(
-      q, v, KEY, sequential_rounds=seq, **kwargs)))
+      q, v, hash_key=KEY, sequential_rounds=seq, **kwargs)))
   want = jax.grad(loss, argnums=(0, 1))(q, v, False)
   # Here 96 token-rounds: lower the threshold to take the sequential path,
   # compiled afresh.
@@ -378,7 +392,7 @@ def test_full_attention_with_separate_keys_matches_softmax_by_hand():
 
 def test_from_buckets_bound_changes_nothing_but_speed():
   q, v = _qv()
-  buckets = lsh_jax.hash_vectors(q, KEY, 4, 2)
+  buckets = lsh_jax.hash_vectors(q, hash_key=KEY, n_buckets=4, n_hashes=2)
   np.testing.assert_array_equal(
       lsh_jax.lsh_attention_from_buckets(q, v, buckets, chunk_len=4, n_ids=4),
       lsh_jax.lsh_attention_from_buckets(q, v, buckets, chunk_len=4))
@@ -397,21 +411,23 @@ def test_half_precision_inputs_compute_in_float32(dtype, atol):
   q, v = q.astype(dtype), v.astype(dtype)
   kwargs = dict(n_buckets=4, n_hashes=3, chunk_len=8, causal=True,
                 mask=jnp.arange(32) % 7 != 3)
-  got = lsh_jax.lsh_attention(q, v, KEY, **kwargs)
+  got = lsh_jax.lsh_attention(q, v, hash_key=KEY, **kwargs)
   assert got.dtype == dtype
   expected = lsh_jax.lsh_attention(q.astype(jnp.float32),
-                                   v.astype(jnp.float32), KEY, **kwargs)
+                                   v.astype(jnp.float32), hash_key=KEY,
+                                   **kwargs)
   np.testing.assert_allclose(got.astype(jnp.float32), expected, rtol=0,
                              atol=atol)
   grads = jax.grad(lambda q: jnp.sum(lsh_jax.lsh_attention(
-      q, v, KEY, **kwargs).astype(jnp.float32)))(q)
+      q, v, hash_key=KEY, **kwargs).astype(jnp.float32)))(q)
   assert grads.dtype == dtype and bool(jnp.all(jnp.isfinite(grads)))
 
 
 def test_all_padding_gives_zeros_not_nan():
   q, v = _qv()
   mask = jnp.zeros(16, bool)
-  for f in (lambda q: lsh_jax.lsh_attention(q, v, KEY, mask=mask, **KW),
+  for f in (lambda q: lsh_jax.lsh_attention(q, v, hash_key=KEY, mask=mask,
+                                            **KW),
             lambda q: lsh_jax.full_attention(q, v, mask=mask)):
     np.testing.assert_array_equal(f(q), jnp.zeros((16, 5)))
     assert bool(jnp.all(jnp.isfinite(jax.grad(lambda q: f(q).sum())(q))))

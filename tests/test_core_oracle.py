@@ -131,12 +131,12 @@ def run_both(s):
                 n_chunks_before=s['n_chunks_before'],
                 n_chunks_after=s['n_chunks_after'], causal=s['causal'])
   got = lsh_jax.lsh_attention(
-      jnp.asarray(q, dtype), jnp.asarray(v, dtype), key,
+      jnp.asarray(q, dtype), jnp.asarray(v, dtype), hash_key=key,
       n_buckets=s['n_buckets'], sequential_rounds=s['sequential_rounds'],
       mask=None if mask is None else jnp.asarray(mask), **window)
   assert got.shape == (length, s['d_v']) and got.dtype == dtype
   extra = padding.padded_length(length, s['chunk_len']) - length
-  expected, _, lse = oracle.lsh_self_attention(
+  expected, _, lse = oracle.lsh_attention(
       np.pad(q, ((0, extra), (0, 0))), np.pad(v, ((0, extra), (0, 0))),
       rotations, n_buckets=n_buckets, return_rounds=True,
       mask=None if mask is None and not extra else np.pad(valid, (0, extra)),
@@ -210,12 +210,12 @@ def test_gradients_match_finite_differences(s):
                                 hashing.bucket_factors(n_buckets))
                     > 4 * reach + MIN_HASH_MARGIN)
   attend = lambda q, v: lsh_jax.lsh_attention(
-      q, v, key, n_buckets=s['n_buckets'], n_hashes=s['n_hashes'],
+      q, v, hash_key=key, n_buckets=s['n_buckets'], n_hashes=s['n_hashes'],
       chunk_len=s['chunk_len'], n_chunks_before=s['n_chunks_before'],
       n_chunks_after=s['n_chunks_after'], causal=s['causal'],
       sequential_rounds=s['sequential_rounds'],
       mask=None if mask is None else jnp.asarray(mask))
-  _, _, lse = oracle.lsh_self_attention(
+  _, _, lse = oracle.lsh_attention(
       *(np.pad(np.asarray(x), ((0, padding.padded_length(
           length, s['chunk_len']) - length), (0, 0))) for x in (q, v)),
       rotations, n_buckets=n_buckets, n_hashes=s['n_hashes'],
@@ -257,7 +257,7 @@ def test_single_chunk_equals_full_attention(n_hashes, causal, padded):
   q = jnp.asarray(rng.normal(size=(length, 5)), jnp.float32)
   v = jnp.asarray(rng.normal(size=(length, 3)), jnp.float32)
   mask = jnp.asarray(np.arange(length) % 4 != 1) if padded else None
-  got = lsh_jax.lsh_attention(q, v, jax.random.PRNGKey(3), n_buckets=8,
+  got = lsh_jax.lsh_attention(q, v, hash_key=jax.random.PRNGKey(3), n_buckets=8,
                               n_hashes=n_hashes, chunk_len=length,
                               n_chunks_before=0, causal=causal, mask=mask)
   expected = lsh_jax.full_attention(q, v, causal=causal, mask=mask)
@@ -327,9 +327,9 @@ def test_padding_is_invisible():
   kwargs = dict(n_buckets=4, n_hashes=3, chunk_len=8, n_chunks_before=1,
                 n_chunks_after=1, mask=jnp.asarray(mask))
   a = lsh_jax.lsh_attention(jnp.asarray(q), jnp.asarray(v),
-                            jax.random.PRNGKey(0), **kwargs)
+                            hash_key=jax.random.PRNGKey(0), **kwargs)
   b = lsh_jax.lsh_attention(jnp.asarray(q2), jnp.asarray(v2),
-                            jax.random.PRNGKey(0), **kwargs)
+                            hash_key=jax.random.PRNGKey(0), **kwargs)
   np.testing.assert_allclose(np.asarray(a)[mask], np.asarray(b)[mask],
                              rtol=1e-6, atol=1e-6)
 
@@ -339,7 +339,8 @@ def test_causal_receptive_field():
   length = 16
   q, v = (jax.random.normal(k, (length, 3)) for k in
           jax.random.split(jax.random.PRNGKey(2)))
-  f = lambda v: lsh_jax.lsh_attention(q, v, jax.random.PRNGKey(1), n_buckets=4,
+  f = lambda v: lsh_jax.lsh_attention(q, v, hash_key=jax.random.PRNGKey(1),
+                                      n_buckets=4,
                                       n_hashes=2, chunk_len=4,
                                       n_chunks_after=1, causal=True)
   jac = jax.jacrev(f)(v)  # [L, Dv, L, Dv]

@@ -144,7 +144,7 @@ def test_one_chunk_gradients_equal_dense_attention(causal, padded, sequential):
 
   def lsh(q, v):
     return lsh_jax.lsh_attention(
-        q, v, jax.random.PRNGKey(1), n_buckets=4, n_hashes=2,
+        q, v, hash_key=jax.random.PRNGKey(1), n_buckets=4, n_hashes=2,
         chunk_len=length, n_chunks_before=0, n_chunks_after=0, causal=causal,
         mask=mask, sequential_rounds=sequential)
 
@@ -178,12 +178,13 @@ def test_pipeline_gradients_equal_autodiff_without_the_custom_vjp(
                 n_chunks_after=after, causal=causal, mask=mask,
                 sequential_rounds=sequential)
   if dropout:
-    kwargs.update(attention_dropout=0.25, dropout_rng=jax.random.PRNGKey(9))
+    kwargs.update(attention_dropout=0.25, dropout_key=jax.random.PRNGKey(9))
   ct = jax.random.normal(jax.random.PRNGKey(10), (length, D))
 
   def grads():
     loss = lambda q, v: jnp.vdot(
-        lsh_jax.lsh_attention(q, v, jax.random.PRNGKey(2), **kwargs), ct)
+        lsh_jax.lsh_attention(q, v, hash_key=jax.random.PRNGKey(2),
+                              **kwargs), ct)
     return jax.grad(loss, argnums=(0, 1))(q, v)
 
   got = grads()

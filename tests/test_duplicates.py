@@ -2,7 +2,7 @@
 per-bucket candidate sets (attend_across_buckets=False).
 
 Expected values come from
-  * the float64 NumPy oracle (`lsh_jax.oracle.lsh_self_attention`, which
+  * the float64 NumPy oracle (`lsh_jax.oracle.lsh_attention`, which
     counts the duplicates explicitly, pair by pair);
   * an independent derivation in this file: the candidate union of every
     query, built here from the buckets (sort, chunk, look-adjacent over the
@@ -135,15 +135,16 @@ def test_matches_oracle_and_the_union(s):
   window = dict(chunk_len=s['chunk_len'], n_chunks_before=s['n_chunks_before'],
                 n_chunks_after=s['n_chunks_after'])
   out = lsh_jax.lsh_attention(
-      q, v, key, n_buckets=4, n_hashes=s['n_hashes'], causal=s['causal'],
-      mask=mask, allow_duplicate_attention=False,
+      q, v, hash_key=key, n_buckets=4, n_hashes=s['n_hashes'],
+      causal=s['causal'], mask=mask, allow_duplicate_attention=False,
       attend_across_buckets=s['across'], sequential_rounds=s['sequential'],
       **window)
-  expected = oracle.lsh_self_attention(
+  expected = oracle.lsh_attention(
       q, v, rotations, n_buckets=4, n_hashes=s['n_hashes'],
       causal=s['causal'], mask=mask, allow_duplicate_attention=False,
       attend_across_buckets=s['across'], **window)
-  buckets = lsh_jax.hash_vectors(q, key, 4, s['n_hashes'], mask)
+  buckets = lsh_jax.hash_vectors(q, hash_key=key, n_buckets=4,
+                                 n_hashes=s['n_hashes'], mask=mask)
   union = candidate_union(buckets, across_buckets=s['across'], **window)
   special = self_only(q, union, causal=s['causal'], mask=mask)
   valid = np.ones(s['length'], bool) if mask is None else mask
@@ -162,13 +163,14 @@ def test_bucket_restriction_alone_matches_oracle(across):
   s = dict(n_hashes=3, chunk_len=4, length=16, padded=False, seed=7)
   q, v, key, mask, rotations = _draw_inputs(s, check_margin=False)
   window = dict(chunk_len=4, n_chunks_before=1, n_chunks_after=1)
-  out = lsh_jax.lsh_attention(q, v, key, n_buckets=4, n_hashes=3,
+  out = lsh_jax.lsh_attention(q, v, hash_key=key, n_buckets=4, n_hashes=3,
                               causal=True, attend_across_buckets=across,
                               **window)
-  expected = oracle.lsh_self_attention(q, v, rotations, n_buckets=4,
-                                       n_hashes=3, causal=True,
-                                       attend_across_buckets=across, **window)
-  union = candidate_union(lsh_jax.hash_vectors(q, key, 4, 3),
+  expected = oracle.lsh_attention(q, v, rotations, n_buckets=4,
+                                  n_hashes=3, causal=True,
+                                  attend_across_buckets=across, **window)
+  union = candidate_union(lsh_jax.hash_vectors(q, hash_key=key, n_buckets=4,
+                                               n_hashes=3),
                           across_buckets=across, **window)
   compare(out, expected, self_only(q, union, causal=True, mask=None),
           np.ones(16, bool))
@@ -182,12 +184,12 @@ def test_the_correction_changes_repeated_keys_only():
   q, v = helpers.random_qv(3, 32, 6, 4)
   key = jax.random.PRNGKey(3)
   common = dict(n_buckets=4, chunk_len=8, n_chunks_before=1)
-  one = functools.partial(lsh_jax.lsh_attention, q, v, key, n_hashes=1,
-                          **common)
+  one = functools.partial(lsh_jax.lsh_attention, q, v, hash_key=key,
+                          n_hashes=1, **common)
   np.testing.assert_allclose(one(allow_duplicate_attention=False), one(),
                              rtol=1e-6, atol=1e-6)
-  four = functools.partial(lsh_jax.lsh_attention, q, v, key, n_hashes=4,
-                           **common)
+  four = functools.partial(lsh_jax.lsh_attention, q, v, hash_key=key,
+                           n_hashes=4, **common)
   assert np.max(np.abs(four(allow_duplicate_attention=False) - four())) > 1e-2
 
 
@@ -196,9 +198,9 @@ def test_attention_weights_is_the_union_softmax():
   key = jax.random.PRNGKey(5)
   window = dict(chunk_len=4, n_chunks_before=1, n_chunks_after=0)
   weights = lsh_jax.attention_weights(
-      q, key, n_buckets=4, n_hashes=3, causal=True,
+      q, hash_key=key, n_buckets=4, n_hashes=3, causal=True,
       allow_duplicate_attention=False, **window)
-  buckets = lsh_jax.hash_vectors(q, key, 4, 3)
+  buckets = lsh_jax.hash_vectors(q, hash_key=key, n_buckets=4, n_hashes=3)
   union = candidate_union(buckets, across_buckets=True, **window)
   dots = union_logits(q, union, causal=True, mask=None)
   expected = np.exp(dots - oracle.logsumexp(dots, axis=-1, keepdims=True))
@@ -260,7 +262,7 @@ def test_flags_must_be_bools(name):
   q, v = helpers.random_qv(0, 8, 4, 4)
   with pytest.raises(ValueError, match=f'{name} must be True or False, got '
                      "'no'"):
-    lsh_jax.lsh_attention(q, v, jax.random.PRNGKey(0), n_buckets=2,
+    lsh_jax.lsh_attention(q, v, hash_key=jax.random.PRNGKey(0), n_buckets=2,
                           n_hashes=2, chunk_len=4, **{name: 'no'})
   with pytest.raises(ValueError, match=f'{name} must be True or False'):
     lsh_jax.lsh_attention_from_buckets(q, v, jnp.zeros((2, 8), jnp.int32),
@@ -281,7 +283,7 @@ def test_no_quadratic_buffer_at_64k(backward):
 
   def attend(q, v):
     return lsh_jax.lsh_attention(
-        q, v, jax.random.PRNGKey(0), n_buckets=64, n_hashes=n_rounds,
+        q, v, hash_key=jax.random.PRNGKey(0), n_buckets=64, n_hashes=n_rounds,
         chunk_len=chunk_len, causal=True, allow_duplicate_attention=False,
         attend_across_buckets=False)
   if backward:
@@ -302,11 +304,12 @@ def test_multihead_entry_point_passes_the_flags():
   key = jax.random.PRNGKey(22)
   flags = dict(allow_duplicate_attention=False, attend_across_buckets=False)
   common = dict(n_buckets=4, n_hashes=3, chunk_len=4, causal=True)
-  out = lsh_jax.lsh_self_attention(query, value, key, **common, **flags)
+  out = lsh_jax.lsh_self_attention(query, value, hash_key=key, **common,
+                                   **flags)
   keys = lsh_jax.core.multihead.head_keys(key, 2, 3)
   for b in range(2):
     for n in range(3):
       expected = lsh_jax.lsh_attention(query[b, :, n], value[b, :, n],
-                                       keys[b, n], **common, **flags)
+                                       hash_key=keys[b, n], **common, **flags)
       np.testing.assert_allclose(out[b, :, n], expected, rtol=1e-6,
                                  atol=1e-6)

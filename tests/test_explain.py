@@ -52,7 +52,7 @@ def test_combined_output_equals_the_oracle(changes):
   result, text = _walk(**changes)
   s = result.settings
   assert result.passed and 'PASS' in text
-  expected = oracle.lsh_self_attention(
+  expected = oracle.lsh_attention(
       result.q, result.v, result.rotations, n_buckets=s.n_buckets,
       n_hashes=s.n_hashes, chunk_len=s.chunk_len,
       n_chunks_before=s.n_chunks_before, n_chunks_after=s.n_chunks_after,
@@ -79,7 +79,7 @@ def test_exact_attention_and_the_sweep_equal_the_oracle():
   args = dict(n_buckets=s.n_buckets, chunk_len=s.chunk_len,
               n_chunks_before=s.n_chunks_before,
               n_chunks_after=s.n_chunks_after, causal=s.causal)
-  expected = oracle.lsh_self_attention(
+  expected = oracle.lsh_attention(
       result.q, result.v, result.rotations, n_hashes=s.n_hashes,
       allow_duplicate_attention=False, **args)
   query = result.query
@@ -93,7 +93,7 @@ def test_exact_attention_and_the_sweep_equal_the_oracle():
     rotations = np.asarray(lsh_jax.core.random_rotations(
         result.hash_key, s.depth, s.n_buckets, n_hashes))
     for allow, got in ((True, error), (False, exact_error)):
-      out = oracle.lsh_self_attention(
+      out = oracle.lsh_attention(
           result.q, result.v, rotations, n_hashes=n_hashes,
           allow_duplicate_attention=allow, **args)
       want = np.linalg.norm(out - full) / np.linalg.norm(full)

@@ -58,8 +58,8 @@ def test_output_equals_lsh_self_attention_of_its_projections(causal, masked):
           if masked else None)
   got = module(x, mask, deterministic=True)
   attended = lsh_jax.lsh_self_attention(
-      module.qk(x), module.value(x), module.hash_key[...], causal=causal,
-      mask=mask, n_chunks_after=1, **LSH)
+      module.qk(x), module.value(x), hash_key=module.hash_key[...],
+      causal=causal, mask=mask, n_chunks_after=1, **LSH)
   expected = module.out(attended)
   np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-6)
 
@@ -144,16 +144,16 @@ def test_same_rngs_seed_gives_the_same_outputs():
 
 def test_lsh_stream_draws_the_hash_keys():
   x = _x()
-  a = LSHSelfAttention(N, F, **SIZES, **LSH, rngs=nnx.Rngs(params=0, lsh=1))
-  b = LSHSelfAttention(N, F, **SIZES, **LSH, rngs=nnx.Rngs(params=0, lsh=2))
+  a = LSHSelfAttention(N, F, **SIZES, **LSH, rngs=nnx.Rngs(params=0, hash=1))
+  b = LSHSelfAttention(N, F, **SIZES, **LSH, rngs=nnx.Rngs(params=0, hash=2))
   for leaf_a, leaf_b in zip(jax.tree.leaves(nnx.state(a, nnx.Param)),
                             jax.tree.leaves(nnx.state(b, nnx.Param))):
     np.testing.assert_array_equal(leaf_a, leaf_b)  # same parameters
   assert float(jnp.max(jnp.abs(a(x, deterministic=True) -
                                b(x, deterministic=True)))) > 1e-3
   # An explicit stream at call time gives a reproducible hash.
-  np.testing.assert_array_equal(a(x, rngs=nnx.Rngs(lsh=9)),
-                                b(x, rngs=nnx.Rngs(lsh=9)))
+  np.testing.assert_array_equal(a(x, rngs=nnx.Rngs(hash=9)),
+                                b(x, rngs=nnx.Rngs(hash=9)))
 
 
 def test_dropout_only_in_training():
@@ -162,10 +162,10 @@ def test_dropout_only_in_training():
   module.eval()
   evaluated = module(x)
   module.train()
-  trained = module(x, rngs=nnx.Rngs(lsh=0, dropout=1))
-  same_hash = module(x, rngs=nnx.Rngs(lsh=0, dropout=1))
+  trained = module(x, rngs=nnx.Rngs(hash=0, dropout=1))
+  same_hash = module(x, rngs=nnx.Rngs(hash=0, dropout=1))
   np.testing.assert_array_equal(trained, same_hash)  # reproducible draws
-  undropped = module(x, deterministic=True, rngs=nnx.Rngs(lsh=0))
+  undropped = module(x, deterministic=True, rngs=nnx.Rngs(hash=0))
   assert float(jnp.max(jnp.abs(trained - undropped))) > 1e-3
   assert evaluated.shape == trained.shape
   # Output dropout: one flag per feature; dropped features are exactly the

@@ -75,7 +75,8 @@ def test_our_hash_vectors(old_threefry):
   np.testing.assert_array_equal(
       oracle.our_hash_vectors(np.asarray(vecs), np.asarray(rotations), 4, 3),
       expected)
-  buckets = lsh_jax.hash_vectors(vecs, rng, 4, 3)  # [3, 8], no offsets
+  buckets = lsh_jax.hash_vectors(vecs, hash_key=rng, n_buckets=4,
+                                 n_hashes=3)  # [3, 8], no offsets
   offsets = 4 * np.arange(3)[:, None]
   np.testing.assert_array_equal((np.asarray(buckets) + offsets).ravel(),
                                 expected)

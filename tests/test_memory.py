@@ -29,7 +29,7 @@ def _compile(length, backward):
   q = jax.ShapeDtypeStruct((length, 8), jnp.float32)
   v = jax.ShapeDtypeStruct((length, 8), jnp.float32)
   key = jax.random.PRNGKey(0)
-  attend = lambda q, v: lsh_jax.lsh_attention(q, v, key, **SETTINGS)
+  attend = lambda q, v: lsh_jax.lsh_attention(q, v, hash_key=key, **SETTINGS)
   if backward:
     attend = jax.grad(lambda q, v, f=attend: jnp.sum(f(q, v)),
                       argnums=(0, 1))

@@ -46,9 +46,9 @@ def _per_head(q, v, key, mask, dropout_key=None, **settings):
           else multihead.head_keys(dropout_key, batch, heads))
   return jnp.stack([jnp.stack([
       lsh_jax.lsh_attention(
-          q[b, :, n], v[b, :, n], keys[b, n],
+          q[b, :, n], v[b, :, n], hash_key=keys[b, n],
           mask=None if mask is None else mask[b],
-          dropout_rng=None if drop is None else drop[b, n], **settings)
+          dropout_key=None if drop is None else drop[b, n], **settings)
       for n in range(heads)], axis=1) for b in range(batch)])
 
 
@@ -63,7 +63,7 @@ def test_equals_lsh_attention_per_head(settings):
   settings = dict(settings)
   mask = _mask() if settings.pop('masked', False) else None
   q, v = _inputs()
-  got = lsh_jax.lsh_self_attention(q, v, KEY, mask=mask, **settings)
+  got = lsh_jax.lsh_self_attention(q, v, hash_key=KEY, mask=mask, **settings)
   assert got.shape == (B, T, N, HV) and got.dtype == jnp.float32
   expected = _per_head(q, v, KEY, mask, **settings)
   # Measured: <= 5e-7 (the vmapped program batches the matmuls, so the
@@ -79,7 +79,8 @@ def test_pairs_at_once_do_not_change_results(n_parallel_heads):
   q, v = _inputs()
   settings = dict(SETTINGS, causal=True, attention_dropout=0.2)
   drop = jax.random.PRNGKey(9)
-  got = lsh_jax.lsh_self_attention(q, v, KEY, mask=_mask(), dropout_key=drop,
+  got = lsh_jax.lsh_self_attention(q, v, hash_key=KEY, mask=_mask(),
+                                   dropout_key=drop,
                                    n_parallel_heads=n_parallel_heads,
                                    **settings)
   expected = _per_head(q, v, KEY, _mask(), dropout_key=drop, **settings)
@@ -92,11 +93,11 @@ def test_heads_and_examples_hash_independently():
   q = jnp.tile(q[:, :, :1], (2, 1, N, 1))
   v = jnp.tile(v[:, :, :1], (2, 1, N, 1))
   keys = multihead.head_keys(KEY, 2, N)
-  buckets = [tuple(np.asarray(lsh_jax.hash_vectors(q[b, :, n], keys[b, n],
-                                                    8, 1)).ravel())
+  buckets = [tuple(np.asarray(lsh_jax.hash_vectors(
+      q[b, :, n], hash_key=keys[b, n], n_buckets=8, n_hashes=1)).ravel())
              for b in range(2) for n in range(N)]
   assert len(set(buckets)) == 2 * N  # six different hashes of one input
-  out = lsh_jax.lsh_self_attention(q, v, KEY, n_buckets=8, n_hashes=1,
+  out = lsh_jax.lsh_self_attention(q, v, hash_key=KEY, n_buckets=8, n_hashes=1,
                                    chunk_len=8, n_chunks_before=0)
   assert float(jnp.max(jnp.abs(out[0, :, 0] - out[1, :, 1]))) > 1e-3
 
@@ -117,15 +118,15 @@ def test_head_keys_are_split_of_key():
 def test_three_dimensional_input_is_one_example():
   q, v = _inputs()
   mask = _mask()
-  got = lsh_jax.lsh_self_attention(q[1], v[1], KEY, mask=mask[1],
+  got = lsh_jax.lsh_self_attention(q[1], v[1], hash_key=KEY, mask=mask[1],
                                    causal=True, **SETTINGS)
   assert got.shape == (T, N, HV)
-  batch_of_one = lsh_jax.lsh_self_attention(q[1:], v[1:], KEY,
+  batch_of_one = lsh_jax.lsh_self_attention(q[1:], v[1:], hash_key=KEY,
                                             mask=mask[1:], causal=True,
                                             **SETTINGS)
   np.testing.assert_array_equal(got, batch_of_one[0])  # documented keys
   keys = jax.random.split(KEY, N)
-  expected = lsh_jax.lsh_attention(q[1, :, 2], v[1, :, 2], keys[2],
+  expected = lsh_jax.lsh_attention(q[1, :, 2], v[1, :, 2], hash_key=keys[2],
                                    mask=mask[1], causal=True, **SETTINGS)
   np.testing.assert_allclose(got[:, 2], expected, rtol=0, atol=2e-6)
 
@@ -133,9 +134,9 @@ def test_three_dimensional_input_is_one_example():
 def test_mask_of_length_t_is_shared_by_examples():
   q, v = _inputs()
   mask = jnp.arange(T) % 7 != 3
-  got = lsh_jax.lsh_self_attention(q, v, KEY, mask=mask, **SETTINGS)
-  tiled = lsh_jax.lsh_self_attention(q, v, KEY, mask=jnp.tile(mask, (B, 1)),
-                                     **SETTINGS)
+  got = lsh_jax.lsh_self_attention(q, v, hash_key=KEY, mask=mask, **SETTINGS)
+  tiled = lsh_jax.lsh_self_attention(q, v, hash_key=KEY,
+                                     mask=jnp.tile(mask, (B, 1)), **SETTINGS)
   np.testing.assert_array_equal(got, tiled)
   assert bool(jnp.all(got[:, 3] == 0))  # masked positions are zeros
 
@@ -144,7 +145,7 @@ def test_mask_of_length_t_is_shared_by_examples():
 def test_one_chunk_equals_full_attention_per_head(causal, masked):
   q, v = _inputs()
   mask = _mask() if masked else None
-  got = lsh_jax.lsh_self_attention(q, v, KEY, n_buckets=4, n_hashes=3,
+  got = lsh_jax.lsh_self_attention(q, v, hash_key=KEY, n_buckets=4, n_hashes=3,
                                    chunk_len=T, n_chunks_before=0,
                                    causal=causal, mask=mask)
   expected = jnp.stack([jnp.stack([
@@ -163,8 +164,8 @@ def test_gradients_match_finite_differences():
   q, v = _inputs(batch=1, length=16)
   mask = jnp.arange(16)[None] < 13
   f = lambda q, v: lsh_jax.lsh_self_attention(
-      q, v, KEY, n_buckets=4, n_hashes=2, chunk_len=4, n_chunks_after=1,
-      causal=True, mask=mask)
+      q, v, hash_key=KEY, n_buckets=4, n_hashes=2, chunk_len=4,
+      n_chunks_after=1, causal=True, mask=mask)
   # As tests/test_core_api.py: float32 central differences with eps = 1e-3
   # (far below the hash margins of these inputs, so no token changes
   # bucket); tolerance 2e-2 for float32 difference quotients.
@@ -174,7 +175,7 @@ def test_gradients_match_finite_differences():
 
 def test_composes_with_jit_grad_and_vmap():
   q, v = _inputs()
-  f = lambda q, v: lsh_jax.lsh_self_attention(q, v, KEY, causal=True,
+  f = lambda q, v: lsh_jax.lsh_self_attention(q, v, hash_key=KEY, causal=True,
                                               **SETTINGS)
   np.testing.assert_array_equal(jax.jit(f)(q, v), f(q, v))
   # vmap over a leading axis of two batches equals each batch on its own.
@@ -195,18 +196,18 @@ def test_composes_with_jit_grad_and_vmap():
 def test_attention_dropout_uses_per_head_dropout_keys():
   q, v = _inputs()
   drop = jax.random.PRNGKey(11)
-  got = lsh_jax.lsh_self_attention(q, v, KEY, attention_dropout=0.3,
+  got = lsh_jax.lsh_self_attention(q, v, hash_key=KEY, attention_dropout=0.3,
                                    dropout_key=drop, **SETTINGS)
   expected = _per_head(q, v, KEY, None, dropout_key=drop,
                        attention_dropout=0.3, **SETTINGS)
   np.testing.assert_allclose(got, expected, rtol=0, atol=2e-6)
-  plain = lsh_jax.lsh_self_attention(q, v, KEY, **SETTINGS)
+  plain = lsh_jax.lsh_self_attention(q, v, hash_key=KEY, **SETTINGS)
   assert float(jnp.max(jnp.abs(got - plain))) > 1e-2
 
 
 def test_half_precision_in_half_precision_out():
   q, v = _inputs(dtype=jnp.bfloat16)
-  got = lsh_jax.lsh_self_attention(q, v, KEY, **SETTINGS)
+  got = lsh_jax.lsh_self_attention(q, v, hash_key=KEY, **SETTINGS)
   assert got.dtype == jnp.bfloat16
   expected = _per_head(q, v, KEY, None, **SETTINGS)
   np.testing.assert_array_equal(got.astype(jnp.float32),
@@ -218,10 +219,11 @@ def test_one_compilation_per_static_configuration():
   compiled = multihead._lsh_self_attention
   q, v = _inputs(length=24)  # a length no other test uses
   before = compiled._cache_size()
-  lsh_jax.lsh_self_attention(q, v, KEY, **SETTINGS)
-  lsh_jax.lsh_self_attention(2 * q, v, jax.random.PRNGKey(9), **SETTINGS)
+  lsh_jax.lsh_self_attention(q, v, hash_key=KEY, **SETTINGS)
+  lsh_jax.lsh_self_attention(2 * q, v, hash_key=jax.random.PRNGKey(9),
+                             **SETTINGS)
   assert compiled._cache_size() == before + 1
-  lsh_jax.lsh_self_attention(q, v, KEY, **dict(SETTINGS, n_hashes=3))
+  lsh_jax.lsh_self_attention(q, v, hash_key=KEY, **dict(SETTINGS, n_hashes=3))
   assert compiled._cache_size() == before + 2
 
 
@@ -243,8 +245,8 @@ def test_one_compilation_per_static_configuration():
 def test_bad_shapes_raise_clear_errors(q_shape, v_shape, mask_shape, match):
   mask = None if mask_shape is None else jnp.ones(mask_shape, bool)
   with pytest.raises(ValueError, match=match):
-    lsh_jax.lsh_self_attention(jnp.ones(q_shape), jnp.ones(v_shape), KEY,
-                               mask=mask, **SETTINGS)
+    lsh_jax.lsh_self_attention(jnp.ones(q_shape), jnp.ones(v_shape),
+                               hash_key=KEY, mask=mask, **SETTINGS)
 
 
 @pytest.mark.parametrize('change,match', [
@@ -258,24 +260,25 @@ def test_bad_shapes_raise_clear_errors(q_shape, v_shape, mask_shape, match):
      r'attention_dropout > 0'),
     (dict(attention_dropout=0.1, dropout_key=0.5), r'dropout_key must be a '
      r'PRNG key'),
-    (dict(key=jax.random.split(KEY, 2)), r'key must be a PRNG key'),
+    (dict(hash_key=jax.random.split(KEY, 2)), r'hash_key must be a PRNG key'),
     (dict(n_parallel_heads=0), r'n_parallel_heads must be >= 1, got 0'),
-    (dict(key=jax.random.split(jax.random.key(0), B)), r'key must be a single '
-     r'PRNG key, got a key array of shape \(2,\)'),
+    (dict(hash_key=jax.random.split(jax.random.key(0), B)), r'hash_key must '
+     r'be a single PRNG key, got a key array of shape \(2,\)'),
 ])
 def test_bad_arguments_raise_clear_errors(change, match):
   q, v = _inputs()
   kwargs = dict(SETTINGS, **change)
-  key = kwargs.pop('key', KEY)
+  kwargs.setdefault('hash_key', KEY)
   with pytest.raises(ValueError, match=match):
-    lsh_jax.lsh_self_attention(q, v, key, **kwargs)
+    lsh_jax.lsh_self_attention(q, v, **kwargs)
 
 
 def test_integer_query_is_rejected():
   with pytest.raises(ValueError, match='query must have a floating dtype, '
                      'got int32'):
     lsh_jax.lsh_self_attention(jnp.ones((B, T, N, H), jnp.int32),
-                               jnp.ones((B, T, N, HV)), KEY, **SETTINGS)
+                               jnp.ones((B, T, N, HV)), hash_key=KEY,
+                               **SETTINGS)
 
 
 _SHARDED_CHECK = textwrap.dedent('''
@@ -289,8 +292,8 @@ _SHARDED_CHECK = textwrap.dedent('''
     v = jax.random.normal(k[1], (2, 40, 4, 7))
     mask = jnp.arange(40)[None] < jnp.array([[40], [31]])
     f = jax.jit(lambda q, v, m: lsh_jax.lsh_self_attention(
-        q, v, k[2], n_buckets=4, n_hashes=2, chunk_len=8, causal=True,
-        mask=m))
+        q, v, hash_key=k[2], n_buckets=4, n_hashes=2, chunk_len=8,
+        causal=True, mask=m))
     one = jax.device_put((q, v, mask), devices[0])
     expected = np.asarray(f(*one))
     mesh = Mesh(np.array(devices).reshape(2, 4), ('batch', 'heads'))

@@ -413,14 +413,14 @@ def test_combine_rounds_equals_attention_over_the_union():
 
 @pytest.mark.parametrize('causal', [False, True])
 def test_pipeline_equals_union_over_sorted_chunks(causal):
-  """lsh_self_attention without adjacent chunks against a direct build:
+  """lsh_attention without adjacent chunks against a direct build:
   per round, sort positions with Python's sorted by (bucket, position),
   cut into chunks of C, and let each query attend to its chunk; then the
   union formula above with logits q_i . k_j - penalties."""
   length, d_qk, d_v, chunk_len, n_hashes, n_buckets = 12, 5, 3, 4, 3, 6
   q, v = random_qv(6, length, d_qk, d_v)
   rotations = random_rotations(6, d_qk, n_buckets, n_hashes)
-  got, o, lse = oracle.lsh_self_attention(
+  got, o, lse = oracle.lsh_attention(
       q, v, rotations, n_buckets=n_buckets, n_hashes=n_hashes,
       chunk_len=chunk_len, n_chunks_before=0, causal=causal,
       return_rounds=True)
@@ -471,7 +471,7 @@ def test_single_chunk_equals_full_attention(n_buckets, n_hashes, causal,
   expected = oracle.full_attention(q, v, causal=causal, mask=mask)
   for seed in range(3):
     rotations = random_rotations(seed, d_qk, n_buckets, n_hashes)
-    got = oracle.lsh_self_attention(
+    got = oracle.lsh_attention(
         q, v, rotations, n_buckets=n_buckets, n_hashes=n_hashes,
         chunk_len=length, n_chunks_before=0, causal=causal, mask=mask)
     np.testing.assert_allclose(got, expected, **TIGHT)
@@ -506,7 +506,7 @@ def test_round_order_does_not_matter_without_adjacent_chunks():
   length, d_qk, d_v, n_hashes = 24, 5, 3, 4
   q, v = random_qv(9, length, d_qk, d_v)
   rotations = random_rotations(9, d_qk, 6, n_hashes)
-  outputs = [oracle.lsh_self_attention(
+  outputs = [oracle.lsh_attention(
       q, v, rotations[:, order], n_buckets=6, n_hashes=n_hashes, chunk_len=4,
       n_chunks_before=0, causal=True)
              for order in ([0, 1, 2, 3], [3, 1, 0, 2], [2, 3, 1, 0])]
@@ -529,8 +529,8 @@ def test_padding_is_invisible(causal):
   common = dict(n_buckets=4, n_hashes=3, chunk_len=4, n_chunks_before=1,
                 n_chunks_after=1, causal=causal, mask=mask)
   rotations = random_rotations(10, d_qk, 4, 3)
-  a = oracle.lsh_self_attention(q, v, rotations, **common)
-  b = oracle.lsh_self_attention(q2, v2, rotations, **common)
+  a = oracle.lsh_attention(q, v, rotations, **common)
+  b = oracle.lsh_attention(q2, v2, rotations, **common)
   np.testing.assert_allclose(a[mask], b[mask], **TIGHT)
   assert not np.allclose(a[~mask], b[~mask])  # the change did reach them
 
@@ -542,10 +542,10 @@ def test_auto_buckets_and_float64():
   auto = oracle.auto_n_buckets(16, 4)  # 8
   rotations = random_rotations(12, 3, auto, 2)
   common = dict(n_hashes=2, chunk_len=4)
-  a = oracle.lsh_self_attention(q.astype(np.float32), v.astype(np.float32),
-                                rotations, n_buckets=None, **common)
-  b = oracle.lsh_self_attention(q.astype(np.float32), v.astype(np.float32),
-                                rotations, n_buckets=auto, **common)
+  a = oracle.lsh_attention(q.astype(np.float32), v.astype(np.float32),
+                           rotations, n_buckets=None, **common)
+  b = oracle.lsh_attention(q.astype(np.float32), v.astype(np.float32),
+                           rotations, n_buckets=auto, **common)
   assert a.dtype == np.float64
   np.testing.assert_array_equal(a, b)
 
@@ -560,8 +560,8 @@ def test_length_not_a_multiple_of_chunk_len_raises():
   rotations = random_rotations(13, 3, 4, 2)
   match = r'multiple of chunk_len: got L=10, chunk_len=4'
   with pytest.raises(ValueError, match=match):
-    oracle.lsh_self_attention(q, v, rotations, n_buckets=4, n_hashes=2,
-                              chunk_len=4)
+    oracle.lsh_attention(q, v, rotations, n_buckets=4, n_hashes=2,
+                         chunk_len=4)
   with pytest.raises(ValueError, match=match):
     oracle.attend(np.tile(q, (2, 1)), np.tile(v, (2, 1)),
                   np.tile(np.arange(10), 2), chunk_len=4, n_hashes=2)
@@ -574,5 +574,5 @@ def test_rotations_of_the_wrong_width_raise():
   q, v = random_qv(14, 8, 3, 2)
   with pytest.raises(ValueError, match=r'rotations should have shape .* '
                      r'= \(3, 2, 2\) for n_buckets=4: but got \(3, 2, 3\)'):
-    oracle.lsh_self_attention(q, v, random_rotations(14, 3, 6, 2),
-                              n_buckets=4, n_hashes=2, chunk_len=4)
+    oracle.lsh_attention(q, v, random_rotations(14, 3, 6, 2),
+                         n_buckets=4, n_hashes=2, chunk_len=4)

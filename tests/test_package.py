@@ -1,6 +1,7 @@
 """The package's public surface: every name in `__all__` resolves, the
 re-exports are the functions their modules define, the CLI dispatches, and
 the core imports and runs without any optional dependency loaded."""
+import configparser
 import json
 import os
 import subprocess
@@ -34,41 +35,32 @@ def test_other_commands_reject_unknown_options(capsys):
   assert 'unrecognized arguments: --no-such-option' in capsys.readouterr().err
 
 
-def test_moved_building_blocks_still_resolve_with_a_warning():
-  from lsh_jax import core  # pylint: disable=import-outside-toplevel
-  with pytest.warns(DeprecationWarning, match='lsh_jax.core.sort_buckets'):
-    moved = lsh_jax.sort_buckets
-  assert moved is core.sort_buckets
-
-
-def test_unknown_attribute_is_an_attribute_error():
-  with pytest.raises(AttributeError, match='no_such_name'):
-    lsh_jax.no_such_name  # pylint: disable=pointless-statement
-
-
 def test_oracle_alias_exposes_the_three_reference_modules():
   from lsh_jax import oracle  # pylint: disable=import-outside-toplevel
   from lsh_jax.reference import decode, lab, spec  # pylint: disable=import-outside-toplevel
-  assert oracle.lsh_self_attention is spec.lsh_self_attention
+  assert oracle.lsh_attention is spec.lsh_attention
   assert oracle.dotandv is lab.dotandv
   assert oracle.predict_step is decode.predict_step
 
 
-# What the `trax`, `flax` and `plots` extras bring; the core must not load it.
-OPTIONAL_MODULES = ('trax', 'tensorflow', 'flax', 'optax', 'gin', 'matplotlib',
-                    'gym')
+# What the extras bring; the core must not load it.
+OPTIONAL_MODULES = ('trax', 'tensorflow', 'flax', 'optax', 'equinox', 'gin',
+                    'matplotlib', 'gym')
 LIGHT_CHECK = """
 import json, os, sys
+from lsh_jax.apps import commands
 import jax, jax.numpy as jnp
 import lsh_jax, lsh_jax.core, lsh_jax.reference
 q = jax.random.normal(jax.random.PRNGKey(0), (8, 4))
-out = lsh_jax.lsh_attention(q, q, jax.random.PRNGKey(1), n_buckets=2,
-                            n_hashes=2, chunk_len=4)
+out = lsh_jax.lsh_attention(q, q, hash_key=jax.random.PRNGKey(1),
+                            n_buckets=2, n_hashes=2, chunk_len=4)
 root = os.path.dirname(lsh_jax.__file__)
 print(json.dumps(dict(
     loaded=[m for m in {modules} if m in sys.modules],
     shape=list(out.shape), finite=bool(jnp.isfinite(out).all()),
-    configs=sorted(os.listdir(os.path.join(root, 'configs'))),
+    configs=sorted(os.listdir(commands.CONFIG_DIR)),
+    trax_configs=sorted(os.listdir(os.path.join(commands.CONFIG_DIR,
+                                                'trax'))),
     typed=os.path.isfile(os.path.join(root, 'py.typed')))))
 """.replace('{modules}', repr(OPTIONAL_MODULES))
 
@@ -88,8 +80,12 @@ def test_core_imports_and_runs_without_loading_optional_dependencies(
   report = json.loads(result.stdout.splitlines()[-1])
   assert report['loaded'] == []
   assert report['shape'] == [8, 4] and report['finite']
-  assert {'reformer_copy_cpu.gin', 'lab_lsh_layer.gin'} <= set(
-      report['configs'])
+  # Every config of the checkout's configs/ ships (the wheel's copy).
+  checkout = os.path.join(os.path.dirname(os.path.dirname(__file__)),
+                          'configs')
+  assert report['configs'] == sorted(os.listdir(checkout))
+  assert report['trax_configs'] == sorted(
+      os.listdir(os.path.join(checkout, 'trax')))
   assert report['typed']
 
 
@@ -98,9 +94,35 @@ def test_packaged_configs_resolve_by_name_or_former_path():
   packaged = os.path.join(commands.CONFIG_DIR, 'reformer_copy_cpu.gin')
   for name in ('reformer_copy_cpu', 'reformer_copy_cpu.gin',
                'configs/reformer_copy_cpu.gin'):
-    assert commands.resolve_config(name) == packaged
+    assert os.path.samefile(commands.resolve_config(name), packaged)
   assert 'lab_lsh_layer' in commands.packaged_configs()
   with pytest.raises(commands.CommandError,
                      match=r'config file not found: no/such.gin \(packaged '
                      r'configs: lab_lsh_layer, '):
     commands.resolve_config('no/such.gin')
+
+
+def test_setup_cfg_lists_every_package():
+  """setup.cfg lists its packages instead of finding them (configs/ is
+  mapped to lsh_jax.configs): a new sub-package of lsh_jax or folder of
+  configs/ must be listed there, or the wheel lacks it."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  setup = configparser.ConfigParser()
+  setup.read(os.path.join(root, 'setup.cfg'))
+  listed = set(setup['options']['packages'].split())
+
+  def packages(top, name, holds):
+    """`name` and its sub-packages: the folders under `top` with a file
+    `holds` accepts."""
+    found = set()
+    for path, _, files in os.walk(os.path.join(root, top)):
+      if any(map(holds, files)):
+        folder = os.path.relpath(path, os.path.join(root, top))
+        found.add(name if folder == '.' else
+                  name + '.' + folder.replace(os.sep, '.'))
+    return found
+
+  expected = (packages('lsh_jax', 'lsh_jax', lambda f: f == '__init__.py') |
+              packages('configs', 'lsh_jax.configs',
+                       lambda f: f.endswith('.gin')))
+  assert listed == expected

@@ -66,7 +66,7 @@ def test_covered_mass_is_full_probability_on_the_weights_support():
                            repeats=0)
   import jax  # pylint: disable=import-outside-toplevel
   matrix = np.asarray(weights.attention_weights(
-      sample.q, jax.random.PRNGKey(0), n_buckets=2 * LENGTH // CHUNK,
+      sample.q, hash_key=jax.random.PRNGKey(0), n_buckets=2 * LENGTH // CHUNK,
       n_hashes=2, chunk_len=CHUNK))
   probs = quality.full_probabilities(sample.q, causal=False)
   expected = np.mean(np.sum(probs * (matrix > 0), -1))

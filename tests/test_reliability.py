@@ -53,7 +53,7 @@ def _padded_oracle(q, v, key, *, n_buckets, n_hashes, chunk_len, mask=None,
   rotations = np.asarray(lsh_jax.core.random_rotations(key, q.shape[1], n_buckets,
                                                   n_hashes))
   assert hash_margin(q, rotations, hashing.bucket_factors(n_buckets)) > 1e-4
-  out, _, lse = oracle.lsh_self_attention(
+  out, _, lse = oracle.lsh_attention(
       qp, vp, rotations, n_buckets=n_buckets, n_hashes=n_hashes,
       chunk_len=chunk_len, mask=maskp, return_rounds=True, **kwargs)
   self_only = lse.max(axis=0)[:length] <= SELF_ONLY_LSE
@@ -89,7 +89,7 @@ def test_any_length_matches_oracle_on_padded_input(setting):
   if padded:
     mask = np.arange(length) % 5 != 1
     mask[0] = True
-  got = lsh_jax.lsh_attention(q, v, KEY, mask=None if mask is None else
+  got = lsh_jax.lsh_attention(q, v, hash_key=KEY, mask=None if mask is None else
                               jnp.asarray(mask), **setting)
   assert got.shape == (length, 3)
   expected, normal, self_only = _padded_oracle(q, v, KEY, mask=mask,
@@ -110,10 +110,10 @@ def test_any_length_is_the_padded_masked_computation_exactly():
   q, v, kwargs = _determinism_inputs()
   length, mask = q.shape[0], kwargs.pop('mask')
   assert kwargs['n_buckets'] is None
-  got = lsh_jax.lsh_attention(q, v, KEY, mask=mask, **kwargs)
+  got = lsh_jax.lsh_attention(q, v, hash_key=KEY, mask=mask, **kwargs)
   qp, vp = jnp.pad(q, ((0, 3), (0, 0))), jnp.pad(v, ((0, 3), (0, 0)))
   by_hand = lsh_jax.lsh_attention(
-      qp, vp, KEY, mask=jnp.pad(mask, (0, 3)),
+      qp, vp, hash_key=KEY, mask=jnp.pad(mask, (0, 3)),
       **dict(kwargs, n_buckets=lsh_jax.auto_n_buckets(length, 8)))
   np.testing.assert_allclose(got, by_hand[:length], rtol=1e-6, atol=1e-6)
 
@@ -122,7 +122,8 @@ def test_from_buckets_any_length():
   """Appended positions take the round's largest id and sort last: the same
   as lsh_attention, whose hash gives padding the largest id."""
   q, v, kwargs = _determinism_inputs()
-  buckets = lsh_jax.hash_vectors(q, KEY, 6, 3, kwargs['mask'])
+  buckets = lsh_jax.hash_vectors(q, hash_key=KEY, n_buckets=6, n_hashes=3,
+                                 mask=kwargs['mask'])
   # Trax-style round offsets and a bound on the ids (6 buckets + the
   # padding id per round): the appended ids stay below the bound.
   offsets = 7 * jnp.arange(3)[:, None]
@@ -130,7 +131,7 @@ def test_from_buckets_any_length():
       q, v, buckets + offsets, n_ids=21,
       **{k: x for k, x in kwargs.items() if k not in ('n_buckets',
                                                       'n_hashes')})
-  np.testing.assert_array_equal(got, lsh_jax.lsh_attention(q, v, KEY,
+  np.testing.assert_array_equal(got, lsh_jax.lsh_attention(q, v, hash_key=KEY,
                                                            **kwargs))
 
 
@@ -139,7 +140,7 @@ def test_from_buckets_any_length():
 def test_single_token_attends_to_itself(chunk_len, before, after, causal):
   """Derivation: with L == 1 the only candidate is the token itself."""
   q, v = random_qv(5, 1, 3, 4)
-  got = lsh_jax.lsh_attention(q, v, KEY, n_buckets=4, n_hashes=3,
+  got = lsh_jax.lsh_attention(q, v, hash_key=KEY, n_buckets=4, n_hashes=3,
                               chunk_len=chunk_len, n_chunks_before=before,
                               n_chunks_after=after, causal=causal)
   np.testing.assert_allclose(got, v, rtol=0, atol=SELF_ONLY_ATOL)
@@ -151,9 +152,10 @@ def test_attention_weights_for_any_length():
   q, v = random_qv(6, length, 4, 3)
   kwargs = dict(n_buckets=4, n_hashes=2, chunk_len=4, n_chunks_after=1,
                 mask=jnp.arange(length) != 5)
-  w = weights.attention_weights(q, KEY, **kwargs)
+  w = weights.attention_weights(q, hash_key=KEY, **kwargs)
   assert w.shape == (length, length)
-  np.testing.assert_allclose(w @ v, lsh_jax.lsh_attention(q, v, KEY, **kwargs),
+  np.testing.assert_allclose(w @ v, lsh_jax.lsh_attention(q, v, hash_key=KEY,
+                                                          **kwargs),
                              rtol=0, atol=1e-5)
   rows = np.asarray(kwargs['mask'])
   np.testing.assert_allclose(np.asarray(w).sum(1)[rows], 1, atol=1e-5)
@@ -198,7 +200,7 @@ def _batched_edge_cases(dtype, length=24, depth=4):
 def _values_and_grads(q, v, mask, **kwargs):
   """(output, (dq, dv)) of sum(sin(output)); one compiled program."""
   def loss(q, v):
-    out = lsh_jax.lsh_attention(q, v, KEY, mask=mask, **kwargs)
+    out = lsh_jax.lsh_attention(q, v, hash_key=KEY, mask=mask, **kwargs)
     return jnp.sum(jnp.sin(out.astype(jnp.float32))), out
   (_, out), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
       q, v)
@@ -257,7 +259,8 @@ def test_half_precision_matches_float32_oracle(dtype, rtol, length):
   mask = np.arange(length) % 6 != 4
   kwargs = dict(n_buckets=[2, 4], n_hashes=3, chunk_len=8, n_chunks_after=1,
                 causal=True)
-  got = lsh_jax.lsh_attention(q, v, KEY, mask=jnp.asarray(mask), **kwargs)
+  got = lsh_jax.lsh_attention(q, v, hash_key=KEY, mask=jnp.asarray(mask),
+                              **kwargs)
   assert got.dtype == dtype
   expected, normal, self_only = _padded_oracle(
       q.astype(jnp.float32), v.astype(jnp.float32), KEY, mask=mask, **kwargs)
@@ -283,7 +286,7 @@ def test_same_key_is_bit_identical_across_calls_jit_and_vmap():
   agrees to ~1e-7, not bit for bit, since op-by-op execution sums in
   another order than XLA's fused program."""
   q, v, kwargs = _determinism_inputs()
-  f = lambda q, v: lsh_jax.lsh_attention(q, v, KEY, **kwargs)
+  f = lambda q, v: lsh_jax.lsh_attention(q, v, hash_key=KEY, **kwargs)
   first = f(q, v)
   np.testing.assert_array_equal(f(q, v), first)
   np.testing.assert_array_equal(jax.jit(f)(q, v), first)
@@ -301,8 +304,9 @@ def test_same_key_is_bit_identical_across_calls_jit_and_vmap():
 def test_a_different_key_changes_the_hash_and_the_output():
   q, v, kwargs = _determinism_inputs()
   keys = jax.random.split(KEY, 4)
-  buckets = [np.asarray(lsh_jax.hash_vectors(q, k, 6, 3)) for k in keys]
-  outputs = [np.asarray(lsh_jax.lsh_attention(q, v, k, **kwargs))
+  buckets = [np.asarray(lsh_jax.hash_vectors(q, hash_key=k, n_buckets=6,
+                                             n_hashes=3)) for k in keys]
+  outputs = [np.asarray(lsh_jax.lsh_attention(q, v, hash_key=k, **kwargs))
              for k in keys]
   for i in range(1, 4):
     assert not np.array_equal(buckets[0], buckets[i])
@@ -312,8 +316,8 @@ def test_a_different_key_changes_the_hash_and_the_output():
 @pytest.mark.long
 def test_dropout_is_deterministic_given_its_key():
   q, v, kwargs = _determinism_inputs()
-  f = lambda k: lsh_jax.lsh_attention(q, v, KEY, attention_dropout=0.3,
-                                      dropout_rng=k, **kwargs)
+  f = lambda k: lsh_jax.lsh_attention(q, v, hash_key=KEY, attention_dropout=0.3,
+                                      dropout_key=k, **kwargs)
   np.testing.assert_array_equal(f(jax.random.PRNGKey(1)),
                                 f(jax.random.PRNGKey(1)))
   assert not np.array_equal(f(jax.random.PRNGKey(1)),

@@ -1,4 +1,4 @@
-"""Every packaged gin file (lsh_jax/configs/) parses and builds; gin names.
+"""Every packaged gin file (configs/*.gin) parses and builds; gin names.
 
 Expected values: the configs' own bindings (the data batch feeds the model,
 the LSH configs put lsh_jax's layer in the model) and gin's documented

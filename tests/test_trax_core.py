@@ -78,12 +78,13 @@ def test_lsh_attention_matches_trax_forward(trax_ea, n_hashes, n_buckets,
                 n_chunks_before=before, n_chunks_after=after, causal=causal,
                 mask=mask, attention_dropout=rate)
   expected, _ = trax_forward(trax_ea, q, v, hash_key, rng, **kwargs)
-  hash_rng, dropout_rng = lsh_keys(hash_key, rng)
+  our_hash_key, our_dropout_key = lsh_keys(hash_key, rng)
   valid = np.ones(length, bool) if mask is None else np.asarray(mask)
   # Both round schedules: vmapped rounds, and rounds in turn with a running
   # combine.
   for sequential in (False, True):
-    got = lsh_jax.lsh_attention(q, v, hash_rng, dropout_rng=dropout_rng,
+    got = lsh_jax.lsh_attention(q, v, hash_key=our_hash_key,
+                                dropout_key=our_dropout_key,
                                 sequential_rounds=sequential, **kwargs)
     np.testing.assert_allclose(np.asarray(got)[valid],
                                np.asarray(expected)[valid], rtol=0, atol=ATOL)
@@ -95,7 +96,8 @@ def test_hash_vectors_matches_trax_hash_vecs(trax_ea, n_buckets, depth):
   vecs = jax.random.normal(jax.random.PRNGKey(depth), (40, depth))
   key = jax.random.PRNGKey(5)
   expected, _ = trax_ea.hash_vecs(vecs, n_buckets, 3, key)
-  got = lsh_jax.hash_vectors(vecs, key, n_buckets, 3)
+  got = lsh_jax.hash_vectors(vecs, hash_key=key, n_buckets=n_buckets,
+                             n_hashes=3)
   np.testing.assert_array_equal(got, expected)
 
 
@@ -109,7 +111,8 @@ def test_auto_n_buckets_matches_trax(trax_ea, length, chunk_len):
   expected = np.asarray(layer.hash_vectors(vecs, key)).reshape(2, length)
   n_buckets = lsh_jax.auto_n_buckets(length, chunk_len)
   offsets = np.arange(2)[:, None] * np.prod(n_buckets)
-  got = np.asarray(lsh_jax.hash_vectors(vecs, key, n_buckets, 2)) + offsets
+  got = np.asarray(lsh_jax.hash_vectors(vecs, hash_key=key, n_buckets=n_buckets,
+                                        n_hashes=2)) + offsets
   np.testing.assert_array_equal(got, expected)
 
 
@@ -121,7 +124,8 @@ def test_padding_buckets_match_trax(trax_ea):
   key = jax.random.PRNGKey(2)
   expected = np.asarray(layer.hash_vectors(vecs, key, mask)).reshape(3, 24)
   offsets = np.arange(3)[:, None] * 7  # 6 buckets + the padding id
-  got = np.asarray(lsh_jax.hash_vectors(vecs, key, 6, 3, mask)) + offsets
+  got = np.asarray(lsh_jax.hash_vectors(vecs, hash_key=key, n_buckets=6,
+                                        n_hashes=3, mask=mask)) + offsets
   np.testing.assert_array_equal(got, expected)
 
 
@@ -143,7 +147,7 @@ def test_gradients_match_trax(trax_ea, causal, padded):
     return jnp.sum(out * weight)
 
   def our_loss(q, v, sequential):
-    out = lsh_jax.lsh_attention(q, v, lsh_keys(hash_key, rng)[0],
+    out = lsh_jax.lsh_attention(q, v, hash_key=lsh_keys(hash_key, rng)[0],
                                 sequential_rounds=sequential, **kwargs)
     return jnp.sum(out * weight)
 
@@ -168,7 +172,8 @@ def test_padding_at_positions_0_1_differs_from_trax(trax_ea):
                 n_chunks_after=0, mask=mask)
   hash_key, rng = jax.random.PRNGKey(1), jax.random.PRNGKey(2)
   trax_out, _ = trax_forward(trax_ea, q, v, hash_key, rng, **kwargs)
-  ours = lsh_jax.lsh_attention(q, v, lsh_keys(hash_key, rng)[0], **kwargs)
+  ours = lsh_jax.lsh_attention(q, v, hash_key=lsh_keys(hash_key, rng)[0],
+                               **kwargs)
   reference = lsh_jax.full_attention(q[2:], v[2:])
   np.testing.assert_allclose(ours[2:], reference, rtol=1e-5, atol=1e-5)
   assert np.abs(np.asarray(trax_out[2:] - reference)).max() > 1e-2
@@ -186,7 +191,7 @@ def test_window_wider_than_all_chunks_wraps_modulo(trax_ea):
   """
   length = 16
   q, v = random_qv(8, length, 4, 3)
-  got = lsh_jax.lsh_attention(q, v, jax.random.PRNGKey(0), n_hashes=1,
+  got = lsh_jax.lsh_attention(q, v, hash_key=jax.random.PRNGKey(0), n_hashes=1,
                               n_buckets=2, chunk_len=8, n_chunks_before=3,
                               n_chunks_after=0)
   np.testing.assert_allclose(got, lsh_jax.full_attention(q, v), rtol=1e-5,

@@ -56,11 +56,11 @@ def test_projected_equals_per_pair_heads(n_parallel_heads, bias, masked):
   common = dict(n_heads=n_heads, n_parallel_heads=n_parallel_heads)
   # Forward: hash anew, the new state must agree bit for bit.
   per_pair = heads.forward_and_or_backward(
-      functools.partial(kernels.lsh_head, spec=spec, attend_rng=rng,
+      functools.partial(kernels.lsh_head, spec=spec, dropout_key=rng,
                         update_state=True),
       x, mask, weights, state, **common)
   ours = projected.run(
-      functools.partial(kernels.pure_head, spec=spec, attend_rng=rng,
+      functools.partial(kernels.pure_head, spec=spec, dropout_key=rng,
                         update_state=True),
       x, mask, weights, state, bias=bias, **common)
   np.testing.assert_allclose(ours[0], per_pair[0], rtol=RTOL, atol=ATOL)
@@ -70,12 +70,12 @@ def test_projected_equals_per_pair_heads(n_parallel_heads, bias, masked):
   # Backward from the stored buckets: output, input and weight gradients.
   new_state = per_pair[1]
   per_pair = heads.forward_and_or_backward(
-      functools.partial(kernels.lsh_head, spec=spec, attend_rng=rng,
+      functools.partial(kernels.lsh_head, spec=spec, dropout_key=rng,
                         update_state=False),
       x, mask, weights, new_state, output_grad=g, update_state=False,
       **common)
   ours = projected.run(
-      functools.partial(kernels.pure_head, spec=spec, attend_rng=rng,
+      functools.partial(kernels.pure_head, spec=spec, dropout_key=rng,
                         update_state=False),
       x, mask, weights, new_state, bias=bias, output_grad=g,
       update_state=False, **common)
@@ -94,7 +94,7 @@ def test_projected_rejects_a_bad_block_size():
   x, weights, state, _ = _inputs(2, 8, 5, 4, 3, 3, False)
   with pytest.raises(ValueError, match='n_parallel_heads'):
     projected.run(functools.partial(kernels.pure_head, spec=spec,
-                                    attend_rng=jax.random.PRNGKey(0),
+                                    dropout_key=jax.random.PRNGKey(0),
                                     update_state=True),
                   x, None, weights, state, n_heads=4, n_parallel_heads=3,
                   bias=False)

@@ -1,6 +1,6 @@
 """Trax 1.4.1's efficient-attention configs, lsh_jax versions.
 
-The configs are packaged in lsh_jax/configs/trax/.
+The configs are in configs/trax/ (packaged as lsh_jax/configs/trax/).
 
 Each config is parsed as a Trax user would (its `include`s found through
 gin's search path), shrunk by extra bindings (layers, width, length, chunk
@@ -24,10 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import lsh_jax
+from lsh_jax.apps import commands
 from trax_testing import trax_env  # noqa: F401  (fixture)
 
-CONFIG_DIR = os.path.join(os.path.dirname(lsh_jax.__file__), 'configs', 'trax')
+CONFIG_DIR = os.path.join(commands.CONFIG_DIR, 'trax')
 FAMILY = ('SelfAttention', 'LSHSelfAttention', 'PureLSHSelfAttention',
           'PureLSHSelfAttentionWrapper', 'MixedLSHSelfAttention',
           'EncDecAttention')

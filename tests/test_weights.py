@@ -83,18 +83,20 @@ def _sticker(q, key, kwargs):
 def _weights(name):
   """attention_weights for SETTINGS[name], computed once per module."""
   q, _, key = _inputs()
-  return np.asarray(weights.attention_weights(q, key, **SETTINGS[name]))
+  return np.asarray(weights.attention_weights(q, hash_key=key,
+                                              **SETTINGS[name]))
 
 
 @pytest.mark.parametrize('name', SETTINGS)
 def test_weights_times_values_is_lsh_attention(name):
   kwargs = SETTINGS[name]
   q, _, key = _inputs()
-  matrix = weights.attention_weights(q, key, **kwargs)
+  matrix = weights.attention_weights(q, hash_key=key, **kwargs)
   assert matrix.shape == (LENGTH, LENGTH) and matrix.dtype == jnp.float32
   # Random values of the one-hot values' shape: no second compilation.
   v = jax.random.normal(jax.random.PRNGKey(7), (LENGTH, LENGTH))
-  np.testing.assert_allclose(matrix @ v, lsh_jax.lsh_attention(q, v, key,
+  np.testing.assert_allclose(matrix @ v, lsh_jax.lsh_attention(q, v,
+                                                               hash_key=key,
                                                                **kwargs),
                              atol=1e-5, rtol=0)
 
@@ -106,7 +108,7 @@ def test_weights_equal_the_oracle_and_valid_rows_sum_to_one(name):
   rotations = lsh_jax.core.random_rotations(key, D_QK, kwargs['n_buckets'],
                                        kwargs['n_hashes'])
   matrix = _weights(name)
-  expected = oracle.lsh_self_attention(
+  expected = oracle.lsh_attention(
       q, np.eye(LENGTH), rotations, **kwargs)  # float64, one-hot values
   mask = kwargs.get('mask')
   valid = np.ones(LENGTH, bool) if mask is None else np.asarray(mask)
@@ -135,7 +137,7 @@ def test_one_chunk_per_round_is_full_attention(causal, n_chunks_before, mask):
   # One chunk per round: every round sees every token (with n_chunks_before
   # = 1 twice, from its own chunk and the previous round's: same softmax).
   matrix = np.asarray(weights.attention_weights(
-      q, key, n_buckets=4, n_hashes=3, chunk_len=LENGTH,
+      q, hash_key=key, n_buckets=4, n_hashes=3, chunk_len=LENGTH,
       n_chunks_before=n_chunks_before, causal=causal, mask=mask))
   dense = oracle.full_attention(q, np.eye(LENGTH), causal=causal, mask=mask)
   valid = np.ones(LENGTH, bool) if mask is None else mask
@@ -186,10 +188,11 @@ def test_candidate_counts_match_a_loop_over_chunks(n_hashes, chunk_len,
 def test_column_blocks_give_the_same_matrix(monkeypatch):
   kwargs = SETTINGS['three rounds causal']
   q, _, key = _inputs()
-  whole = weights.attention_weights(q, key, **kwargs)
+  whole = weights.attention_weights(q, hash_key=key, **kwargs)
   # 7 columns per call: 4 calls, the last one running past L.
   monkeypatch.setattr(weights, '_BLOCK_ELEMENTS', 7 * 3 * LENGTH)
-  np.testing.assert_array_equal(weights.attention_weights(q, key, **kwargs),
+  np.testing.assert_array_equal(weights.attention_weights(q, hash_key=key,
+                                                          **kwargs),
                                 whole)
 
 
@@ -197,12 +200,14 @@ def test_too_long_for_a_dense_matrix_raises_before_computing():
   with pytest.raises(ValueError, match=(
       r'q has length 64: its dense \[L, L\] attention matrix would take '
       r'16\.0 KiB, above max_bytes=1000 bytes.*use lsh_attention')):
-    weights.attention_weights(jnp.zeros((64, 4)), jax.random.PRNGKey(0),
+    weights.attention_weights(jnp.zeros((64, 4)),
+                              hash_key=jax.random.PRNGKey(0),
                               n_buckets=4, n_hashes=1, chunk_len=8,
                               max_bytes=1000)
   with pytest.raises(ValueError, match=r'q has length 17000: .* 1\.1 GiB, '
                      r'above max_bytes=1\.0 GiB'):
-    weights.attention_weights(jnp.zeros((17000, 2)), jax.random.PRNGKey(0),
+    weights.attention_weights(jnp.zeros((17000, 2)),
+                              hash_key=jax.random.PRNGKey(0),
                               n_buckets=4, n_hashes=1, chunk_len=8)
 
 
@@ -216,10 +221,11 @@ def test_bad_arguments_raise_lsh_attention_errors(change, match):
   q, _, key = _inputs()
   kwargs = dict(SETTINGS['one round'], **change)
   with pytest.raises(ValueError, match=match):
-    weights.attention_weights(q, key, **kwargs)
+    weights.attention_weights(q, hash_key=key, **kwargs)
 
 
 def test_q_must_be_a_matrix():
   with pytest.raises(ValueError, match=r'q must be a 2-D array'):
-    weights.attention_weights(jnp.ones((2, 8, 3)), jax.random.PRNGKey(0),
+    weights.attention_weights(jnp.ones((2, 8, 3)),
+                              hash_key=jax.random.PRNGKey(0),
                               **SETTINGS['one round'])

@@ -38,6 +38,7 @@ import numpy as np
 import lsh_jax
 from lsh_jax import core
 from lsh_jax import oracle
+from lsh_jax.apps import commands
 from lsh_jax.apps.explain_render import render
 from lsh_jax.core import validation
 from lsh_jax.core import weights as weights_lib
@@ -70,7 +71,7 @@ class Settings:
 @dataclasses.dataclass
 class ChunkView:
   """One query chunk of step 3, recomputed in float64 from the sort."""
-  flat: int  # f = round * N + chunk on the flat chunk axis of all rounds
+  flat: int  # f = round * M + chunk on the flat chunk axis of all rounds
   round: int
   chunk: int
   window: list  # the flat chunk ids the window holds, in order
@@ -93,7 +94,7 @@ class Walkthrough:
   buckets: np.ndarray  # [R, L]
   sticker: np.ndarray  # [R, L]
   undo: np.ndarray  # [R, L]
-  chunks: list  # [ChunkView] for the R * N chunks, in flat order
+  chunks: list  # [ChunkView] for the R * M chunks, in flat order
   lse_difference: float  # max relative |kernel lse - float64 lse|
   o: np.ndarray  # [R, L, Dv]
   lse: np.ndarray  # [R, L]
@@ -226,7 +227,7 @@ def _rounds(q, v, khash, *, n_buckets, n_hashes, chunk_len, n_chunks_before,
   o, lse = jax.vmap(one_round)(jnp.arange(n_hashes, dtype=jnp.int32))
   # The public entry point on the same inputs, for comparison.
   public = functools.partial(
-      lsh_jax.lsh_attention, q, v, khash, n_buckets=n_buckets,
+      lsh_jax.lsh_attention, q, v, hash_key=khash, n_buckets=n_buckets,
       n_hashes=n_hashes, chunk_len=chunk_len,
       n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
       causal=causal)
@@ -249,7 +250,7 @@ def _sweep(q, v, khash, *, n_buckets, chunk_len, n_chunks_before,
     row = []
     for allow in (True, False):
       out = lsh_jax.lsh_attention(
-          q, v, khash, n_buckets=n_buckets, n_hashes=n_hashes,
+          q, v, hash_key=khash, n_buckets=n_buckets, n_hashes=n_hashes,
           chunk_len=chunk_len, n_chunks_before=n_chunks_before,
           n_chunks_after=n_chunks_after, causal=causal,
           allow_duplicate_attention=allow)
@@ -395,8 +396,10 @@ def settings_from_args(args):
 def run(args):
   """The subcommand: 0 if the step-5 check passes, 1 if not, 2 bad input."""
   try:
+    if args.plot:
+      commands.require_extras('plots')
     result = walk(settings_from_args(args))
-  except ValueError as error:
+  except (ValueError, commands.CommandError) as error:
     print(f'lsh-jax explain: error: {error}', file=sys.stderr)
     return 2
   if args.plot:

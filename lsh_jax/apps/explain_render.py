@@ -36,7 +36,7 @@ def _render_inputs(w, p):
   p(f'LSH self-attention step by step (docs/algorithm.md): L={length} tokens, '
     f'D={depth}, Dv={s.d_v}, R={s.n_hashes} hash rounds, '
     f'NB={hashing.n_buckets_total(s.n_buckets)} '
-    f'buckets, C={s.chunk_len} (N={n_chunks} chunks per round), window = '
+    f'buckets, C={s.chunk_len} (M={n_chunks} chunks per round), window = '
     f'{s.n_chunks_before} chunk(s) before + own + {s.n_chunks_after} after'
     f'{", causal" if s.causal else ""}, seed {s.seed}')
   p('')
@@ -80,7 +80,7 @@ def _render_sort(w, p):
     p(f'    round {h} positions {_chunked(w.sticker[h], s.chunk_len)}')
     p(f'            buckets '
       f'{_chunked(w.buckets[h][w.sticker[h]], s.chunk_len)}')
-  p(f'  flat chunk axis of all rounds: R * N = {n_flat} chunks; chunk f '
+  p(f'  flat chunk axis of all rounds: R * M = {n_flat} chunks; chunk f '
     f'sees chunks f-{s.n_chunks_before}..f+{s.n_chunks_after} (mod {n_flat})')
 
 

@@ -159,7 +159,7 @@ def train(config: CopyConfig = CopyConfig(), *, steps=1000, seed=0,
   out = out or sys.stdout
   layout = {} if mesh is None else dict(
       mesh=mesh, sequence_axis=sequence_axis, batch_axis=batch_axis)
-  model = CopyLM(config, rngs=nnx.Rngs(params=seed, lsh=seed + 1), **layout)
+  model = CopyLM(config, rngs=nnx.Rngs(params=seed, hash=seed + 1), **layout)
   place = lambda x: jnp.asarray(x) if mesh is None else jax.device_put(
       x, jax.sharding.NamedSharding(
           mesh, jax.sharding.PartitionSpec(batch_axis, sequence_axis)))
@@ -208,7 +208,7 @@ def evaluate(model, config: CopyConfig = CopyConfig(),
   results = {}
   for name, n_hashes in settings:
     other = CopyLM(config, n_hashes=n_hashes,
-                   rngs=nnx.Rngs(params=0, lsh=seed))
+                   rngs=nnx.Rngs(params=0, hash=seed))
     nnx.update(other, params)
     results[name] = copy_accuracy(other, batches)
   return results

@@ -51,7 +51,7 @@ def plot_explain(walkthrough, path):
   n_ids = int(w.buckets.max()) + 1
   cmap = _bucket_colors(n_ids)
   effective = np.asarray(weights_lib.attention_weights(
-      w.q, w.hash_key, n_buckets=s.n_buckets, n_hashes=s.n_hashes,
+      w.q, hash_key=w.hash_key, n_buckets=s.n_buckets, n_hashes=s.n_hashes,
       chunk_len=s.chunk_len, n_chunks_before=s.n_chunks_before,
       n_chunks_after=s.n_chunks_after, causal=s.causal))
   full = np.asarray(lsh_jax.full_attention(

@@ -50,6 +50,7 @@ import numpy as np
 
 import lsh_jax
 from lsh_jax import oracle
+from lsh_jax.apps import commands
 from lsh_jax.apps import machine
 from lsh_jax.core import weights as weights_lib
 
@@ -108,8 +109,8 @@ def _lsh_and_sticker(q, v, key, mask, *, n_buckets, **kwargs):
   Returns:
     (out float[L, Dv], sticker int32[R, L]).
   """
-  out = lsh_jax.lsh_attention(q, v, key, mask=mask, n_buckets=n_buckets,
-                              **kwargs)
+  out = lsh_jax.lsh_attention(q, v, hash_key=key, mask=mask,
+                              n_buckets=n_buckets, **kwargs)
   rotations = lsh_jax.core.random_rotations(key, q.shape[-1], n_buckets,
                                        kwargs['n_hashes'])
   buckets = lsh_jax.core.hash_with_rotations(q, rotations, n_buckets, mask)
@@ -181,7 +182,8 @@ def measure(samples, *, n_hashes, chunk_len, n_buckets=None,
       masses.append(float(np.mean(np.sum(probs * union, axis=-1)[valid])))
     if index == 0 and repeats:
       time_ms = _median_ms(lambda: lsh_jax.lsh_attention(
-          sample.q, sample.v, key, mask=sample.mask, **kwargs), repeats)
+          sample.q, sample.v, hash_key=key, mask=sample.mask, **kwargs),
+          repeats)
   return dict(rel_error=float(np.mean(errors)),
               exact_error=float(np.mean(exact_errors)),
               covered_mass=float(np.mean(masses)), time_ms=time_ms)
@@ -396,11 +398,15 @@ def add_arguments(parser):
 def run(args):
   """The subcommand; returns the exit status."""
   try:
+    if args.plot:
+      commands.require_extras('plots')
+    if args.run_dir:
+      commands.require_extras('trax')
     lsh_jax.core.validation.check_chunking(1, args.n_chunks_before,
                                       args.n_chunks_after)
     if args.n_buckets is not None:
       lsh_jax.core.validation.check_n_buckets(args.n_buckets)
-  except ValueError as error:
+  except (ValueError, commands.CommandError) as error:
     print(f'lsh-jax quality: error: {error}', file=sys.stderr)
     return 2
   chunk_lens = [c for c in args.chunk_lens if args.length % c == 0]

@@ -38,7 +38,7 @@ _BLOCK_LOGITS = 2**15
 # Except when all of a step's logits (every round attended at once, or one
 # round in turn) fit this many: then no chunk loop at all. A loop step
 # copies its block's inputs and outputs; at 1K-4K that costs more than the
-# cache misses of one [N, C, W*C] pass (jax 0.10.2, one-process A/B at
+# cache misses of one [M, C, W*C] pass (jax 0.10.2, one-process A/B at
 # chunk 64, 4 rounds in turn, forward+backward: 1K 1.21-1.24x, 4K
 # 1.15-1.26x faster, forward within noise). At 16K blocks of 2**19 logits
 # are as fast as 2**15 in the backward and 0.88x in the forward.
@@ -52,17 +52,17 @@ _WHOLE_ROUND_LOGITS = 2**19
 _SEQUENTIAL_FROM = 2**10
 
 
-def dropout_multiplier(rng, rate, chunk_len, window_len, dtype):
+def dropout_multiplier(key, rate, chunk_len, window_len, dtype):
   """The attention-dropout multiplier shared by every chunk and round.
 
-  One `bernoulli(rng, 1 - rate, [C, W * C])` draw, as Trax's `attend` makes
+  One `bernoulli(key, 1 - rate, [C, W * C])` draw, as Trax's `attend` makes
   it, scaled by 1 / (1 - rate).
 
   Returns:
     float[C, W * C].
   """
   keep_prob = 1.0 - rate
-  keep = jax.random.bernoulli(rng, keep_prob, (chunk_len, window_len))
+  keep = jax.random.bernoulli(key, keep_prob, (chunk_len, window_len))
   return keep.astype(dtype) / jnp.asarray(keep_prob, dtype)
 
 
@@ -84,7 +84,7 @@ def round_schedule(sequential_rounds, n_rounds, length):
   return bool(sequential_rounds)
 
 
-def _attend_buckets(q, v, buckets, mask, dropout_rng, *, chunk_len,
+def _attend_buckets(q, v, buckets, mask, dropout_key, *, chunk_len,
                     n_chunks_before, n_chunks_after, causal,
                     attention_dropout, sequential_rounds, n_ids=None,
                     allow_duplicate_attention=True,
@@ -100,7 +100,7 @@ def _attend_buckets(q, v, buckets, mask, dropout_rng, *, chunk_len,
   multiplier = None
   window_len = chunk_len * (1 + n_chunks_before + n_chunks_after)
   if attention_dropout > 0.0:
-    multiplier = dropout_multiplier(dropout_rng, attention_dropout, chunk_len,
+    multiplier = dropout_multiplier(dropout_key, attention_dropout, chunk_len,
                                     window_len, q.dtype)
   inputs = dict(
       q=q, keys=chunked.normalize_keys(q), v=v,
@@ -131,23 +131,26 @@ def _at_least_float32(x):
   return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
-def _hash_and_attend(q, v, rng, mask, dropout_rng, *, n_buckets, n_hashes,
+def _hash_and_attend(q, v, hash_key, mask, dropout_key, *, n_buckets,
+                     n_hashes,
                      **static):
   """Steps 1-5 on a multiple of chunk_len; returns float[L, Dv]."""
-  rotations = hashing.random_rotations(rng, q.shape[-1], n_buckets, n_hashes)
+  rotations = hashing.random_rotations(hash_key, q.shape[-1], n_buckets,
+                                       n_hashes)
   buckets = hashing.hash_with_rotations(_at_least_float32(q), rotations,
                                         n_buckets, mask)
   n_ids = hashing.n_buckets_total(n_buckets) + 1  # + the padding id
-  return _attend_buckets(q, v, buckets, mask, dropout_rng, n_ids=n_ids,
+  return _attend_buckets(q, v, buckets, mask, dropout_key, n_ids=n_ids,
                          **static)
 
 
-def lsh_attention(q: ArrayLike, v: ArrayLike, rng: ArrayLike, *,
-                  n_buckets: hashing.NBuckets, n_hashes: int, chunk_len: int,
+def lsh_attention(q: ArrayLike, v: ArrayLike, *, hash_key: ArrayLike,
+                  n_buckets: hashing.NBuckets = None, n_hashes: int,
+                  chunk_len: int,
                   n_chunks_before: int = 1, n_chunks_after: int = 0,
                   causal: bool = False, mask: Optional[ArrayLike] = None,
                   attention_dropout: float = 0.0,
-                  dropout_rng: Optional[ArrayLike] = None,
+                  dropout_key: Optional[ArrayLike] = None,
                   sequential_rounds: Optional[bool] = None,
                   allow_duplicate_attention: bool = True,
                   attend_across_buckets: bool = True) -> jax.Array:
@@ -162,8 +165,8 @@ def lsh_attention(q: ArrayLike, v: ArrayLike, rng: ArrayLike, *,
   Args:
     q: float[L, D] shared queries/keys.
     v: float[L, Dv] values.
-    rng: PRNG key for the hash rotations (`random_rotations`).
-    n_buckets: even int, sequence of even factors, or None for
+    hash_key: PRNG key for the hash rotations (`random_rotations`).
+    n_buckets: even int, sequence of even factors, or None (default) for
       `auto_n_buckets(L, chunk_len)` with the real length L (not the
       padded one).
     n_hashes: number of hash rounds R >= 1.
@@ -176,7 +179,7 @@ def lsh_attention(q: ArrayLike, v: ArrayLike, rng: ArrayLike, *,
       NaN or inf there is harmless).
     attention_dropout: rate in [0, 1) applied to the attention
       probabilities.
-    dropout_rng: PRNG key for attention dropout; required if the rate > 0.
+    dropout_key: PRNG key for attention dropout; required if the rate > 0.
     sequential_rounds: True: run the rounds one after another, each
       combined into the output as it finishes (`attend_rounds_in_turn`),
       peak memory of one round in the forward and backward passes; False:
@@ -206,12 +209,12 @@ def lsh_attention(q: ArrayLike, v: ArrayLike, rng: ArrayLike, *,
   """
   rate = validation.check_attention_args(
       q, v, mask, chunk_len, n_chunks_before, n_chunks_after,
-      attention_dropout, dropout_rng)
-  validation.check_key('rng', rng)
+      attention_dropout, dropout_key)
+  validation.check_key('hash_key', hash_key)
   if n_buckets is None:
     n_buckets = hashing.auto_n_buckets(q.shape[0], chunk_len)
   return _lsh_attention_any_length(
-      q, v, rng, mask, dropout_rng,
+      q, v, hash_key, mask, dropout_key,
       n_buckets=validation.check_n_buckets(n_buckets),
       n_hashes=validation.check_positive_int('n_hashes', n_hashes),
       chunk_len=chunk_len, n_chunks_before=n_chunks_before,
@@ -228,7 +231,7 @@ def lsh_attention_from_buckets(
     q: ArrayLike, v: ArrayLike, buckets: ArrayLike, *, chunk_len: int,
     n_chunks_before: int = 1, n_chunks_after: int = 0, causal: bool = False,
     mask: Optional[ArrayLike] = None, attention_dropout: float = 0.0,
-    dropout_rng: Optional[ArrayLike] = None,
+    dropout_key: Optional[ArrayLike] = None,
     sequential_rounds: Optional[bool] = None,
     n_ids: Optional[int] = None, allow_duplicate_attention: bool = True,
     attend_across_buckets: bool = True) -> jax.Array:
@@ -239,7 +242,7 @@ def lsh_attention_from_buckets(
 
   Args:
     q, v, chunk_len, n_chunks_before, n_chunks_after, causal, mask,
-      attention_dropout, dropout_rng, sequential_rounds,
+      attention_dropout, dropout_key, sequential_rounds,
       allow_duplicate_attention, attend_across_buckets: as in
       `lsh_attention` (buckets are compared within a round only).
     buckets: int[R, L] bucket ids per round. Round offsets may be present or
@@ -252,10 +255,10 @@ def lsh_attention_from_buckets(
   """
   rate = validation.check_attention_args(
       q, v, mask, chunk_len, n_chunks_before, n_chunks_after,
-      attention_dropout, dropout_rng)
+      attention_dropout, dropout_key)
   validation.check_buckets(buckets, q.shape[0])
   return _from_buckets_any_length(
-      q, v, buckets, mask, dropout_rng, chunk_len=chunk_len,
+      q, v, buckets, mask, dropout_key, chunk_len=chunk_len,
       n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
       causal=bool(causal), attention_dropout=rate,
       sequential_rounds=(None if sequential_rounds is None
@@ -273,22 +276,22 @@ def lsh_attention_from_buckets(
 # attention: one dispatch per call, and the same program whether or not the
 # caller is itself jitted, so the results are bit-identical either way.
 @functools.partial(jax.jit, static_argnames=_STATIC + ('n_buckets', 'n_hashes'))
-def _lsh_attention_any_length(q, v, rng, mask, dropout_rng, **static):
+def _lsh_attention_any_length(q, v, hash_key, mask, dropout_key, **static):
   length = q.shape[0]
   if padding.needs_preparing(length, static['chunk_len'], mask):
     q, v, mask, _ = padding.prepare(q, v, mask,
                                     chunk_len=static['chunk_len'])
-  out = _hash_and_attend(q, v, rng, mask, dropout_rng, **static)
+  out = _hash_and_attend(q, v, hash_key, mask, dropout_key, **static)
   return padding.strip(out, length)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def _from_buckets_any_length(q, v, buckets, mask, dropout_rng, **static):
+def _from_buckets_any_length(q, v, buckets, mask, dropout_key, **static):
   length = q.shape[0]
   if padding.needs_preparing(length, static['chunk_len'], mask):
     q, v, mask, buckets = padding.prepare(q, v, mask, buckets,
                                           chunk_len=static['chunk_len'])
-  out = _attend_buckets(q, v, buckets, mask, dropout_rng, **static)
+  out = _attend_buckets(q, v, buckets, mask, dropout_key, **static)
   return padding.strip(out, length)
 
 

@@ -1,9 +1,9 @@
 """Chunked attention over sorted tokens, one hash round (docs/algorithm.md §3).
 
-Each round's sorted sequence is cut into N = L / C chunks of C tokens.
-Chunk c of round h has flat index f = h * N + c on the axis of all R * N
+Each round's sorted sequence is cut into M = L / C chunks of C tokens.
+Chunk c of round h has flat index f = h * M + c on the axis of all R * M
 chunks and attends to the key chunks f - before, ..., f, ..., f + after,
-each taken modulo R * N: windows wrap into the neighbouring rounds, exactly
+each taken modulo R * M: windows wrap into the neighbouring rounds, exactly
 as Trax's `look_adjacent` over the flat chunk axis.
 
 So one round needs its own chunks plus a halo: the `before` chunks that
@@ -47,13 +47,13 @@ def halo_chunk_ids(round_index, n_rounds, n_chunks, n_chunks_before,
 
   Args:
     round_index: int32 scalar h (may be traced).
-    n_rounds, n_chunks: R and N (static).
+    n_rounds, n_chunks: R and M (static).
     n_chunks_before, n_chunks_after: the window (static).
 
   Returns:
     (before int32[before], after int32[after]): round h is preceded on the
-    flat chunk axis by chunks h*N - before, ..., h*N - 1 and followed by
-    (h+1)*N, ..., (h+1)*N + after - 1, all modulo R * N.
+    flat chunk axis by chunks h*M - before, ..., h*M - 1 and followed by
+    (h+1)*M, ..., (h+1)*M + after - 1, all modulo R * M.
   """
   start = round_index * n_chunks
   total = n_rounds * n_chunks
@@ -178,7 +178,7 @@ def _starts(n_chunks, block):
 
 
 def _by_block(x, block):
-  """[N, ...] -> [N / K, K, ...]: the blocks' own rows, as lax.map inputs."""
+  """[M, ...] -> [M / K, K, ...]: the blocks' own rows, as lax.map inputs."""
   return None if x is None else x.reshape(-1, block, *x.shape[1:])
 
 
@@ -189,9 +189,9 @@ def _halo_slice(x, start, size):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(8, 9, 10))
 def _attend_blocks(q, q_pos, k_ext, v_ext, pos_ext, valid_ext, multiplier,
                    bias, n_windows, causal, block):
-  """All N query chunks, K at a time: (so [N, C, Dv], lse [N, C]).
+  """All M query chunks, K at a time: (so [M, C, Dv], lse [M, C]).
 
-  bias: float[N, C, W*C] or None, see `_block_logits` (no gradient).
+  bias: float[M, C, W*C] or None, see `_block_logits` (no gradient).
   """
   n_chunks = q.shape[0]
   attend = functools.partial(_block_forward, multiplier=multiplier,
@@ -217,7 +217,7 @@ def _attend_blocks_fwd(q, q_pos, k_ext, v_ext, pos_ext, valid_ext, multiplier,
   so, lse = _attend_blocks(q, q_pos, k_ext, v_ext, pos_ext, valid_ext,
                            multiplier, bias, n_windows, causal, block)
   # Only the inputs and lse: the backward recomputes the probabilities
-  # block by block instead of keeping [N, C, W*C] of them per round.
+  # block by block instead of keeping [M, C, W*C] of them per round.
   return (so, lse), (q, q_pos, k_ext, v_ext, pos_ext, valid_ext, multiplier,
                      bias, lse)
 
@@ -246,7 +246,7 @@ def _attend_blocks_bwd(n_windows, causal, block, residuals, grads, *,
       *(_by_block(x, block) for x in (q, q_pos, bias, lse, g_so, g_lse))))
 
   def fold(d):
-    """[N / K, W, K, C, ...] per window -> [N + W - 1, C, ...] extended."""
+    """[M / K, W, K, C, ...] per window -> [M + W - 1, C, ...] extended."""
     d = jnp.moveaxis(d, 1, 0).reshape(n_windows, n_chunks, *d.shape[3:])
     pad = lambda w: ((w, n_windows - 1 - w),) + ((0, 0),) * (d.ndim - 2)
     return sum(jnp.pad(d[w], pad(w)) for w in range(n_windows))
@@ -264,11 +264,11 @@ def chunked_attend(sq, q_pos, k_ext, v_ext, pos_ext, valid_ext=None, *,
                    logit_bias=None):
   """Attention within chunks and their neighbours, one hash round.
 
-  With E = before + N + after extended chunks: the round's halo before,
-  its own N chunks, its halo after (see `lsh_jax.core.rounds`):
+  With E = before + M + after extended chunks: the round's halo before,
+  its own M chunks, its halo after (see `lsh_jax.core.rounds`):
 
   Args:
-    sq: float[L, D] this round's sorted queries, L = N * C.
+    sq: float[L, D] this round's sorted queries, L = M * C.
     q_pos: int32[L] their original positions (the round's `sticker`).
     k_ext: float[E, C, D] sorted keys (`normalize_keys`) of the round's
       extended chunks.
@@ -280,10 +280,10 @@ def chunked_attend(sq, q_pos, k_ext, v_ext, pos_ext, valid_ext=None, *,
     causal: mask keys at later positions.
     dropout_multiplier: float[C, W * C] (keep / keep_prob) applied to the
       probabilities of every chunk, or None.
-    chunks_per_block: a divisor K of N, or None for all N at once. Query
+    chunks_per_block: a divisor K of M, or None for all M at once. Query
       chunks are processed K at a time (a `lax.map`), so the [K, C, W*C]
       logits stay cache-sized; results do not depend on it.
-    logit_bias: float[N, C, W * C] subtracted from the masked logits (the
+    logit_bias: float[M, C, W * C] subtracted from the masked logits (the
       duplicate-count correction, `lsh_jax.core.duplicates`), or None. It
       takes no gradient.
 
@@ -294,8 +294,8 @@ def chunked_attend(sq, q_pos, k_ext, v_ext, pos_ext, valid_ext=None, *,
   chunk_len = k_ext.shape[1]
   n_chunks = sq.shape[0] // chunk_len
   n_windows = 1 + n_chunks_before + n_chunks_after
-  q = sq.reshape(n_chunks, chunk_len, sq.shape[-1])  # [N, C, D]
-  q_pos = q_pos.reshape(n_chunks, chunk_len)  # [N, C]
+  q = sq.reshape(n_chunks, chunk_len, sq.shape[-1])  # [M, C, D]
+  q_pos = q_pos.reshape(n_chunks, chunk_len)  # [M, C]
   block = chunks_per_block or n_chunks
   if n_chunks % block:
     raise ValueError(f'chunks_per_block ({block}) must divide the number '

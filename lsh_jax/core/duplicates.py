@@ -9,17 +9,17 @@ copies' weights add up to one copy's and the output is softmax attention
 over the union, each candidate once (`allow_duplicate_attention=False`).
 
 The count, without an [L, L] array: a position t has one entry per round,
-in flat chunk F_r(t) = r * N + (sorted position of t in round r) // C of
-the R * N chunks. The window of chunk f holds chunks f + o, o in
-[-before, after], modulo R * N (§3), so
+in flat chunk F_r(t) = r * M + (sorted position of t in round r) // C of
+the R * M chunks. The window of chunk f holds chunks f + o, o in
+[-before, after], modulo R * M (§3), so
 
   N_ij = sum over rounds r', r'' of #{o in [-before, after]:
-                                      F_r''(j) = F_r'(i) + o  (mod R * N)},
+                                      F_r''(j) = F_r'(i) + o  (mod R * M)},
 
 the number of entries of j (one per round r'') in the windows of i's
 entries (one per round r'). `round_logit_bias` evaluates it for every
 logit of one round's chunked attention from the [R, L] table F: R^2 integer
-comparisons per logit, memory [N, C, W * C] per round (linear in L).
+comparisons per logit, memory [M, C, W * C] per round (linear in L).
 
 `attend_across_buckets=False` restricts the candidates to the keys hashed,
 in the query's round, to the query's bucket (the paper's P_i^r; Trax 1.2's
@@ -46,7 +46,7 @@ def check_flag(name, value):
 
 
 def flat_chunks(undo, chunk_len):
-  """F int32[R, L]: F[r, t] = r * N + (sorted position of t in round r) // C.
+  """F int32[R, L]: F[r, t] = r * M + (sorted position of t in round r) // C.
 
   Args:
     undo: int32[R, L] every round's inverse permutation (`sort_buckets`).
@@ -71,15 +71,15 @@ def _multiplicity(d, total, n_chunks_before, n_chunks_after):
 def round_logit_bias(round_index, *, table, buckets, q_pos, k_pos, k_chunk,
                      n_chunks_before, n_chunks_after, allow_duplicate,
                      across_buckets):
-  """What round h's logits lose: float32[N, C, W * C], or None.
+  """What round h's logits lose: float32[M, C, W * C], or None.
 
   Args:
     round_index: int32 scalar h.
     table: int32[R, L] `flat_chunks`.
     buckets: int[R, L] bucket ids (only compared within a round).
-    q_pos: int32[N, C] round h's sorted positions, by chunk.
-    k_pos: int32[N, W * C] positions of each query chunk's window keys.
-    k_chunk: int32[N, W * C] the flat chunk each window key comes from.
+    q_pos: int32[M, C] round h's sorted positions, by chunk.
+    k_pos: int32[M, W * C] positions of each query chunk's window keys.
+    k_chunk: int32[M, W * C] the flat chunk each window key comes from.
     n_chunks_before, n_chunks_after: the window.
     allow_duplicate: False: subtract log N_ij from every candidate.
     across_buckets: False: penalise keys outside the query's bucket.
@@ -93,8 +93,8 @@ def round_logit_bias(round_index, *, table, buckets, q_pos, k_pos, k_chunk,
   n_rounds, length = table.shape
   n_chunks = length // q_pos.shape[1]
   total = n_rounds * n_chunks  # chunks on the flat axis
-  q_chunks = table[:, q_pos][:, :, :, None]  # [R, N, C, 1]
-  k_chunks = table[:, k_pos][:, :, None, :]  # [R, N, 1, W*C]
+  q_chunks = table[:, q_pos][:, :, :, None]  # [R, M, C, 1]
+  k_chunks = table[:, k_pos][:, :, None, :]  # [R, M, 1, W*C]
   count = None
   if across_buckets:
     # Every entry of j, in any round r'', against every entry of i.
@@ -104,8 +104,8 @@ def round_logit_bias(round_index, *, table, buckets, q_pos, k_pos, k_chunk,
         for r1 in range(n_rounds) for r2 in range(n_rounds))
     candidate = None
   else:
-    q_buckets = buckets[:, q_pos][:, :, :, None]  # [R, N, C, 1]
-    k_buckets = buckets[:, k_pos][:, :, None, :]  # [R, N, 1, W*C]
+    q_buckets = buckets[:, q_pos][:, :, :, None]  # [R, M, C, 1]
+    k_buckets = buckets[:, k_pos][:, :, None, :]  # [R, M, 1, W*C]
     if not allow_duplicate:
       count = sum(
           _multiplicity(k_chunks[r] - q_chunks[r], total, n_chunks_before,

@@ -52,15 +52,17 @@ def auto_n_buckets(length: int,
   return (first, 2 * (n // (2 * first)))
 
 
-def random_rotations(rng: ArrayLike, depth: int, n_buckets: Buckets,
+def random_rotations(key: ArrayLike, depth: int, n_buckets: Buckets,
                      n_hashes: int) -> jax.Array:
   """Draws the random rotations: float32[D, R, sum(factors) // 2].
+
+  A plain draw, `jax.random`-style: the PRNG key comes first, positional.
 
   The shape and order of this draw are part of the contract
   (docs/algorithm.md §1).
   """
   rot_size = sum(bucket_factors(n_buckets))
-  return jax.random.normal(rng, (depth, n_hashes, rot_size // 2), jnp.float32)
+  return jax.random.normal(key, (depth, n_hashes, rot_size // 2), jnp.float32)
 
 
 def _signed_argmax(rotated):
@@ -129,15 +131,17 @@ def hash_with_rotations(vecs, rotations, n_buckets, mask=None):
   return buckets
 
 
-def hash_vectors(vecs: ArrayLike, rng: ArrayLike, n_buckets: Buckets,
+def hash_vectors(vecs: ArrayLike, *, hash_key: ArrayLike, n_buckets: Buckets,
                  n_hashes: int, mask: Optional[ArrayLike] = None) -> jax.Array:
   """Hashes `vecs` into buckets, `n_hashes` independent rounds.
 
   Args:
     vecs: float[L, D].
-    rng: a PRNG key; the rotations are `random_rotations(rng, D, ...)`.
-    n_buckets: an even int, a sequence of even factors, or None (automatic,
-      see `auto_n_buckets`).
+    hash_key: a PRNG key; the rotations are
+      `random_rotations(hash_key, D, ...)`.
+    n_buckets: an even int or a sequence of even factors (required: without
+      chunk_len there is no automatic count; pass
+      `auto_n_buckets(L, chunk_len)` for it).
     n_hashes: number of rounds R >= 1.
     mask: bool[L], True for real tokens, or None.
 
@@ -153,5 +157,6 @@ def hash_vectors(vecs: ArrayLike, rng: ArrayLike, n_buckets: Buckets,
   n_buckets = validation.check_n_buckets(n_buckets)
   validation.check_positive_int('n_hashes', n_hashes)
   validation.check_mask(mask, length)
-  rotations = random_rotations(rng, depth, n_buckets, n_hashes)
+  validation.check_key('hash_key', hash_key)
+  rotations = random_rotations(hash_key, depth, n_buckets, n_hashes)
   return hash_with_rotations(vecs, rotations, n_buckets, mask)

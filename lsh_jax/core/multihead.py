@@ -3,18 +3,18 @@
 `lsh_self_attention` takes activations `[B, T, N, H]` (batch, length,
 heads, depth: the layout of `jax.nn.dot_product_attention` and of Flax's
 attention) or `[T, N, H]`, and runs `lsh_attention` on every (example,
-head) pair, each hashed with its own key. In this module N is the number of
-heads and H the per-head depth, as in jax.nn (the package glossary's D and
-Dv are the query and value depths of one head).
+head) pair, each hashed with its own key. One head's `[T, H]` and `[T, Hv]`
+slices are `lsh_attention`'s `[L, D]` and `[L, Dv]` (the package glossary).
 
-Hash keys, per (example, head): `head_keys(key, B, N)[b, n]`, which is
-`jax.random.split(key, B * N)[b * N + n]`. A `[T, N, H]` input is one
-example, so head n uses `jax.random.split(key, N)[n]`: the same keys as the
-first example of a batch. One head reproduced by hand:
+Hash keys, per (example, head): `head_keys(hash_key, B, N)[b, n]`, which is
+`jax.random.split(hash_key, B * N)[b * N + n]`. A `[T, N, H]` input is one
+example, so head n uses `jax.random.split(hash_key, N)[n]`: the same keys as
+the first example of a batch. One head reproduced by hand:
 
-    keys = lsh_jax.core.head_keys(key, B, N)
-    out[b, :, n] == lsh_attention(query[b, :, n], value[b, :, n], keys[b, n],
-                                  mask=mask[b], **settings)
+    keys = lsh_jax.core.head_keys(hash_key, B, N)
+    out[b, :, n] == lsh_attention(query[b, :, n], value[b, :, n],
+                                  hash_key=keys[b, n], mask=mask[b],
+                                  **settings)
 
 Attention dropout keys are derived from `dropout_key` the same way.
 """
@@ -39,7 +39,8 @@ _STATIC = ('n_buckets', 'n_hashes', 'chunk_len', 'n_chunks_before',
 
 
 def head_keys(key: jax.Array, batch: int, heads: int) -> jax.Array:
-  """One PRNG key per (example, head), split from `key`.
+  """One PRNG key per (example, head), split from `key` (`jax.random.split`
+  style: the key comes first, positional).
 
   Args:
     key: one PRNG key (typed, `jax.random.key`, or raw, `PRNGKey`).
@@ -93,25 +94,11 @@ def _show(shape):
   return '(' + ', '.join(map(str, shape)) + (',)' if len(shape) == 1 else ')')
 
 
-def _check_dropout(rate, key):
-  """`validation.check_dropout`, with this function's argument name."""
-  if key is not None:
-    validation.check_key('dropout_key', key)
-    return validation.check_dropout(rate, key)
-  try:
-    return validation.check_dropout(rate, None)
-  except ValueError as error:
-    if str(error).startswith('dropout_rng is required'):
-      raise ValueError('dropout_key is required when attention_dropout > 0'
-                       ) from None
-    raise
-
-
 def lsh_self_attention(
     query: jax.typing.ArrayLike,
     value: jax.typing.ArrayLike,
-    key: jax.Array,
     *,
+    hash_key: jax.Array,
     n_buckets: Union[int, Sequence[int], None] = None,
     n_hashes: int,
     chunk_len: int,
@@ -132,12 +119,12 @@ def lsh_self_attention(
 
   Queries and keys are shared (Reformer): `query` is hashed, sorted and
   attended exactly as `lsh_attention` does for each (example, head) pair,
-  with the hash key `head_keys(key, B, N)[b, n]` (module docstring).
+  with the hash key `head_keys(hash_key, B, N)[b, n]` (module docstring).
 
   Args:
     query: float[B, T, N, H] or float[T, N, H], shared queries/keys.
     value: float[B, T, N, Hv] or float[T, N, Hv] (the same leading axes).
-    key: one PRNG key; every (example, head) hashes with its own key
+    hash_key: one PRNG key; every (example, head) hashes with its own key
       split from it.
     n_buckets, n_hashes, chunk_len, n_chunks_before, n_chunks_after,
       causal, attention_dropout: as in `lsh_attention` (n_buckets None:
@@ -145,7 +132,7 @@ def lsh_self_attention(
     mask: bool[B, T] or bool[T] (True = real token), shared by the heads;
       a [T] mask is shared by the examples too.
     dropout_key: PRNG key for attention dropout, required when the rate is
-      > 0; split per (example, head) like `key`.
+      > 0; split per (example, head) like `hash_key`.
     allow_duplicate_attention, attend_across_buckets: as in
       `lsh_attention` (False: the Reformer paper's exact multi-round
       attention, per-bucket candidates; docs/paper.md).
@@ -182,9 +169,11 @@ def lsh_self_attention(
       query, mesh=mesh, sequence_axis=sequence_axis, batch_axis=batch_axis,
       batched=batched)
   length = np.shape(query)[-3]
-  validation.check_key('key', key)
+  validation.check_key('hash_key', hash_key)
   validation.check_chunking(chunk_len, n_chunks_before, n_chunks_after)
-  rate = _check_dropout(attention_dropout, dropout_key)
+  if dropout_key is not None:
+    validation.check_key('dropout_key', dropout_key)
+  rate = validation.check_dropout(attention_dropout, dropout_key)
   if n_buckets is None:
     n_buckets = hashing.auto_n_buckets(length, chunk_len)
   static = dict(
@@ -201,28 +190,29 @@ def lsh_self_attention(
   if not batched:  # one example: the keys of a batch's first example
     mask = None if mask is None else jnp.asarray(mask)[None]
     return _lsh_self_attention(jnp.asarray(query)[None],
-                               jnp.asarray(value)[None], key, mask,
+                               jnp.asarray(value)[None], hash_key, mask,
                                dropout_key, **static)[0]
-  return _lsh_self_attention(query, value, key, mask, dropout_key, **static)
+  return _lsh_self_attention(query, value, hash_key, mask, dropout_key,
+                             **static)
 
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
-def _lsh_self_attention(query, value, key, mask, dropout_key, *,
+def _lsh_self_attention(query, value, hash_key, mask, dropout_key, *,
                         n_parallel_heads, layout, **static):
   batch, _, heads, _ = query.shape
-  keys = head_keys(key, batch, heads)  # [B, N]
+  hash_keys = head_keys(hash_key, batch, heads)  # [B, N]
   dropout_keys = (None if dropout_key is None
                   else head_keys(dropout_key, batch, heads))
   if layout is not None:
     return sequence_parallel.head_exchange_attention(
-        query, value, keys, mask, dropout_keys, layout=layout,
+        query, value, hash_keys, mask, dropout_keys, layout=layout,
         n_parallel_heads=n_parallel_heads, **static)
 
-  def one_head(q, v, key, mask, dropout_key):  # q [T, H], v [T, Hv]
+  def one_head(q, v, hash_key, mask, dropout_key):  # q [T, H], v [T, Hv]
     # Arguments are checked already: the entry point's own checks only see
     # tracers here and add no work to the compiled program.
-    return attention.lsh_attention(q, v, key, mask=mask,
-                                   dropout_rng=dropout_key, **static)
+    return attention.lsh_attention(q, v, hash_key=hash_key, mask=mask,
+                                   dropout_key=dropout_key, **static)
 
   pairs = batch * heads
   at_once = n_parallel_heads or pairs
@@ -234,12 +224,12 @@ def _lsh_self_attention(query, value, key, mask, dropout_key, *,
     per_example = jax.vmap(one_head, in_axes=(1, 1, 0, None, drop_axis),
                            out_axes=1)
     return jax.vmap(per_example, in_axes=(0, 0, 0, mask_axis, drop_axis))(
-        query, value, keys, mask, dropout_keys)  # [B, T, N, Hv]
+        query, value, hash_keys, mask, dropout_keys)  # [B, T, N, Hv]
   if mask is not None:
     mask = jnp.broadcast_to(mask, (batch, mask.shape[-1]))
   out = pairs_lib.attend_pairs(
       pairs_lib.to_pairs(query), pairs_lib.to_pairs(value),
-      pairs_lib.flat_keys(keys),
+      pairs_lib.flat_keys(hash_keys),
       None if mask is None else pairs_lib.pair_mask(mask, heads),
       None if dropout_keys is None else pairs_lib.flat_keys(dropout_keys),
       n_parallel_heads=n_parallel_heads, **static)

@@ -48,11 +48,11 @@ def attend_pairs(query, value, keys, mask, dropout_keys, *, n_parallel_heads,
     float[P, T, Hv].
   """
   def one_head(args):  # q [T, H], v [T, Hv]
-    q, v, key, mask, dropout_key = args
+    q, v, hash_key, mask, dropout_key = args
     # Arguments are checked already: the entry point's own checks only see
     # tracers here and add no work to the compiled program.
-    return attention.lsh_attention(q, v, key, mask=mask,
-                                   dropout_rng=dropout_key, **static)
+    return attention.lsh_attention(q, v, hash_key=hash_key, mask=mask,
+                                   dropout_key=dropout_key, **static)
 
   args = (query, value, keys, mask, dropout_keys)
   n = query.shape[0]

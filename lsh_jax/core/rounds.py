@@ -11,7 +11,7 @@ running combine, so that no [R, L, Dv] stack exists in either pass.
 The round has its own VJP (`_sorted_attention`): the backward pass gathers
 the sorted inputs again from the unsorted q, keys and v (the same arrays in
 every round) and the round's permutation, instead of keeping each round's
-sorted copies ([N, C, D] each, three per round) between the passes; its
+sorted copies ([M, C, D] each, three per round) between the passes; its
 gradients go back to original order by the inverse permutation (a gather)
 plus a scatter-add of the few halo rows.
 """
@@ -84,7 +84,7 @@ def _round_layout(round_index, sticker, undo, mask, chunk_len,
 
 def _round_bias(round_index, sticker, undo, buckets, pos_ext, chunk_len,
                 n_chunks_before, n_chunks_after, correction):
-  """Round h's duplicate-count correction float[N, C, W*C], or None."""
+  """Round h's duplicate-count correction float[M, C, W*C], or None."""
   if tuple(correction) == NO_CORRECTION:
     return None
   n_rounds, length = sticker.shape
@@ -99,7 +99,7 @@ def _round_bias(round_index, sticker, undo, buckets, pos_ext, chunk_len,
   chunk_ext = jnp.broadcast_to(chunk_ext[:, None], pos_ext.shape)  # [E, C]
   # Each query chunk's window, in the order `chunked` lays its keys out.
   window = lambda x: jnp.concatenate(
-      [x[w:w + n_chunks] for w in range(n_windows)], axis=1)  # [N, W*C]
+      [x[w:w + n_chunks] for w in range(n_windows)], axis=1)  # [M, W*C]
   allow_duplicate, across_buckets = correction
   return duplicates.round_logit_bias(
       round_index, table=duplicates.flat_chunks(undo, chunk_len),

@@ -122,18 +122,18 @@ def check_rate(name, rate):
   return rate
 
 
-def check_dropout(rate, rng):
+def check_dropout(rate, dropout_key):
   """The attention-dropout rate, and its key when the rate is > 0."""
   rate = check_rate('attention_dropout', rate)
   if rate > 0.0:
-    if rng is None:
-      raise ValueError('dropout_rng is required when attention_dropout > 0')
-    check_key('dropout_rng', rng)
+    if dropout_key is None:
+      raise ValueError('dropout_key is required when attention_dropout > 0')
+    check_key('dropout_key', dropout_key)
   return rate
 
 
 def check_attention_args(q, v, mask, chunk_len, n_chunks_before,
-                         n_chunks_after, attention_dropout, dropout_rng):
+                         n_chunks_after, attention_dropout, dropout_key):
   """Checks the arguments shared by every LSH entry point."""
   check_matrix('q', q)
   check_matrix('v', v)
@@ -143,7 +143,7 @@ def check_attention_args(q, v, mask, chunk_len, n_chunks_before,
                      f'shape {tuple(np.shape(v))}')
   check_mask(mask, length)
   check_chunking(chunk_len, n_chunks_before, n_chunks_after)
-  return check_dropout(attention_dropout, dropout_rng)
+  return check_dropout(attention_dropout, dropout_key)
 
 
 def check_buckets(buckets, length):

@@ -53,8 +53,8 @@ def check_dense_size(name, length, max_bytes, itemsize=4):
         f'a larger max_bytes')
 
 
-def attention_weights(q: ArrayLike, rng: ArrayLike, *,
-                      n_buckets: hashing.NBuckets, n_hashes: int,
+def attention_weights(q: ArrayLike, *, hash_key: ArrayLike,
+                      n_buckets: hashing.NBuckets = None, n_hashes: int,
                       chunk_len: int, n_chunks_before: int = 1,
                       n_chunks_after: int = 0, causal: bool = False,
                       mask: Optional[ArrayLike] = None,
@@ -67,8 +67,9 @@ def attention_weights(q: ArrayLike, rng: ArrayLike, *,
   key j after all rounds are combined: each round's within-chunk
   probabilities, scattered back to original positions and weighted by the
   round weights `softmax_h(lse)` of docs/algorithm.md §5. So, for any values v,
-  `attention_weights(q, rng, ...) @ v` equals `lsh_attention(q, v, rng,
-  ...)` to float32 precision, and every valid row sums to 1.
+  `attention_weights(q, hash_key=k, ...) @ v` equals
+  `lsh_attention(q, v, hash_key=k, ...)` to float32 precision, and every
+  valid row sums to 1.
 
   Computed by running `lsh_attention` on one-hot values (the output is
   linear in v), a block of columns at a time; memory and time are O(L^2):
@@ -76,7 +77,7 @@ def attention_weights(q: ArrayLike, rng: ArrayLike, *,
 
   Args:
     q: float[L, D] shared queries/keys.
-    rng: PRNG key for the hash rotations, as in `lsh_attention`.
+    hash_key: PRNG key for the hash rotations, as in `lsh_attention`.
     n_buckets, n_hashes, chunk_len, n_chunks_before, n_chunks_after, causal,
       mask, allow_duplicate_attention, attend_across_buckets: as in
       `lsh_attention` (no attention dropout: the matrix is the deterministic
@@ -104,7 +105,7 @@ def attention_weights(q: ArrayLike, rng: ArrayLike, *,
     # every time (the last block may run past L), so one compilation.
     eye = jnp.eye(length, block, k=-start, dtype=dtype)  # [L, block]
     out = attention.lsh_attention(
-        q, eye, rng, n_buckets=n_buckets, n_hashes=n_hashes,
+        q, eye, hash_key=hash_key, n_buckets=n_buckets, n_hashes=n_hashes,
         chunk_len=chunk_len, n_chunks_before=n_chunks_before,
         n_chunks_after=n_chunks_after, causal=causal, mask=mask,
         allow_duplicate_attention=allow_duplicate_attention,
@@ -122,17 +123,17 @@ def window_positions(sticker, *, chunk_len, n_chunks_before, n_chunks_after):
     n_chunks_before, n_chunks_after: the look-adjacent window.
 
   Returns:
-    (query_pos int[R * N, C], key_pos int[R * N, W * C]): flat chunk f's
+    (query_pos int[R * M, C], key_pos int[R * M, W * C]): flat chunk f's
     query positions and, in window order, the positions of the key chunks
-    f - before, ..., f + after (modulo R * N: windows wrap across rounds).
+    f - before, ..., f + after (modulo R * M: windows wrap across rounds).
   """
   sticker = np.asarray(sticker)
   n_rounds, length = sticker.shape
-  flat = sticker.reshape(-1, chunk_len)  # [R * N, C]
+  flat = sticker.reshape(-1, chunk_len)  # [R * M, C]
   n_flat = flat.shape[0]
   offsets = np.arange(-n_chunks_before, n_chunks_after + 1)  # [W]
   window = (np.arange(n_flat)[:, None] + offsets[None, :]) % n_flat
-  return flat, flat[window].reshape(n_flat, -1)  # [R*N, W*C]
+  return flat, flat[window].reshape(n_flat, -1)  # [R*M, W*C]
 
 
 def candidate_counts(sticker, *, chunk_len, n_chunks_before=1,
@@ -159,7 +160,7 @@ def candidate_counts(sticker, *, chunk_len, n_chunks_before=1,
       n_chunks_after=n_chunks_after)
   n_chunks = length // chunk_len
   counts = np.zeros((n_rounds, length, length), np.int32)
-  rounds = np.repeat(np.arange(n_rounds), n_chunks)  # [R * N]
+  rounds = np.repeat(np.arange(n_rounds), n_chunks)  # [R * M]
   np.add.at(counts, (rounds[:, None, None], query_pos[:, :, None],
                      key_pos[:, None, :]), 1)
   return counts

@@ -11,7 +11,7 @@ same shared-QK conventions) or into an `LSHSelfAttention` with other
     nnx.update(other, nnx.state(trained, nnx.Param))
 
 Randomness (NNX rng streams):
-  'lsh'      hash keys; falls back to 'default' when the Rngs has no 'lsh'
+  'hash'     hash keys; falls back to 'default' when the Rngs has no 'hash'
              stream. Training (`deterministic=False`): a fresh key per call,
              as Trax re-hashes every step. Evaluation (`deterministic=True`,
              e.g. after `model.eval()`): the fixed key `hash_key` drawn at
@@ -20,8 +20,9 @@ Randomness (NNX rng streams):
   'dropout'  attention dropout and output dropout, only when
              `deterministic=False` and a rate is > 0.
 
-Shapes: x [B, T, F] or [T, F] (F = in_features); N heads of depth
-H = qk_features / N (values Hv = v_features / N).
+Shapes, in the package glossary (`lsh_jax`): x [B, T, F] or [T, F]
+(F = in_features); N heads of depth H = qk_features / N (values
+Hv = v_features / N).
 """
 from typing import Callable, Optional, Sequence, Union
 
@@ -196,7 +197,7 @@ class LSHSelfAttention(SelfAttention):
 
   `SelfAttention`'s projections and arguments, with the attention of
   `lsh_jax.lsh_self_attention` (per (example, head) hash keys split from
-  one key per call; see the module docstring for the 'lsh' stream).
+  one key per call; see the module docstring for the 'hash' stream).
 
   Args (besides `SelfAttention`'s):
     n_hashes: hash rounds R.
@@ -245,20 +246,21 @@ class LSHSelfAttention(SelfAttention):
     validation.check_chunking(chunk_len, n_chunks_before, n_chunks_after)
     self.chunk_len = chunk_len
     self.n_chunks_before, self.n_chunks_after = n_chunks_before, n_chunks_after
-    stream = rngs['lsh']  # 'default' when the Rngs has no 'lsh' stream
+    stream = rngs['hash']  # 'default' when the Rngs has no 'hash' stream
     self.hash_key = nnx.Variable(stream())  # evaluation's fixed key
     self.hash_rngs = stream.fork()  # training's fresh keys
 
   def attend(self, qk, value, mask, *, deterministic, rngs, dropout_key):
     if rngs is not None:
-      key = _key_from(rngs, 'lsh')
+      hash_key = _key_from(rngs, 'hash')
     elif deterministic:
-      key = self.hash_key[...]
+      hash_key = self.hash_key[...]
     else:
-      key = self.hash_rngs()
+      hash_key = self.hash_rngs()
     return lsh_jax.lsh_self_attention(
-        qk, value, key, n_buckets=self.n_buckets, n_hashes=self.n_hashes,
-        chunk_len=self.chunk_len, n_chunks_before=self.n_chunks_before,
+        qk, value, hash_key=hash_key, n_buckets=self.n_buckets,
+        n_hashes=self.n_hashes, chunk_len=self.chunk_len,
+        n_chunks_before=self.n_chunks_before,
         n_chunks_after=self.n_chunks_after, causal=self.causal, mask=mask,
         attention_dropout=self.attention_dropout if dropout_key is not None
         else 0.0, dropout_key=dropout_key,

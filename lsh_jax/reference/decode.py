@@ -5,7 +5,7 @@ step (tests/test_trax_predict.py).
 """
 import numpy as np
 
-from lsh_jax.reference.spec import lsh_self_attention
+from lsh_jax.reference.spec import lsh_attention
 from lsh_jax.reference.spec import mask_logits
 from lsh_jax.reference.spec import our_hash_vectors
 from lsh_jax.reference.spec import our_softmax
@@ -30,8 +30,8 @@ def predict_prefix(x, rotations, w_q, w_v, w_o, *, n_buckets, chunk_len,
       below -1e4: a query that saw only itself, docs/algorithm.md §5's caveat).
 
   Returns:
-    (out float[T, Dm], memory dict for `predict_step`: `mem` float[M, Dm],
-    `end` int (where the next token goes), `buckets` int[R, M] with round
+    (out float[T, Dm], memory dict for `predict_step`: `mem` float[Lm, Dm],
+    `end` int (where the next token goes), `buckets` int[R, Lm] with round
     offsets), and lse with return_lse.
   """
   x = np.asarray(x, np.float64)
@@ -42,7 +42,7 @@ def predict_prefix(x, rotations, w_q, w_v, w_o, *, n_buckets, chunk_len,
   seq = np.zeros((length, x.shape[1]))
   seq[:n_tokens] = x
   q, v = seq @ w_q, seq @ w_v
-  out, _, lse = lsh_self_attention(
+  out, _, lse = lsh_attention(
       q, v, rotations, n_buckets=n_buckets, n_hashes=n_hashes,
       chunk_len=chunk_len, n_chunks_before=n_chunks_before, causal=True,
       return_rounds=True)
@@ -67,13 +67,13 @@ def predict_keys(buckets, q_buckets, q_start, n_keys):
   then the most recent past / the nearest future. The best `n_keys`.
 
   Args:
-    buckets: int[R, M] memory buckets (the token's own included).
+    buckets: int[R, Lm] memory buckets (the token's own included).
     q_buckets: int[R] the token's buckets.
     q_start: int, the token's position.
-    n_keys: K = R * chunk_len * (1 + n_chunks_before).
+    n_keys: Ks = R * chunk_len * (1 + n_chunks_before).
 
   Returns:
-    int[min(K, M)] positions, worst-ranked first (Trax's order).
+    int[min(Ks, Lm)] positions, worst-ranked first (Trax's order).
   """
   shares = np.any(buckets == np.asarray(q_buckets)[:, None], axis=0)
   def rank(t):
@@ -100,7 +100,7 @@ def predict_step(memory, x_new, rotations, w_q, w_v, w_o, *, n_buckets,
     rotations, w_q, w_v, w_o: as in `predict_prefix`.
 
   Returns:
-    (out float[Dm], positions attended to int[K]).
+    (out float[Dm], positions attended to int[Ks]).
   """
   mem, buckets = memory['mem'], memory['buckets']
   mem_len, n_hashes = mem.shape[0], buckets.shape[0]
@@ -117,7 +117,7 @@ def predict_step(memory, x_new, rotations, w_q, w_v, w_o, *, n_buckets,
   positions = predict_keys(buckets, q_buckets, q_start,
                            n_hashes * chunk_len * (1 + n_chunks_before))
   chosen = mem[positions]
-  dots = q[None] @ shared_qk_keys(chosen @ w_q).T  # [1, K]
+  dots = q[None] @ shared_qk_keys(chosen @ w_q).T  # [1, Ks]
   dots = mask_logits(dots, [q_start], positions, causal=True)
   probs, _ = our_softmax(dots)
   out = (probs @ (chosen @ w_v))[0] @ w_o

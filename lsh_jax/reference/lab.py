@@ -71,11 +71,11 @@ def dotandv(sq, sv, undo_sort, kv_chunk_len, n_hashes, seqlen, passthrough):
   _check_chunking(seqlen, kv_chunk_len)
   sq = np.asarray(sq, np.float64)
   sv = np.asarray(sv, np.float64)
-  chunks_q = sq.reshape(-1, kv_chunk_len, sq.shape[-1])  # [R*N, C, D]
-  chunks_v = sv.reshape(-1, kv_chunk_len, sv.shape[-1])  # [R*N, C, Dv]
+  chunks_q = sq.reshape(-1, kv_chunk_len, sq.shape[-1])  # [R*M, C, D]
+  chunks_v = sv.reshape(-1, kv_chunk_len, sv.shape[-1])  # [R*M, C, Dv]
   # No key normalisation, no 1/sqrt(D), no masks, no adjacent chunks.
-  dots = chunks_q @ np.swapaxes(chunks_q, -1, -2)  # [R*N, C, C]
-  probs, slse = our_softmax(dots, passthrough)  # slse [R*N, C, 1]
+  dots = chunks_q @ np.swapaxes(chunks_q, -1, -2)  # [R*M, C, C]
+  probs, slse = our_softmax(dots, passthrough)  # slse [R*M, C, 1]
   so = (probs @ chunks_v).reshape(-1, sv.shape[-1])  # [R*L, Dv]
   slse = slse.reshape(-1)  # [R*L]
   o = so[undo_sort]

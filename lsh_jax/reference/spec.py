@@ -10,7 +10,7 @@ Letter glossary used in the shapes below (the package's, see `lsh_jax`):
   L   sequence length            D   query/key depth (d_qk)
   Dv  value depth (d_v)          R   hash rounds (n_hashes)
   NB  buckets per round          C   chunk length (chunk_len)
-  N   chunks per round (L / C)   W   chunks in a window (1 + before + after)
+  M   chunks per round (L / C)   W   chunks in a window (1 + before + after)
 
 The pipeline, in the course lab's flat layout (all rounds side by side on
 one axis of R * L entries):
@@ -29,9 +29,10 @@ softmax attention over the union of the candidate sets, each key once.
 With `attend_across_buckets=False` a window key counts as a candidate only
 if it was hashed, in the query's round, to the query's bucket.
 
-`lsh_self_attention` runs all five; `full_attention` is dense attention
-with the same conventions. The lab's teaching helpers live in
-`lsh_jax.reference.lab`, the decoding reference in `lsh_jax.reference.decode`.
+`lsh_attention` runs all five for one head (the core's `lsh_attention`);
+`full_attention` is dense attention with the same conventions. The lab's
+teaching helpers live in `lsh_jax.reference.lab`, the decoding reference in
+`lsh_jax.reference.decode`.
 """
 import math
 
@@ -299,7 +300,7 @@ def attend(sq, sv, q_pos, *, chunk_len, n_hashes, n_chunks_before=1,
   flat_len = sq.shape[0]
   _check_chunking(flat_len // n_hashes, chunk_len)
   keys = shared_qk_keys(sq)  # [R*L, D]
-  n_chunks_total = flat_len // chunk_len  # R * N
+  n_chunks_total = flat_len // chunk_len  # R * M
 
   def chunk_slice(chunk):
     return slice(chunk * chunk_len, (chunk + 1) * chunk_len)
@@ -429,18 +430,17 @@ def combine_rounds(o, lse):
 # ---------------------------------------------------------------------------
 
 
-def lsh_self_attention(q, v, rotations, *, n_buckets, n_hashes, chunk_len,
-                       n_chunks_before=1, n_chunks_after=0, causal=False,
-                       mask=None, dropout_multiplier=None,
-                       return_rounds=False, allow_duplicate_attention=True,
-                       attend_across_buckets=True):
+def lsh_attention(q, v, rotations, *, n_buckets=None, n_hashes, chunk_len,
+                  n_chunks_before=1, n_chunks_after=0, causal=False,
+                  mask=None, dropout_multiplier=None, return_rounds=False,
+                  allow_duplicate_attention=True, attend_across_buckets=True):
   """LSH self-attention for one head (docs/algorithm.md §1-§5).
 
   Args:
     q: float[L, D] queries (= keys, shared QK).
     v: float[L, Dv] values.
     rotations: float[D, R, sum(factors) // 2] random rotations.
-    n_buckets: an even int, a list of even factors, or None for
+    n_buckets: an even int, a list of even factors, or None (default) for
       `auto_n_buckets(L, chunk_len)` (the rotations must match its width).
     n_hashes: R.
     chunk_len: C; L must be a multiple of it.

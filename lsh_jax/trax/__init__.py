@@ -17,13 +17,18 @@ functions; they are gin-configurable as `lsh_jax.<ClassName>`.
   predict.py        incremental decoding (`mode='predict'`), LSH layer
   predict_dense.py  incremental decoding, dense SelfAttention
 """
-from lsh_jax.trax.encdec import EncDecAttention
-from lsh_jax.trax.layers import LSHSelfAttention
-from lsh_jax.trax.layers import SelfAttention
-from lsh_jax.trax.models import WithLSHJaxLayers
-from lsh_jax.trax.pure import MixedLSHSelfAttention
-from lsh_jax.trax.pure import PureLSHSelfAttention
-from lsh_jax.trax.pure import PureLSHSelfAttentionWrapper
+from lsh_jax import _extras
+
+# Without the extra: one line naming it and its install command.
+_extras.require('trax', 'lsh_jax.trax')
+
+from lsh_jax.trax.encdec import EncDecAttention  # noqa: E402
+from lsh_jax.trax.layers import LSHSelfAttention  # noqa: E402
+from lsh_jax.trax.layers import SelfAttention  # noqa: E402
+from lsh_jax.trax.models import WithLSHJaxLayers  # noqa: E402
+from lsh_jax.trax.pure import MixedLSHSelfAttention  # noqa: E402
+from lsh_jax.trax.pure import PureLSHSelfAttention  # noqa: E402
+from lsh_jax.trax.pure import PureLSHSelfAttentionWrapper  # noqa: E402
 
 # The layers, each named as its Trax 1.4.1 counterpart.
 LAYERS = ('EncDecAttention', 'LSHSelfAttention', 'MixedLSHSelfAttention',

@@ -7,7 +7,7 @@ the queries attends to key chunks n - before, ..., n + after taken modulo
 the number of chunks (Trax's `look_adjacent` wraps around; a window longer
 than the sequence sees a chunk more than once, as in Trax).
 
-Shapes: Lq queries, Lk keys, D = d_qk, Dv = d_v, C = chunk_len, N = Lq / C
+Shapes: Lq queries, Lk keys, D = d_qk, Dv = d_v, C = chunk_len, M = Lq / C
 chunks, W = 1 + before + after chunks per window.
 """
 from typing import Optional
@@ -26,10 +26,10 @@ def scale_keys(k: jax.Array) -> jax.Array:
 
 def look_adjacent(x: jax.Array, n_chunks_before: int,
                   n_chunks_after: int) -> jax.Array:
-  """x [N, C, ...] -> [N, W * C, ...]: each chunk's window, wrapping around."""
+  """x [M, C, ...] -> [M, W * C, ...]: each chunk's window, wrapping around."""
   if not n_chunks_before and not n_chunks_after:
     return x
-  # Offset i holds chunk (n + i) mod N: jnp.roll by -i.
+  # Offset i holds chunk (n + i) mod M: jnp.roll by -i.
   return jnp.concatenate(
       [jnp.roll(x, -i, axis=0)
        for i in range(-n_chunks_before, n_chunks_after + 1)], axis=1)
@@ -40,7 +40,7 @@ def attend(q: jax.Array, keys: jax.Array, v: jax.Array, *,
            kv_valid: Optional[jax.Array], causal: bool, exclude_self: bool,
            chunk_len: Optional[int] = None, n_chunks_before: int = 0,
            n_chunks_after: int = 0, dropout_rate: float = 0.0,
-           dropout_rng: Optional[jax.Array] = None) -> jax.Array:
+           dropout_key: Optional[jax.Array] = None) -> jax.Array:
   """Softmax attention of q [Lq, D] over keys [Lk, D] (already scaled).
 
   Masks (subtracted, in Trax's order; `lsh_jax.core.masks`): causal
@@ -50,7 +50,7 @@ def attend(q: jax.Array, keys: jax.Array, v: jax.Array, *,
   masked gets a finite average, never NaN.
 
   With `chunk_len`, Lq == Lk must be a multiple of it: query chunk n attends
-  to key chunks n - before ... n + after (mod N). Attention dropout draws
+  to key chunks n - before ... n + after (mod M). Attention dropout draws
   one [C, W * C] (unchunked: [Lq, Lk]) keep mask shared by every chunk, as
   Trax's `attend` does.
 
@@ -69,7 +69,7 @@ def attend(q: jax.Array, keys: jax.Array, v: jax.Array, *,
     chunk = lambda a: a.reshape((-1, chunk_len) + a.shape[1:])
     window = lambda a: look_adjacent(chunk(a), n_chunks_before,
                                      n_chunks_after)
-  dots = jnp.einsum('ncd,nkd->nck', chunk(q), window(keys))  # [N, C, W*C]
+  dots = jnp.einsum('ncd,nkd->nck', chunk(q), window(keys))  # [M, C, W*C]
   dots = masks.mask_logits(
       dots, chunk(q_pos), window(kv_pos),
       None if kv_valid is None else window(kv_valid), causal=causal,
@@ -77,6 +77,6 @@ def attend(q: jax.Array, keys: jax.Array, v: jax.Array, *,
   probs = jnp.exp(dots - jax.nn.logsumexp(dots, axis=-1, keepdims=True))
   if dropout_rate:
     probs = probs * attention.dropout_multiplier(
-        dropout_rng, dropout_rate, dots.shape[-2], dots.shape[-1], dots.dtype)
+        dropout_key, dropout_rate, dots.shape[-2], dots.shape[-1], dots.dtype)
   out = jnp.einsum('nck,nkd->ncd', probs, window(v))
   return out.reshape(-1, v.shape[-1])

@@ -2,15 +2,15 @@
 
 Pure JAX (no Trax import); the batching behind `lsh_jax.trax`.
 
-Shapes (the package glossary): B batch, H heads, L length, Dm model depth,
-P = B * H (example, head) pairs, numbered p = example * H + head as in
-Trax's layer state. A *block* is B' examples x H' heads computed at once
-(B' * H' = Trax's `n_parallel_heads`, all P pairs by default).
+Shapes (the package glossary): B batch, N heads, L length, Dm model depth,
+P = B * N (example, head) pairs, numbered p = example * N + head as in
+Trax's layer state. A *block* is B' examples x N' heads computed at once
+(B' * N' = Trax's `n_parallel_heads`, all P pairs by default).
 
 `head_fn(x [L, Dm], mask [L] or None, w_h, s_h) -> (out [L', Dm], new_s_h)`
 computes one head of one example (L' = L, except in decoding, where x is
 the layer's memory and the output covers the new tokens only).
-`forward_and_or_backward` vmaps it over the H' heads and B' examples of a
+`forward_and_or_backward` vmaps it over the N' heads and B' examples of a
 block and sums the heads. Blocks run one
 after another in a `lax.fori_loop` (one block: no loop). With `output_grad`
 it returns gradients too, taking each block's vjp right after recomputing
@@ -25,10 +25,10 @@ from jax import lax
 
 
 def block_shape(batch, n_heads, n_parallel_heads):
-  """(B', H'): examples and heads per block for Trax's `n_parallel_heads`.
+  """(B', N'): examples and heads per block for Trax's `n_parallel_heads`.
 
-  None, 0 or anything >= B * H gives one block with every pair. Otherwise
-  a block holds whole examples (a multiple of H pairs) or a divisor of H
+  None, 0 or anything >= B * N gives one block with every pair. Otherwise
+  a block holds whole examples (a multiple of N pairs) or a divisor of N
   heads of one example, as in Trax.
   """
   total = batch * n_heads
@@ -81,16 +81,16 @@ def _vmap(fn):
 
 
 def _block_forward(head_fn, x_blk, mask_blk, w_blk, s_blk):
-  """One block: x [B', L, Dm], w leaves [H', ...], s leaves [B', H', ...].
+  """One block: x [B', L, Dm], w leaves [N', ...], s leaves [B', N', ...].
 
-  Returns (out [B', L', Dm] summed over the H' heads, new_s leaves
-  [B', H', ...]).
+  Returns (out [B', L', Dm] summed over the N' heads, new_s leaves
+  [B', N', ...]).
   """
   def one_example(x_e, mask_e, s_e):
     heads = _vmap(lambda w_h, s_h: head_fn(x_e, mask_e, w_h, s_h))
-    out, new_s = heads(w_blk, s_e)  # [H', L', Dm]
-    # H' - 1 adds, not a reduce over the head axis: XLA:CPU hands that
-    # reduce (and its transpose, a broadcast to [H', L', Dm]) to a library
+    out, new_s = heads(w_blk, s_e)  # [N', L', Dm]
+    # N' - 1 adds, not a reduce over the head axis: XLA:CPU hands that
+    # reduce (and its transpose, a broadcast to [N', L', Dm]) to a library
     # call that took longer than the block's attention (4 heads, L 2K,
     # d_model 256: 166 ms against 95 ms in a per-op profile).
     return functools.reduce(jnp.add, list(out)), new_s
@@ -109,9 +109,9 @@ def forward_and_or_backward(head_fn, x, mask, weights, state, *, n_heads,
     x: float[B, L, Dm] activations, or a tuple of such arrays (every leaf
       [B, ...]; `head_fn` gets one example of each).
     mask: bool[B, L] (True = real token) or None.
-    weights: pytree, every leaf [H, ...] (one slice per head).
+    weights: pytree, every leaf [N, ...] (one slice per head).
     state: pytree, every leaf [P, ...] (one slice per pair).
-    n_heads: H.
+    n_heads: N.
     n_parallel_heads: pairs per block (see `block_shape`).
     output_grad: float[B, L, Dm] cotangent of the output, or None.
     update_state: return the new state (else `state` is returned as is).

@@ -1,8 +1,8 @@
 """The Trax layers' computation as pure JAX functions (no Trax import).
 
-Shapes (the package glossary): B batch, H heads, L length, Dm model depth
-(d_model), D = d_qk, Dv = d_v, P = B * H (example, head) pairs.
-Weights per head, as Trax stores them (leading axis H):
+Shapes (the package glossary): B batch, N heads, L length, Dm model depth
+(d_model), D = d_qk, Dv = d_v, P = B * N (example, head) pairs.
+Weights per head, as Trax stores them (leading axis N):
   LSH and shared-QK dense: (w_q [Dm, D], w_v [Dm, Dv], w_o [Dv, Dm]),
     with bias also (b_q [D], b_v [Dv]);
   dense, separate keys: (w_q, w_k [Dm, D], w_v, w_o), with bias also
@@ -76,7 +76,7 @@ def bucket_ids(spec, length, masked):
   return n_buckets, hashing.n_buckets_total(n_buckets) + int(masked)
 
 
-def lsh_head(x, mask, weights, state, *, spec, attend_rng, update_state):
+def lsh_head(x, mask, weights, state, *, spec, dropout_key, update_state):
   """One head of `LSHSelfAttention` on one example.
 
   With `update_state`, hashes with a key split from the state's key and
@@ -87,12 +87,12 @@ def lsh_head(x, mask, weights, state, *, spec, attend_rng, update_state):
     (out [L, Dm] before output dropout, new state).
   """
   q, _, v, w_o = project(x, weights, spec)
-  o, state = lsh_attend(q, v, mask, state, spec=spec, attend_rng=attend_rng,
+  o, state = lsh_attend(q, v, mask, state, spec=spec, dropout_key=dropout_key,
                         update_state=update_state)
   return o @ w_o, state
 
 
-def pure_head(x, mask, weights, state, *, spec, attend_rng, update_state):
+def pure_head(x, mask, weights, state, *, spec, dropout_key, update_state):
   """One (example, head) pair of `PureLSHSelfAttention`: no weights.
 
   x is the pair's (qk [L, D], v [L, Dv]); weights is ().
@@ -102,11 +102,11 @@ def pure_head(x, mask, weights, state, *, spec, attend_rng, update_state):
   """
   del weights
   qk, v = x
-  return lsh_attend(qk, v, mask, state, spec=spec, attend_rng=attend_rng,
+  return lsh_attend(qk, v, mask, state, spec=spec, dropout_key=dropout_key,
                     update_state=update_state)
 
 
-def lsh_attend(q, v, mask, state, *, spec, attend_rng, update_state):
+def lsh_attend(q, v, mask, state, *, spec, dropout_key, update_state):
   """LSH attention of one head: q [L, D], v [L, Dv] -> (o [L, Dv], state).
 
   The state and hashing as in `lsh_head`.
@@ -117,7 +117,8 @@ def lsh_attend(q, v, mask, state, *, spec, attend_rng, update_state):
   offsets = n_ids * jnp.arange(n_rounds, dtype=jnp.int32)[:, None]  # [R, 1]
   if update_state:
     stored_key, hash_key = jax.random.split(state[1])
-    buckets = lsh_jax.hash_vectors(q, hash_key, n_buckets, n_rounds, mask)
+    buckets = lsh_jax.hash_vectors(q, hash_key=hash_key, n_buckets=n_buckets,
+                                   n_hashes=n_rounds, mask=mask)
     flat = (buckets + offsets).reshape(-1)
     if spec.max_length_for_buckets:
       pad = n_rounds * (spec.max_length_for_buckets - length)
@@ -129,13 +130,13 @@ def lsh_attend(q, v, mask, state, *, spec, attend_rng, update_state):
       q, v, buckets, chunk_len=spec.chunk_len,
       n_chunks_before=spec.n_chunks_before,
       n_chunks_after=spec.n_chunks_after, causal=spec.causal, mask=mask,
-      attention_dropout=spec.attention_dropout, dropout_rng=attend_rng,
+      attention_dropout=spec.attention_dropout, dropout_key=dropout_key,
       n_ids=n_ids, allow_duplicate_attention=spec.allow_duplicate_attention,
       attend_across_buckets=spec.attend_across_buckets)
   return o, state
 
 
-def dense_head(x, mask, weights, state, *, spec, attend_rng, update_state):
+def dense_head(x, mask, weights, state, *, spec, dropout_key, update_state):
   """One head of the dense `SelfAttention` on one example.
 
   Separate keys (Trax's default), chunked or not: `trax_dense.attend`,
@@ -157,7 +158,7 @@ def dense_head(x, mask, weights, state, *, spec, attend_rng, update_state):
         kv_valid=mask, causal=spec.causal, exclude_self=False,
         chunk_len=spec.chunk_len, n_chunks_before=spec.n_chunks_before,
         n_chunks_after=spec.n_chunks_after,
-        dropout_rate=spec.attention_dropout, dropout_rng=attend_rng)
+        dropout_rate=spec.attention_dropout, dropout_key=dropout_key)
   elif spec.chunk_len is None and not spec.attention_dropout:
     o = lsh_jax.full_attention(q, v, causal=spec.causal, mask=mask)
   else:
@@ -168,11 +169,11 @@ def dense_head(x, mask, weights, state, *, spec, attend_rng, update_state):
         n_chunks_before=spec.n_chunks_before if chunked else 0,
         n_chunks_after=spec.n_chunks_after if chunked else 0,
         causal=spec.causal, mask=mask,
-        attention_dropout=spec.attention_dropout, dropout_rng=attend_rng)
+        attention_dropout=spec.attention_dropout, dropout_key=dropout_key)
   return o @ w_o, state
 
 
-def encdec_head(x, mask, weights, state, *, spec, attend_rng, update_state):
+def encdec_head(x, mask, weights, state, *, spec, dropout_key, update_state):
   """One head of `EncDecAttention` on one example.
 
   x is (queries' input [Lq, Dm], keys' and values' input [Lk, Dk]); mask
@@ -192,7 +193,7 @@ def encdec_head(x, mask, weights, state, *, spec, attend_rng, update_state):
       q_pos=jnp.arange(q.shape[0], dtype=jnp.int32),
       kv_pos=jnp.arange(k.shape[0], dtype=jnp.int32), kv_valid=mask,
       causal=False, exclude_self=False, dropout_rate=spec.attention_dropout,
-      dropout_rng=attend_rng)
+      dropout_key=dropout_key)
   return o @ w_o, state
 
 
@@ -226,14 +227,15 @@ def run(x, mask, weights, state, rng, output_grad=None, *, spec,
   Returns:
     (out [B, L, Dm], new_state, x_grad or None, weights_grad or None).
   """
-  attend_rng, output_rng = jax.random.split(rng)
+  dropout_key, output_key = jax.random.split(rng)
   head_fn = functools.partial(_HEADS[spec.kind], spec=spec,
-                              attend_rng=attend_rng, update_state=update_state)
+                              dropout_key=dropout_key,
+                              update_state=update_state)
   multiplier = None
   if spec.output_dropout:
     keep_prob = 1.0 - spec.output_dropout
     d_model = jax.tree_util.tree_leaves(x)[0].shape[-1]
-    keep = jax.random.bernoulli(output_rng, keep_prob, (d_model,))
+    keep = jax.random.bernoulli(output_key, keep_prob, (d_model,))
     multiplier = keep.astype(out_dtype(x)) / keep_prob  # [Dm], every position
     if output_grad is not None:
       output_grad = output_grad * multiplier

@@ -296,7 +296,8 @@ class LSHSelfAttention(_Computation,
     """Trax's flat bucket ids with round offsets: int32[R * L] (lsh_jax)."""
     n_buckets, n_ids = trax_kernels.bucket_ids(self._spec, vecs.shape[0],
                                                mask is not None)
-    buckets = lsh_jax.hash_vectors(vecs, rng, n_buckets, self._n_hashes, mask)
+    buckets = lsh_jax.hash_vectors(vecs, hash_key=rng, n_buckets=n_buckets,
+                                   n_hashes=self._n_hashes, mask=mask)
     offsets = n_ids * jnp.arange(self._n_hashes, dtype=jnp.int32)[:, None]
     return (buckets + offsets).reshape(-1)
 

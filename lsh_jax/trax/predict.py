@@ -6,17 +6,17 @@ Pure JAX (no Trax import): the computation behind
 `_use_predict_mem` and `_incremental_forward_unbatched` written for today's
 JAX, one jit-compiled `call` per step.
 
-Shapes: B batch, H heads, P = B * H (example, head) pairs, T tokens given
-in one call, M = predict_mem_len, Dm model depth, D = d_qk, R = n_hashes,
-C = chunk_len, K = R * C * (1 + n_chunks_before) keys per decoded token.
+Shapes: B batch, N heads, P = B * N (example, head) pairs, T tokens given
+in one call, Lm = predict_mem_len, Dm model depth, D = d_qk, R = n_hashes,
+C = chunk_len, Ks = R * C * (1 + n_chunks_before) keys per decoded token.
 
 State, Trax's layout (its `init_weights_and_state` in predict mode):
-  (mem_end int32[], (mem float[B, M, Dm],),
-   (buckets int32[P, R * M], buckets_idx int32[P], hash_key uint32[P, 2]))
+  (mem_end int32[], (mem float[B, Lm, Dm],),
+   (buckets int32[P, R * Lm], buckets_idx int32[P], hash_key uint32[P, 2]))
 The weightless `PureLSHSelfAttention` (spec.kind 'pure') sees each
 (example, head) pair as an example of one head: its inputs are
-(qk float[P, T, D], v float[P, T, Dv]), its memory (qk float[P, M, D],
-v float[P, M, Dv]) in place of `(mem,)`, and it has no weights (Trax's
+(qk float[P, T, D], v float[P, T, Dv]), its memory (qk float[P, Lm, D],
+v float[P, Lm, Dv]) in place of `(mem,)`, and it has no weights (Trax's
 layout for that layer).
 `mem` holds the layer's inputs, the next one goes to position `mem_end`;
 `buckets` are the memory positions' bucket ids, flat with round offsets
@@ -24,23 +24,23 @@ layout for that layer).
 where the next token's buckets go; the hash key stays fixed while decoding.
 
 A call with T tokens (`call`):
-  * T <= predict_drop_len and T < M (one decoded token, a short prefix):
+  * T <= predict_drop_len and T < Lm (one decoded token, a short prefix):
     when the memory cannot take T more, its oldest `predict_drop_len`
     positions are dropped (everything moves left, zeros come in at the end,
     the buckets likewise); the tokens are written at `mem_end`. T = 1:
     `step_head`; T > 1: `prefix_head` over the whole memory.
   * otherwise, a long prefix at the start of a sequence: `prefix_head`
-    over the T tokens; the memory keeps the last M of them. Not at the
+    over the T tokens; the memory keeps the last Lm of them. Not at the
     start (mem_end > 0), the outputs are NaN, Trax's error signal.
-`step_head` costs O(M) for the selection plus O(K) attention, whatever the
+`step_head` costs O(Lm) for the selection plus O(Ks) attention, whatever the
 number of tokens decoded so far; `prefix_head` is the layer's chunked LSH
 attention over the prefix padded to a multiple of C.
 
 Where this differs from Trax, on purpose:
   * n_buckets=None: Trax resolves the automatic count from the length it
-    hashes, so the prefix (length M or T) and each decoded token (length 2:
+    hashes, so the prefix (length Lm or T) and each decoded token (length 2:
     2 buckets) use different hash functions. Here both use
-    `auto_n_buckets(max_length_for_buckets or M, C)` (the training length
+    `auto_n_buckets(max_length_for_buckets or Lm, C)` (the training length
     when `max_length_for_buckets` is set, as in the copy configs).
   * a multi-token call after the start reads its outputs at its own
     positions and rolls the buckets with the memory (Trax returns the first
@@ -69,7 +69,7 @@ def n_buckets(spec):
 
 
 def n_keys(spec):
-  """K: how many memory positions a decoded token attends to."""
+  """Ks: how many memory positions a decoded token attends to."""
   return spec.n_hashes * spec.chunk_len * (1 + spec.n_chunks_before)
 
 
@@ -82,7 +82,7 @@ def _offsets(spec):
 def _roll_buckets(buckets, buckets_idx, q_start, drop_len):
   """Drops the oldest positions' buckets when the memory was rolled.
 
-  buckets int32[R, M]. Trax's `roll_buckets`: the window of M starting at
+  buckets int32[R, Lm]. Trax's `roll_buckets`: the window of Lm starting at
   `buckets_idx - q_start` (clamped to `drop_len`, as `dynamic_slice` does)
   of the buckets followed by `drop_len` zeros.
   """
@@ -134,7 +134,8 @@ def prefix_head(x, mask, weights, state, *, spec, q_start, q_len):
       lambda a: jnp.pad(a, ((0, padded - length), (0, 0))), x)
   q, v, output = _attention_inputs(x, weights, spec)
   count = n_buckets(spec)
-  new_buckets = lsh_jax.hash_vectors(q, hash_key, count, n_rounds)  # [R, L']
+  new_buckets = lsh_jax.hash_vectors(q, hash_key=hash_key, n_buckets=count,
+                                     n_hashes=n_rounds)  # [R, L']
   o = lsh_jax.lsh_attention_from_buckets(
       q, v, new_buckets, chunk_len=spec.chunk_len,
       n_chunks_before=spec.n_chunks_before,
@@ -155,20 +156,20 @@ def select_keys(buckets, q_buckets, q_start, n_selected):
   Positions sharing a bucket with the token in some round come first, then
   the others, each group by recency; future positions last. Trax's
   priorities, all distinct: position t <= q_start + 1 scores t, a later one
-  -(M + t); sharing a bucket adds M. (Trax counts q_start + 1 as a past
+  -(Lm + t); sharing a bucket adds Lm. (Trax counts q_start + 1 as a past
   position; the causal mask hides it anyway.)
 
   Args:
-    buckets: int32[R, M] the memory's buckets, the token's included.
+    buckets: int32[R, Lm] the memory's buckets, the token's included.
     q_buckets: int32[R, 1] the token's buckets.
     q_start: int32[] the token's position.
-    n_selected: static, min(K, M).
+    n_selected: static, min(Ks, Lm).
 
   Returns:
     int32[n_selected] positions, lowest priority first (Trax's order).
   """
   mem_len = buckets.shape[1]
-  shares = jnp.any(buckets == q_buckets, axis=0)  # [M]
+  shares = jnp.any(buckets == q_buckets, axis=0)  # [Lm]
   positions = jnp.arange(mem_len, dtype=jnp.int32)
   priority = jnp.where(positions > q_start + 1, -(mem_len + positions),
                        positions) + mem_len * shares.astype(jnp.int32)
@@ -180,8 +181,8 @@ def step_head(x, mask, weights, state, *, spec, q_start):
   """One decoded token, one head of one example (Trax's q_len == 1 path).
 
   Args:
-    x: float[M, Dm] the memory, the token at `q_start` (the pure layer:
-      (qk [M, D], v [M, Dv])).
+    x: float[Lm, Dm] the memory, the token at `q_start` (the pure layer:
+      (qk [Lm, D], v [Lm, Dv])).
     mask: None.
     weights, state, spec: as in `prefix_head`.
     q_start: int32[] the token's position in the memory.
@@ -195,15 +196,16 @@ def step_head(x, mask, weights, state, *, spec, q_start):
   buckets = _roll_buckets(buckets.reshape(n_rounds, mem_len), buckets_idx,
                           q_start, spec.predict_drop_len)
   q, _, _ = _attention_inputs(_rows(x, q_start, 1), weights, spec)  # [1, D]
-  q_buckets = lsh_jax.hash_vectors(q, hash_key, n_buckets(spec),
-                                   n_rounds) + _offsets(spec)  # [R, 1]
+  q_buckets = lsh_jax.hash_vectors(q, hash_key=hash_key,
+                                   n_buckets=n_buckets(spec),
+                                   n_hashes=n_rounds) + _offsets(spec)  # [R, 1]
   buckets = lax.dynamic_update_slice_in_dim(buckets, q_buckets, q_start,
                                             axis=1)
   kv_pos = select_keys(buckets, q_buckets, q_start,
-                       min(n_keys(spec), mem_len))  # [K]
+                       min(n_keys(spec), mem_len))  # [Ks]
   k, v, output = _attention_inputs(
-      jax.tree_util.tree_map(lambda a: a[kv_pos], x), weights, spec)  # [K, D]
-  dots = q @ chunked.normalize_keys(k).T  # [1, K]
+      jax.tree_util.tree_map(lambda a: a[kv_pos], x), weights, spec)  # [Ks, D]
+  dots = q @ chunked.normalize_keys(k).T  # [1, Ks]
   dots = masks.mask_logits(dots, jnp.reshape(q_start, (1,)), kv_pos,
                            causal=True)
   probs = jnp.exp(dots - jax.nn.logsumexp(dots, axis=-1, keepdims=True))
@@ -215,7 +217,7 @@ def step_head(x, mask, weights, state, *, spec, q_start):
 def _append(mem, mem_end, x, drop_len):
   """Trax's short-call memory update: roll if full, write x at mem_end.
 
-  mem and x are arrays [B, M, ...] and [B, T, ...] or matching tuples of
+  mem and x are arrays [B, Lm, ...] and [B, T, ...] or matching tuples of
   them (the pure layer's (qk, v)).
 
   Returns:
@@ -238,12 +240,12 @@ def use_memory(x, mem_end, mem, *, spec):
   """Trax's `_use_predict_mem`: the memory update of one call.
 
   Args:
-    x: float[B, T, Dm] the new tokens; mem_end: int32[]; mem: float[B, M, Dm]
+    x: float[B, T, Dm] the new tokens; mem_end: int32[]; mem: float[B, Lm, Dm]
       (or matching tuples, as `_append`).
     spec: `trax_kernels.Spec` with predict_mem_len and predict_drop_len.
 
   Returns:
-    (inputs: what the heads read, the memory [B, M, Dm] or a long prefix
+    (inputs: what the heads read, the memory [B, Lm, Dm] or a long prefix
     [B, T, Dm] (NaN when not at the start); the new memory; q_start int32[]
     the first new token's position in `inputs`; the new mem_end int32[]).
   """
@@ -274,7 +276,7 @@ def call(x, weights, state, *, spec):
   Args:
     x: float[B, T, Dm] the new tokens; the pure layer (spec.kind 'pure'):
       (qk float[P, T, D], v float[P, T, Dv]).
-    weights: per-head weights, leading axis H (`trax_kernels`); pure: ().
+    weights: per-head weights, leading axis N (`trax_kernels`); pure: ().
     state: Trax's predict state (module docstring).
     spec: `trax_kernels.Spec` with predict_mem_len and predict_drop_len.
 

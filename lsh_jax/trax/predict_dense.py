@@ -5,10 +5,10 @@ and `_incremental_forward_unbatched` written for today's JAX (Trax's own
 calls `lax.cond` with keywords JAX removed), one jit-compiled `call` per
 step.
 
-Shapes: B batch, H heads, T tokens given in one call, M = predict_mem_len,
+Shapes: B batch, N heads, T tokens given in one call, Lm = predict_mem_len,
 Dm model depth, C = chunk_len.
 
-State, Trax's layout: (mem_end int32[], (mem float[B, M, Dm],), ()) -- the
+State, Trax's layout: (mem_end int32[], (mem float[B, Lm, Dm],), ()) -- the
 layer's inputs so far, the next one at `mem_end`; the dense layer keeps no
 per-head state. The memory update is the LSH layer's (`trax_predict.
 use_memory`): short calls append (dropping the oldest `predict_drop_len`
@@ -38,7 +38,7 @@ def head(x, mask, weights, state, *, spec, q_start, q_len, chunked):
   """The new tokens' attention, one head of one example.
 
   Args:
-    x: float[M', Dm] the memory (or the long prefix, M' = T).
+    x: float[Lm', Dm] the memory (or the long prefix, Lm' = T).
     mask: None (decoding has no padding input).
     weights: one head's weights (`trax_kernels`); state: () (none).
     spec: `trax_kernels.Spec` (kind 'dense').
@@ -77,7 +77,7 @@ def call(x, weights, state, *, spec):
 
   Args:
     x: float[B, T, Dm] the new tokens.
-    weights: per-head weights, leading axis H (`trax_kernels`).
+    weights: per-head weights, leading axis N (`trax_kernels`).
     state: Trax's predict state (module docstring).
     spec: `trax_kernels.Spec` with predict_mem_len and predict_drop_len.
 

@@ -4,7 +4,7 @@
 back (`kernels.lsh_head`). Run pair by pair (`heads`), each projection is a
 [L, Dm] x [Dm, D] matmul inside the loop over blocks, where XLA:CPU runs it
 on one thread, as Trax does. Here the projections of every pair are three
-einsums over the whole batch ([B*L, Dm] x [Dm, H*D]: large matmuls that
+einsums over the whole batch ([B*L, Dm] x [Dm, N*D]: large matmuls that
 use every core), and only the attention runs in the loop over blocks of
 `n_parallel_heads` pairs (`kernels.pure_head`, the same function as
 `PureLSHSelfAttention`'s). The backward pass is the same split: the
@@ -13,12 +13,12 @@ attention's vjp runs block by block (recomputed from the stored buckets),
 and the input and weight gradients are einsums again.
 
 Memory: q, v, their gradients and the attention output of every pair are
-[B, H, L, D] each, together a few times the size of x (at d_qk = d_v =
-d_model / H, each is x's size); the attention's own intermediates stay
+[B, N, L, D] each, together a few times the size of x (at d_qk = d_v =
+d_model / N, each is x's size); the attention's own intermediates stay
 those of one block.
 
-Shapes: B batch, H heads, L length, Dm d_model, D = d_qk, Dv = d_v,
-P = B * H pairs (p = example * H + head, Trax's order).
+Shapes: B batch, N heads, L length, Dm d_model, D = d_qk, Dv = d_v,
+P = B * N pairs (p = example * N + head, Trax's order).
 """
 import functools
 
@@ -29,7 +29,7 @@ from lsh_jax.trax import heads as trax_heads
 
 
 def _project(x, weights, bias):
-  """x [B, L, Dm] -> q [B, H, L, D], v [B, H, L, Dv] of every head."""
+  """x [B, L, Dm] -> q [B, N, L, D], v [B, N, L, Dv] of every head."""
   w_q, w_v = weights[0], weights[1]
   q = jnp.einsum('bld,hdk->bhlk', x, w_q)
   v = jnp.einsum('bld,hdk->bhlk', x, w_v)
@@ -40,7 +40,7 @@ def _project(x, weights, bias):
 
 
 def _pairs(x):
-  """[B, H, L, ...] -> [P, L, ...]."""
+  """[B, N, L, ...] -> [P, L, ...]."""
   return x.reshape((-1,) + x.shape[2:])
 
 
@@ -53,10 +53,10 @@ def run(attend_fn, x, mask, weights, state, *, n_heads, n_parallel_heads,
     attend_fn: `kernels.pure_head` with its spec and rng bound: one pair's
       ((q [L, D], v [L, Dv]), mask, (), state) -> (o [L, Dv], new state).
     x: float[B, L, Dm]; mask: bool[B, L] or None.
-    weights: (w_q [H, Dm, D], w_v [H, Dm, Dv], w_o [H, Dv, Dm]) and with
-      `bias` also (b_q [H, D], b_v [H, Dv]).
+    weights: (w_q [N, Dm, D], w_v [N, Dm, Dv], w_o [N, Dv, Dm]) and with
+      `bias` also (b_q [N, D], b_v [N, Dv]).
     state: pytree, every leaf [P, ...].
-    n_heads, n_parallel_heads: H and pairs per block (`heads.block_shape`).
+    n_heads, n_parallel_heads: N and pairs per block (`heads.block_shape`).
     output_grad: float[B, L, Dm] or None.
 
   Returns:

@@ -3,9 +3,9 @@
 `PureLSHSelfAttention` takes queries/keys and values computed outside,
 one row per (example, head) pair, and returns the attention per pair:
 
-  inputs: qk float[B * H, L, D], v float[B * H, L, Dv], plus mask bool[B, L]
-    (True = real token) when `masked=True`; pair p = example * H + head.
-  output: float[B * H, L, Dv].
+  inputs: qk float[B * N, L, D], v float[B * N, L, Dv], plus mask bool[B, L]
+    (True = real token) when `masked=True`; pair p = example * N + head.
+  output: float[B * N, L, Dv].
   state: per pair (buckets int32[R * Lb], hash key uint32[2]), as
     `LSHSelfAttention` (Trax's layout); no weights.
 
@@ -17,8 +17,8 @@ ignored); attention dropout is. Any length L >= 1: a length that is not a
 multiple of chunk_len is padded with masked positions, as in
 `lsh_jax.trax.LSHSelfAttention`. mode='predict' (causal, not masked)
 decodes as Trax's layer does (`lsh_jax.trax.predict`): state
-(mem_end int32[], (qk float[P, M, D], v float[P, M, Dv]),
-(buckets int32[P, R * M], buckets_idx int32[P], hash key uint32[P, 2])),
+(mem_end int32[], (qk float[P, Lm, D], v float[P, Lm, Dv]),
+(buckets int32[P, R * Lm], buckets_idx int32[P], hash key uint32[P, 2])),
 Trax's layout.
 
 `PureLSHSelfAttentionWrapper` is Trax's (projections, the pure layer, merge

@@ -2,9 +2,20 @@
 import argparse
 import os
 
+from lsh_jax import _extras
+
 
 class CommandError(Exception):
   """A user error a command reports as one line (no traceback)."""
+
+
+def require_extras(*extras: str, alternative: str = '') -> None:
+  """Raises CommandError naming the missing extras and their install
+  command (and `alternative`, a way without them); a command calls this
+  before any work."""
+  text = _extras.message(*extras)
+  if text:
+    raise CommandError(text + (f', or {alternative}' if alternative else ''))
 
 
 def positive_int(text):
@@ -24,20 +35,28 @@ def add_bindings_argument(parser):
       help="extra gin binding, e.g. -b 'lsh_jax.LSHSelfAttention.n_hashes=4'"
       ' (repeatable)')
 
-# The source checkout this package runs from (benchmarks/); absent from an
-# installed wheel, and `lsh-jax bench` says so.
-CHECKOUT = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.dirname(os.path.abspath(__file__)))))
+# The package's folder (lsh_jax/) and the folder above it: the source
+# checkout (benchmarks/, configs/), or for an installed wheel site-packages,
+# where `lsh-jax bench` finds no benchmarks and says so.
+_PACKAGE = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+CHECKOUT = os.path.dirname(_PACKAGE)
 
-# The gin configs ship inside the package (package data), so `lsh-jax demo`
-# and `lsh-jax train NAME` work from an installed wheel.
-CONFIG_DIR = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(
-        __file__)))), 'configs')
+
+def _config_dir():
+  """The gin configs: the checkout's top-level configs/, which a wheel
+  installs as package data in lsh_jax/configs/ (setup.cfg's package_dir),
+  so `lsh-jax demo` and `lsh-jax train NAME` work from an installed wheel."""
+  installed = os.path.join(_PACKAGE, 'configs')
+  return installed if os.path.isdir(installed) else os.path.join(
+      CHECKOUT, 'configs')
+
+
+CONFIG_DIR = _config_dir()
 
 
 def packaged_configs() -> list[str]:
-  """Names (without .gin) of the configs shipped in lsh_jax/configs."""
+  """Names (without .gin) of the configs in CONFIG_DIR."""
   return sorted(os.path.splitext(name)[0] for name in os.listdir(CONFIG_DIR)
                 if name.endswith('.gin'))
 

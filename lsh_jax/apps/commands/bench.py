@@ -26,6 +26,8 @@ def add_arguments(parser):
 
 
 def run(args):
+  if not args.help_run:
+    commands.require_extras('trax')  # Trax's layer and models: the baseline
   if not os.path.isfile(RUN_PY):
     raise commands.CommandError(
         f'{RUN_PY} not found: the benchmarks come with a source checkout '

@@ -33,9 +33,12 @@ def add_arguments(parser):
 
 def run(args):
   if args.framework == 'flax':
+    commands.require_extras('flax')
     from lsh_jax.apps import flax_copy  # pylint: disable=import-outside-toplevel
     flax_copy.run_demo(args.output_dir, args.steps)
     return 0
+  commands.require_extras(
+      'trax', alternative='the Flax version: lsh-jax demo --framework flax')
   start = time.time()
   config = commands.resolve_config(args.config)
   loop = train.train(config, args.output_dir, args.steps, [])

@@ -49,6 +49,7 @@ def format_table(length, results, trained_with=None):
 
 
 def run(args):
+  commands.require_extras('trax')
   length, results = evaluate(args.config, args.checkpoint, args.n_hashes,
                              args.batches, args.binding)
   print(format_table(length, results))

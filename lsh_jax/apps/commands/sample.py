@@ -39,6 +39,7 @@ def format_sample(tokens, prefix_len, sample):
 
 
 def run(args):
+  commands.require_extras('trax')
   start = time.time()
   bindings = list(args.binding)
   if args.n_hashes:

@@ -32,6 +32,7 @@ def add_arguments(parser):
 
 
 def run(args):
+  commands.require_extras('trax')  # Trax brings matplotlib: table2.png
   from lsh_jax.apps import table2  # imports Trax: only when running
   settings = table2.PAPER if args.paper else (
       table2.TINY if args.tiny else table2.DEFAULT)

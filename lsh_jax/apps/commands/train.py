@@ -46,6 +46,7 @@ def train(config, output_dir, steps, bindings):
 
 
 def run(args):
+  commands.require_extras('trax')
   start = time.time()
   loop = train(args.config, args.output_dir, args.steps, args.binding)
   print(f'trained {loop.step} steps in {time.time() - start:.0f} s; '
