@@ -85,6 +85,7 @@ def test_head_exchange_every_way_to_ask_and_device_count():
   _check_attention_report(_run_check('attention', '--full'), full=True)
 
 
+@pytest.mark.long  # the 2-process test makes the same check across processes
 def test_training_step_on_data_x_sequence_mesh_equals_one_device():
   """A small pure-JAX LM (embeddings, LSH attention, feed-forward), one SGD
   step with tokens sharded (data=2) x (seq=4): the loss is bit-identical;

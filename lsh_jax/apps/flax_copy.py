@@ -166,6 +166,17 @@ def train(config: CopyConfig = CopyConfig(), *, steps=1000, seed=0,
   schedule = optax.linear_schedule(0.0, config.learning_rate,
                                    config.warmup_steps)
   optimizer = nnx.Optimizer(model, optax.adam(schedule), wrt=nnx.Param)
+  if mesh is not None:
+    # The position table [T, Dm] and its Adam moments are position-wise:
+    # sharded over the sequence like the tokens, the rest replicated, as
+    # every step returns them (the first step's program is the only one).
+    def place_state(x):
+      by_position = x.ndim and x.shape[0] == config.length
+      spec = (jax.sharding.PartitionSpec(sequence_axis) if by_position
+              else jax.sharding.PartitionSpec())
+      return jax.device_put(x, jax.sharding.NamedSharding(mesh, spec))
+    for tree in (model, optimizer):
+      nnx.update(tree, jax.tree.map(place_state, nnx.state(tree)))
   rng = np.random.RandomState(seed)
   eval_batches = [copy_batch(np.random.RandomState(seed + 1000),
                              config.vocab_size, config.length,
