@@ -153,6 +153,19 @@ def lm_group(length, n_layers):
   return group
 
 
+def _multihead_inputs(length, batch):
+  """q, v, a cotangent [B, T, N, H]; lsh_self_attention's settings; a key."""
+  import lsh_jax
+  kq, kv, kc = jax.random.split(jax.random.PRNGKey(0), 3)
+  shape = (batch, length, N_HEADS, DEPTH)
+  q, v, ct = (jax.random.normal(k, shape) for k in (kq, kv, kc))
+  kw = _attention_kwargs(length)
+  for name in ('d_qk', 'd_v', 'attention_dropout', 'output_dropout'):
+    kw.pop(name)
+  kw['n_buckets'] = lsh_jax.auto_n_buckets(length, CHUNK_LEN)
+  return q, v, ct, kw, jax.random.PRNGKey(1)
+
+
 def multihead_group(length, batch):
   """Multi-head attention without projections, forward+backward in q, v.
 
@@ -162,14 +175,7 @@ def multihead_group(length, batch):
   exact answer LSH approximates) at the same sizes.
   """
   import lsh_jax
-  kq, kv, kc = jax.random.split(jax.random.PRNGKey(0), 3)
-  shape = (batch, length, N_HEADS, DEPTH)
-  q, v, ct = (jax.random.normal(k, shape) for k in (kq, kv, kc))
-  kw = _attention_kwargs(length)
-  for name in ('d_qk', 'd_v', 'attention_dropout', 'output_dropout'):
-    kw.pop(name)
-  kw['n_buckets'] = lsh_jax.auto_n_buckets(length, CHUNK_LEN)
-  key = jax.random.PRNGKey(1)
+  q, v, ct, kw, key = _multihead_inputs(length, batch)
   forwards = {}
   if hasattr(lsh_jax, 'lsh_self_attention'):
     forwards['multihead_lsh_self_attention'] = (
@@ -217,13 +223,7 @@ def seqpar_group(length, batch):
   if jax.device_count() < 2:
     return {f'seqpar_{d}dev/bwd': 'needs 2 CPU devices: JAX_NUM_CPU_DEVICES=2'
             for d in (1, 2)}
-  kq, kv, kc = jax.random.split(jax.random.PRNGKey(0), 3)
-  shape = (batch, length, N_HEADS, DEPTH)
-  q, v, ct = (jax.random.normal(k, shape) for k in (kq, kv, kc))
-  kw = _attention_kwargs(length)
-  for name in ('d_qk', 'd_v', 'attention_dropout', 'output_dropout'):
-    kw.pop(name)
-  key = jax.random.PRNGKey(1)
+  q, v, ct, kw, key = _multihead_inputs(length, batch)
   mesh = Mesh(np.array(jax.devices()[:2]), ('seq',))
   sharded = NamedSharding(mesh, P(None, 'seq'))
 
