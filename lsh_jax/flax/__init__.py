@@ -6,6 +6,8 @@
   LSHSelfAttention    Reformer's LSH self-attention, an `nnx.Module`
   SelfAttention       its dense twin: the same parameters, exact attention
   LocalSelfAttention  separate keys, chunked or dense (Trax's SelfAttention)
+  from_trax           a Trax ReformerLM (live or a checkpoint file) as a
+                      ReformerLM with its weights
 
 Importing this package imports Flax; `import lsh_jax` does not. The
 function underneath the attention is `lsh_jax.lsh_self_attention`.
@@ -19,7 +21,8 @@ _extras.require('flax', 'lsh_jax.flax')
 from lsh_jax.flax.attention import LSHSelfAttention  # noqa: E402
 from lsh_jax.flax.attention import SelfAttention  # noqa: E402
 from lsh_jax.flax.local import LocalSelfAttention  # noqa: E402
+from lsh_jax.flax.from_trax import from_trax  # noqa: E402
 from lsh_jax.flax.reformer import ReformerLM  # noqa: E402
 
 __all__ = ['LSHSelfAttention', 'LocalSelfAttention', 'ReformerLM',
-           'SelfAttention']
+           'SelfAttention', 'from_trax']
