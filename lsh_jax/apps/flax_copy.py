@@ -55,15 +55,21 @@ class CopyConfig:
 
 
 def copy_model(config: CopyConfig, *, n_hashes: Optional[int] = -1,
-               rngs: nnx.Rngs) -> ReformerLM:
-  """The demo's ReformerLM; `n_hashes=None`: dense attention, same params."""
+               rngs: nnx.Rngs, **layout) -> ReformerLM:
+  """The demo's ReformerLM; `n_hashes=None`: dense attention, same params.
+
+  `layout` (mesh=, sequence_axis=, batch_axis=): sequence parallelism for
+  tokens sharded along T (and B), passed to each `LSHSelfAttention`; the
+  embeddings, norms and feed-forwards are position-wise and stay sharded
+  (docs/scaling.md).
+  """
   n_hashes = config.n_hashes if n_hashes == -1 else n_hashes
   attention = SelfAttention if n_hashes is None else functools.partial(
       LSHSelfAttention, n_hashes=n_hashes, chunk_len=config.chunk_len,
       n_chunks_before=config.n_chunks_before,
       # Every (example, head) pair at once: at these tiny sizes a loop over
       # pairs (the CPU default) costs more than it saves.
-      n_parallel_heads=config.batch_size * config.n_heads)
+      n_parallel_heads=config.batch_size * config.n_heads, **layout)
   return ReformerLM(
       config.vocab_size, d_model=config.d_model, d_ff=config.d_ff,
       d_attention_key=config.d_head, d_attention_value=config.d_head,
@@ -102,17 +108,39 @@ def copy_accuracy(model, batches):
 
 
 def train(config: CopyConfig = CopyConfig(), *, steps=1000, seed=0,
-          log_every=100, out=None):
+          log_every=100, out=None, mesh=None, sequence_axis=None,
+          batch_axis=None):
   """Trains the copy model; prints `step | loss | accuracy | steps/s` lines.
+
+  With a `mesh`, each batch is sharded: B over `batch_axis` (data
+  parallel) and T over `sequence_axis` (sequence parallel, the attention's
+  head exchange); the parameters are replicated.
 
   Returns:
     (model, losses: list of the training loss per step).
   """
   out = out or sys.stdout
-  model = copy_model(config, rngs=nnx.Rngs(params=seed, hash=seed + 1))
+  layout = {} if mesh is None else dict(
+      mesh=mesh, sequence_axis=sequence_axis, batch_axis=batch_axis)
+  model = copy_model(config, rngs=nnx.Rngs(params=seed, hash=seed + 1),
+                     **layout)
+  place = lambda x: jnp.asarray(x) if mesh is None else jax.device_put(
+      x, jax.sharding.NamedSharding(
+          mesh, jax.sharding.PartitionSpec(batch_axis, sequence_axis)))
   schedule = optax.linear_schedule(0.0, config.learning_rate,
                                    config.warmup_steps)
   optimizer = nnx.Optimizer(model, optax.adam(schedule), wrt=nnx.Param)
+  if mesh is not None:
+    # The position table [T, Dm] and its Adam moments are position-wise:
+    # sharded over the sequence like the tokens, the rest replicated, as
+    # every step returns them (the first step's program is the only one).
+    def place_state(x):
+      by_position = x.ndim and x.shape[0] == config.length
+      spec = (jax.sharding.PartitionSpec(sequence_axis) if by_position
+              else jax.sharding.PartitionSpec())
+      return jax.device_put(x, jax.sharding.NamedSharding(mesh, spec))
+    for tree in (model, optimizer):
+      nnx.update(tree, jax.tree.map(place_state, nnx.state(tree)))
   rng = np.random.RandomState(seed)
   eval_batches = [copy_batch(np.random.RandomState(seed + 1000),
                              config.vocab_size, config.length,
@@ -122,8 +150,8 @@ def train(config: CopyConfig = CopyConfig(), *, steps=1000, seed=0,
     model.train()  # a fresh hash per call, as Trax re-hashes every step
     tokens, weights = copy_batch(rng, config.vocab_size, config.length,
                                  config.batch_size)
-    losses.append(float(train_step(model, optimizer, jnp.asarray(tokens),
-                                   jnp.asarray(weights))))
+    losses.append(float(train_step(model, optimizer, place(tokens),
+                                   place(weights))))
     if log_every and (step % log_every == 0 or step == steps):
       accuracy = copy_accuracy(model, eval_batches)
       rate = min(step, log_every) / max(time.time() - last, 1e-9)

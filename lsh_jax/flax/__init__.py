@@ -9,6 +9,8 @@
   generate            greedy or temperature sampling from a ReformerLM,
                       decoding with caches (`decode=True`, `init_cache` on
                       the model and on each attention module)
+  from_trax           a Trax ReformerLM (live or a checkpoint file) as a
+                      ReformerLM with its weights
 
 Importing this package imports Flax; `import lsh_jax` does not. The
 function underneath the attention is `lsh_jax.lsh_self_attention`.
@@ -20,10 +22,11 @@ from lsh_jax import _extras
 _extras.require('flax', 'lsh_jax.flax')
 
 from lsh_jax.flax.attention import LSHSelfAttention  # noqa: E402
-from lsh_jax.flax.generation import generate  # noqa: E402
 from lsh_jax.flax.attention import SelfAttention  # noqa: E402
+from lsh_jax.flax.from_trax import from_trax  # noqa: E402
+from lsh_jax.flax.generation import generate  # noqa: E402
 from lsh_jax.flax.local import LocalSelfAttention  # noqa: E402
 from lsh_jax.flax.reformer import ReformerLM  # noqa: E402
 
 __all__ = ['LSHSelfAttention', 'LocalSelfAttention', 'ReformerLM',
-           'SelfAttention', 'generate']
+           'SelfAttention', 'from_trax', 'generate']

@@ -240,6 +240,11 @@ class LSHSelfAttention(SelfAttention):
       multi-round attention, per-bucket candidates; docs/paper.md).
     n_parallel_heads: (example, head) pairs computed at once, as in
       `lsh_jax.lsh_self_attention` (None: 1 on CPU, all on accelerators).
+    mesh, sequence_axis, batch_axis: sequence parallelism, as in
+      `lsh_jax.lsh_self_attention`: x [B, T, F] sharded along T over
+      `sequence_axis` (and B over `batch_axis`) stays sharded through the
+      projections; only the attention exchanges heads (docs/scaling.md).
+      None: read from the activations' sharding when they carry one.
   """
 
   def __init__(self, num_heads: int, in_features: int, *,
@@ -249,8 +254,14 @@ class LSHSelfAttention(SelfAttention):
                n_chunks_after: int = 0, rngs: nnx.Rngs,
                allow_duplicate_attention: bool = True,
                attend_across_buckets: bool = True,
-               n_parallel_heads: Optional[int] = None, **kwargs):
+               n_parallel_heads: Optional[int] = None,
+               mesh: Optional[jax.sharding.Mesh] = None,
+               sequence_axis: Optional[str] = None,
+               batch_axis: Union[str, Sequence[str], None] = None, **kwargs):
     super().__init__(num_heads, in_features, rngs=rngs, **kwargs)
+    # Static configuration, not state: a Mesh is not an array.
+    self.layout = nnx.static(dict(mesh=mesh, sequence_axis=sequence_axis,
+                                  batch_axis=batch_axis))
     self.n_parallel_heads = (None if n_parallel_heads is None else
                              validation.check_positive_int(
                                  'n_parallel_heads', n_parallel_heads))
@@ -284,4 +295,4 @@ class LSHSelfAttention(SelfAttention):
         else 0.0, dropout_key=dropout_key,
         allow_duplicate_attention=self.allow_duplicate_attention,
         attend_across_buckets=self.attend_across_buckets,
-        n_parallel_heads=self.n_parallel_heads)
+        n_parallel_heads=self.n_parallel_heads, **self.layout)
