@@ -13,13 +13,13 @@ call; D > 1 shards the length T over a 'seq' mesh axis and exchanges heads
   attention  `lsh_self_attention`, B 1, 8 heads of 64 (values 64), 4
              rounds, chunk 64; forward, and forward+backward (the
              gradients of <out, cotangent> in q and v).
-  model      the Flax copy model (`lsh_jax.apps.flax_copy.CopyLM`: token
-             and position embeddings, 2 pre-norm blocks of LSH attention
-             and a ReLU feed-forward, d_model 64, 8 heads of 8, Dff 128, 2
+  model      the Flax copy model (`lsh_jax.apps.flax_copy.copy_model`:
+             a reversible ReformerLM, 2 layers of LSH attention and a
+             FastGelu feed-forward, d_model 64, 8 heads of 8, Dff 128, 2
              rounds, chunk 64), B 1: the loss (forward), and one Adam step
-             (forward+backward+update). The position table [T, Dm] and its
-             Adam moments are position-wise too: sharded over 'seq' like
-             the tokens; the other parameters are replicated.
+             (forward+backward+update). Leaves with a leading [T] axis are
+             sharded over 'seq' like the tokens; the other parameters are
+             replicated.
 
 Checks printed under the table (`checks`): the attention's arguments and
 outputs (all position-wise) are 1/D of D = 1's within 5%, and its
@@ -114,7 +114,7 @@ def model_programs(length, mesh):
                                 n_heads=HEADS, d_head=8, n_layers=2,
                                 n_hashes=2, chunk_len=CHUNK, batch_size=1)
   layout = {} if mesh is None else dict(mesh=mesh, sequence_axis='seq')
-  abstract = nnx.eval_shape(lambda: flax_copy.CopyLM(
+  abstract = nnx.eval_shape(lambda: flax_copy.copy_model(
       config, rngs=nnx.Rngs(0), **layout))
   abstract.eval()  # the fixed hash key: no rng state to update in jit
   graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
@@ -131,7 +131,7 @@ def model_programs(length, mesh):
 
   def loss(params, rest, tokens, weights):
     model = nnx.merge(graphdef, params, rest)
-    logits = model(flax_copy.shift_right(tokens))
+    logits = model(tokens)  # ReformerLM shifts right itself
     losses = optax.softmax_cross_entropy_with_integer_labels(logits, tokens)
     return jnp.sum(losses * weights) / jnp.sum(weights)
 

@@ -90,6 +90,41 @@ def _check_inputs(query, value, mask):
   return batched
 
 
+def pair_keys(key: jax.Array, batch: int, heads: int) -> jax.Array:
+  """The hash key of each (example, head): [B, N] keys.
+
+  `key` is one PRNG key, split by `head_keys`, or already one key per pair
+  ([B, N] typed keys or uint32[B, N, 2] raw keys, as a Trax LSH layer's
+  state holds them), returned as it is.
+  """
+  if _is_per_pair(key, batch, heads):
+    return key
+  return head_keys(key, batch, heads)
+
+
+def _is_per_pair(key, batch, heads):
+  dtype = jnp.result_type(key)
+  typed = jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+  return np.shape(key) == ((batch, heads) if typed else (batch, heads, 2))
+
+
+def _check_hash_key(key, batch, heads):
+  """One PRNG key, or one per (example, head) (`pair_keys`)."""
+  try:
+    is_per_pair = _is_per_pair(key, batch, heads)
+  except TypeError:
+    is_per_pair = False
+  if is_per_pair:
+    validation.check_key('hash_key', key[0, 0])
+    return
+  try:
+    validation.check_key('hash_key', key)
+  except ValueError as error:
+    raise ValueError(f'{error}; or one key per (example, head): keys of shape '
+                     f'({batch}, {heads}), raw uint32[{batch}, {heads}, 2]'
+                     ) from None
+
+
 def _show(shape):
   return '(' + ', '.join(map(str, shape)) + (',)' if len(shape) == 1 else ')')
 
@@ -119,13 +154,16 @@ def lsh_self_attention(
 
   Queries and keys are shared (Reformer): `query` is hashed, sorted and
   attended exactly as `lsh_attention` does for each (example, head) pair,
-  with the hash key `head_keys(hash_key, B, N)[b, n]` (module docstring).
+  with the hash key `head_keys(hash_key, B, N)[b, n]` (module docstring),
+  or `hash_key[b, n]` when it holds one key per pair.
 
   Args:
     query: float[B, T, N, H] or float[T, N, H], shared queries/keys.
     value: float[B, T, N, Hv] or float[T, N, Hv] (the same leading axes).
     hash_key: one PRNG key; every (example, head) hashes with its own key
-      split from it.
+      split from it. Or one key per (example, head), [B, N] typed keys or
+      uint32[B, N, 2] raw keys (a [T, N, H] input: [1, N]), used as they
+      are (`pair_keys`; e.g. the keys a Trax LSH layer's state holds).
     n_buckets, n_hashes, chunk_len, n_chunks_before, n_chunks_after,
       causal, attention_dropout: as in `lsh_attention` (n_buckets None:
       `auto_n_buckets(T, chunk_len)`).
@@ -169,7 +207,8 @@ def lsh_self_attention(
       query, mesh=mesh, sequence_axis=sequence_axis, batch_axis=batch_axis,
       batched=batched)
   length = np.shape(query)[-3]
-  validation.check_key('hash_key', hash_key)
+  _check_hash_key(hash_key, *(np.shape(query)[::2] if batched
+                               else (1, np.shape(query)[1])))
   validation.check_chunking(chunk_len, n_chunks_before, n_chunks_after)
   if dropout_key is not None:
     validation.check_key('dropout_key', dropout_key)
@@ -200,7 +239,7 @@ def lsh_self_attention(
 def _lsh_self_attention(query, value, hash_key, mask, dropout_key, *,
                         n_parallel_heads, layout, **static):
   batch, _, heads, _ = query.shape
-  hash_keys = head_keys(hash_key, batch, heads)  # [B, N]
+  hash_keys = pair_keys(hash_key, batch, heads)  # [B, N]
   dropout_keys = (None if dropout_key is None
                   else head_keys(dropout_key, batch, heads))
   if layout is not None:
