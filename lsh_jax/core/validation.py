@@ -132,9 +132,8 @@ def check_dropout(rate, dropout_key):
   return rate
 
 
-def check_attention_args(q, v, mask, chunk_len, n_chunks_before,
-                         n_chunks_after, attention_dropout, dropout_key):
-  """Checks the arguments shared by every LSH entry point."""
+def _check_q_v_mask(q, v, mask):
+  """q float[L, D], v float[L, Dv] and mask bool[L] or None."""
   check_matrix('q', q)
   check_matrix('v', v)
   length = np.shape(q)[0]
@@ -142,8 +141,24 @@ def check_attention_args(q, v, mask, chunk_len, n_chunks_before,
     raise ValueError(f'v must have the same length as q ({length}), got '
                      f'shape {tuple(np.shape(v))}')
   check_mask(mask, length)
+
+
+def check_attention_args(q, v, mask, chunk_len, n_chunks_before,
+                         n_chunks_after, attention_dropout, dropout_key):
+  """Checks the arguments shared by every LSH entry point."""
+  _check_q_v_mask(q, v, mask)
   check_chunking(chunk_len, n_chunks_before, n_chunks_after)
   return check_dropout(attention_dropout, dropout_key)
+
+
+def check_dense_args(q, v, k, mask):
+  """Checks `full_attention`'s arguments (k float[L, D] or None)."""
+  _check_q_v_mask(q, v, mask)
+  if k is not None:
+    check_matrix('k', k)
+    if np.shape(k) != np.shape(q):
+      raise ValueError(f'k must have the shape of q {tuple(np.shape(q))}, '
+                       f'got {tuple(np.shape(k))}')
 
 
 def check_buckets(buckets, length):
