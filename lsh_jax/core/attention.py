@@ -15,7 +15,6 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from lsh_jax.core import chunked
-from lsh_jax.core import duplicates
 from lsh_jax.core import hashing
 from lsh_jax.core import masks
 from lsh_jax.core import padding
@@ -155,9 +154,9 @@ def lsh_attention(q: ArrayLike, v: ArrayLike, *, hash_key: ArrayLike,
       n_chunks_after=n_chunks_after, causal=bool(causal),
       attention_dropout=rate, sequential_rounds=(
           None if sequential_rounds is None else bool(sequential_rounds)),
-      allow_duplicate_attention=duplicates.check_flag(
+      allow_duplicate_attention=validation.check_flag(
           'allow_duplicate_attention', allow_duplicate_attention),
-      attend_across_buckets=duplicates.check_flag(
+      attend_across_buckets=validation.check_flag(
           'attend_across_buckets', attend_across_buckets))
 
 
@@ -199,9 +198,9 @@ def lsh_attention_from_buckets(
                          else bool(sequential_rounds)),
       n_ids=None if n_ids is None else validation.check_positive_int(
           'n_ids', n_ids),
-      allow_duplicate_attention=duplicates.check_flag(
+      allow_duplicate_attention=validation.check_flag(
           'allow_duplicate_attention', allow_duplicate_attention),
-      attend_across_buckets=duplicates.check_flag(
+      attend_across_buckets=validation.check_flag(
           'attend_across_buckets', attend_across_buckets))
 
 

@@ -56,6 +56,22 @@ def check_n_buckets(n_buckets):
   return value
 
 
+def check_flag(name, value):
+  """A True/False argument (NumPy bools too): bool, else ValueError."""
+  if value is True or value is False or type(value).__name__ == 'bool_':
+    return bool(value)
+  raise ValueError(f'{name} must be True or False, got {value!r}')
+
+
+def check_n_buckets_given(n_buckets, fn_name):
+  """`check_n_buckets` for a function without the automatic choice (it does
+  not know chunk_len): None is an error that names the alternative."""
+  if n_buckets is None:
+    raise ValueError(f'{fn_name} needs n_buckets; for the automatic choice '
+                     'pass auto_n_buckets(length, chunk_len)')
+  return check_n_buckets(n_buckets)
+
+
 def check_matrix(name, array, *, floating=True):
   """Checks a [length, depth] array."""
   shape = np.shape(array)
@@ -170,3 +186,23 @@ def check_buckets(buckets, length):
   dtype = jnp.result_type(buckets)
   if not jnp.issubdtype(dtype, jnp.integer):
     raise ValueError(f'buckets must be integers, got {dtype}')
+
+
+def _format_bytes(n_bytes):
+  for unit in ('bytes', 'KiB', 'MiB', 'GiB', 'TiB'):
+    if n_bytes < 1024 or unit == 'TiB':
+      return f'{n_bytes:.0f} {unit}' if unit == 'bytes' else (
+          f'{n_bytes:.1f} {unit}')
+    n_bytes /= 1024
+
+
+def check_dense_size(name, length, max_bytes, itemsize=4):
+  """Raises ValueError if a dense [length, length] matrix exceeds max_bytes."""
+  needed = length * length * itemsize
+  if needed > max_bytes:
+    raise ValueError(
+        f'{name} has length {length}: its dense [L, L] attention matrix '
+        f'would take {_format_bytes(needed)}, above max_bytes='
+        f'{_format_bytes(max_bytes)}. attention_weights is meant for small '
+        f'and medium lengths; use lsh_attention for long sequences, or pass '
+        f'a larger max_bytes')

@@ -32,7 +32,6 @@ import numpy as np
 from flax import nnx
 
 import lsh_jax
-from lsh_jax.core import duplicates
 from lsh_jax.core import validation
 
 default_kernel_init = nnx.initializers.lecun_normal()
@@ -225,9 +224,9 @@ class LSHSelfAttention(SelfAttention):
     self.n_parallel_heads = (None if n_parallel_heads is None else
                              validation.check_positive_int(
                                  'n_parallel_heads', n_parallel_heads))
-    self.allow_duplicate_attention = duplicates.check_flag(
+    self.allow_duplicate_attention = validation.check_flag(
         'allow_duplicate_attention', allow_duplicate_attention)
-    self.attend_across_buckets = duplicates.check_flag(
+    self.attend_across_buckets = validation.check_flag(
         'attend_across_buckets', attend_across_buckets)
     self.n_hashes = validation.check_positive_int('n_hashes', n_hashes)
     self.n_buckets = (None if n_buckets is None
