@@ -174,6 +174,28 @@ def test_dropout_only_in_training():
   assert 0 < int(jnp.sum(dropped)) < 10
 
 
+def test_dense_attention_dropout_drops_probabilities_per_head():
+  # Expected: full_attention's computation with the [T, T] keep mask of
+  # each (example, head) drawn from head_keys, as the module documents.
+  module = SelfAttention(N, F, **SIZES, causal=True, attention_dropout=0.3,
+                         rngs=nnx.Rngs(0))
+  x = _x()
+  got = module(x, rngs=nnx.Rngs(dropout=4))
+  key = nnx.Rngs(dropout=4)['dropout']()
+  keys = lsh_jax.core.head_keys(key, B, N)
+  q, v = module.qk(x), module.value(x)
+  heads = np.zeros((B, T, N, 3), np.float32)
+  for b in range(B):
+    for n in range(N):
+      keep = jax.random.bernoulli(keys[b, n], 0.7, (T, T)) / 0.7
+      heads[b, :, n] = lsh_jax.core.dense.dense_attention(
+          q[b, :, n], None, v[b, :, n], None, causal=True,
+          dropout_multiplier=keep)
+  np.testing.assert_allclose(got, module.out(heads), rtol=1e-5, atol=1e-5)
+  undropped = module(x, deterministic=True)
+  assert float(jnp.max(jnp.abs(got - undropped))) > 1e-3
+
+
 @pytest.mark.parametrize('make,match', [
     (lambda: LSHSelfAttention(3, F, qk_features=8, rngs=nnx.Rngs(0)),
      r'qk_features \(8\) must be divisible by num_heads \(3\)'),
@@ -190,9 +212,6 @@ def test_dropout_only_in_training():
      r'\(in_features\), got \(3, 24, 13\)'),
     (lambda: _lsh()(_x(), jnp.ones((B, T, 1), bool)),
      r'mask must have shape \(24,\) or \(3, 24\)'),
-    (lambda: SelfAttention(N, F, attention_dropout=0.1, rngs=nnx.Rngs(0))(
-        _x()), r'SelfAttention computes exact attention without attention '
-     r'dropout'),
 ])
 def test_bad_arguments_raise_clear_errors(make, match):
   with pytest.raises(ValueError, match=match):

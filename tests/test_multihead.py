@@ -115,6 +115,33 @@ def test_head_keys_are_split_of_key():
                                                      B * N)[N]))
 
 
+def test_keys_given_per_pair_are_used_as_they_are():
+  """One hash key per (example, head) (what a Trax LSH layer's state
+  holds): pair (b, n) hashes with keys[b, n]. Expected: the per-head loop
+  with those keys; and keys equal to head_keys(KEY) give the one-key
+  output."""
+  q, v = _inputs()
+  keys = jax.random.split(jax.random.PRNGKey(11), B * N).reshape(B, N, 2)
+  got = lsh_jax.lsh_self_attention(q, v, hash_key=keys, causal=True,
+                                   **SETTINGS)
+  for b in range(B):
+    for n in range(N):
+      expected = lsh_jax.lsh_attention(q[b, :, n], v[b, :, n],
+                                       hash_key=keys[b, n], causal=True,
+                                       **SETTINGS)
+      np.testing.assert_allclose(got[b, :, n], expected, rtol=0, atol=2e-6)
+  np.testing.assert_array_equal(
+      lsh_jax.lsh_self_attention(q, v, hash_key=multihead.head_keys(KEY, B, N),
+                                 **SETTINGS),
+      lsh_jax.lsh_self_attention(q, v, hash_key=KEY, **SETTINGS))
+  typed = jax.random.key(2)
+  np.testing.assert_array_equal(
+      lsh_jax.lsh_self_attention(q[0], v[0],
+                                 hash_key=multihead.head_keys(typed, 1, N),
+                                 **SETTINGS),
+      lsh_jax.lsh_self_attention(q[0], v[0], hash_key=typed, **SETTINGS))
+
+
 def test_three_dimensional_input_is_one_example():
   q, v = _inputs()
   mask = _mask()
@@ -264,6 +291,8 @@ def test_bad_shapes_raise_clear_errors(q_shape, v_shape, mask_shape, match):
     (dict(n_parallel_heads=0), r'n_parallel_heads must be >= 1, got 0'),
     (dict(hash_key=jax.random.split(jax.random.key(0), B)), r'hash_key must '
      r'be a single PRNG key, got a key array of shape \(2,\)'),
+    (dict(hash_key=jnp.zeros((B, N + 1, 2), jnp.uint32)), r'or one key per '
+     r'\(example, head\): keys of shape \(2, 3\), raw uint32\[2, 3, 2\]'),
 ])
 def test_bad_arguments_raise_clear_errors(change, match):
   q, v = _inputs()

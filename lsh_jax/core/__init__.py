@@ -17,6 +17,8 @@ chain them are re-exported by `lsh_jax`):
   multihead   `lsh_self_attention`, `head_keys`: batch and heads in
               jax.nn's [B, T, N, H] layout
   weights     `attention_weights`: the effective [L, L] matrix
+  local       Trax's dense and chunked (local) attention with separate
+              keys: `attend`, `look_adjacent`, `scale_keys`
   schedule    chunks per loop step, rounds at once or in turn: the
               measured speed heuristics
   masks, padding, validation: shared helpers (mask constants, any-length

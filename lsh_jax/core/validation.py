@@ -126,6 +126,36 @@ def check_key(name, key):
                      f'for one key per example')
 
 
+def check_head_features(num_heads, in_features, qk_features, v_features,
+                        out_features):
+  """A self-attention module's widths, checked, defaults resolved.
+
+  qk_features defaults to in_features, v_features to qk_features,
+  out_features to in_features; qk and v widths must split into num_heads.
+
+  Returns:
+    (num_heads, in_features, qk_features, v_features, out_features, H, Hv)
+    with H, Hv the per-head depths.
+  """
+  num_heads = check_positive_int('num_heads', num_heads)
+  in_features = check_positive_int('in_features', in_features)
+  qk_features = check_positive_int(
+      'qk_features', in_features if qk_features is None else qk_features)
+  v_features = check_positive_int(
+      'v_features', qk_features if v_features is None else v_features)
+  out_features = check_positive_int(
+      'out_features', in_features if out_features is None else out_features)
+  depths = []
+  for name, features in (('qk_features', qk_features),
+                         ('v_features', v_features)):
+    if features % num_heads:
+      raise ValueError(f'{name} ({features}) must be divisible by num_heads '
+                       f'({num_heads})')
+    depths.append(features // num_heads)
+  return (num_heads, in_features, qk_features, v_features, out_features,
+          *depths)
+
+
 def check_rate(name, rate):
   """A dropout rate: a float in [0, 1) (NaN fails the range check)."""
   try:

@@ -11,7 +11,6 @@ functions; they are gin-configurable as `lsh_jax.<ClassName>`.
   models.py         WithLSHJaxLayers: Trax models that build attention in
                     code (the encoder-decoder Reformer) with lsh_jax's layers
   kernels.py        the jit-compiled per-(example, head) computations
-  dense.py          Trax's dense/chunked `attend` in pure JAX
   heads.py          batching over (example, head) pairs, `n_parallel_heads`
   projected.py      the LSH layer's projections batch-wide, around that loop
   predict.py        incremental decoding (`mode='predict'`), LSH layer

@@ -7,7 +7,7 @@ Weights per head, Trax's: (w_q [Dm, D], w_k [Dk, D], w_v [Dk, Dv],
 w_o [Dv, Dm]); no state.
 
 Computed by `lsh_jax.trax.kernels.encdec_head` (dense attention,
-`lsh_jax.trax.dense.attend`), vmapped over heads and batch under one
+`lsh_jax.core.local.attend`), vmapped over heads and batch under one
 `jax.jit`, attention and output dropout as Trax draws them.
 
 Deliberate difference: padding keys are masked and the other keys

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 import lsh_jax
 from lsh_jax.core import hashing
-from lsh_jax.trax import dense as trax_dense
+from lsh_jax.core import local as trax_dense
 from lsh_jax.trax import heads as trax_heads
 from lsh_jax.trax import projected as trax_projected
 

@@ -310,7 +310,7 @@ class LSHSelfAttention(_Computation,
 class SelfAttention(_Computation, efficient_attention.SelfAttention):
   """Dense self-attention, drop-in for `trax.layers.SelfAttention`.
 
-  Separate keys (Trax's default), chunked or not: `lsh_jax.trax.dense`,
+  Separate keys (Trax's default), chunked or not: `lsh_jax.core.local`,
   Trax's `attend` in pure JAX. Shared QK: `lsh_jax.full_attention`, or with
   chunks or attention dropout the one-bucket `lsh_attention_from_buckets`.
   """

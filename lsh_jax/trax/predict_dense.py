@@ -28,7 +28,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from lsh_jax.core import chunked as core_chunked
-from lsh_jax.trax import dense as trax_dense
+from lsh_jax.core import local as trax_dense
 from lsh_jax.trax import heads as trax_heads
 from lsh_jax.trax import kernels as trax_kernels
 from lsh_jax.trax import predict as trax_predict

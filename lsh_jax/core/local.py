@@ -1,8 +1,8 @@
 """Dense and chunked attention as Trax 1.4.1's `attend` computes it.
 
 Pure JAX (no Trax import): the attention of the dense Trax layers
-(`SelfAttention` with separate keys, chunked or not, and its decoding;
-`EncDecAttention`). Unlike the LSH kernels there is no sort: chunk n of
+(`lsh_jax.trax.SelfAttention` with separate keys, chunked or not, and its
+decoding; `EncDecAttention`) and of the Flax `LocalSelfAttention`. Unlike the LSH kernels there is no sort: chunk n of
 the queries attends to key chunks n - before, ..., n + after taken modulo
 the number of chunks (Trax's `look_adjacent` wraps around; a window longer
 than the sequence sees a chunk more than once, as in Trax).
