@@ -36,6 +36,8 @@ def main(argv=None):
   # script's sys.path starts at its own folder, not at the cwd.
   sys.path[:0] = [here, os.path.dirname(here)]
   if a.group:
+    if a.group.startswith('seqpar:'):  # 2 CPU devices, before JAX starts
+      os.environ['JAX_NUM_CPU_DEVICES'] = '2'
     return run_group(a)
   record = dict(impl=a.impl, length=a.length, hashes=a.hashes, mode=a.mode)
   try:

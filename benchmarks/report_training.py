@@ -14,6 +14,8 @@ LABELS = {
     'multihead_lsh_self_attention': 'lsh_jax.lsh_self_attention',
     'multihead_nested_vmap': 'vmap(vmap(lsh_jax.lsh_attention))',
     'multihead_dense_nn': 'jax.nn.dot_product_attention (dense, causal)',
+    'seqpar_1dev': 'lsh_jax.lsh_self_attention, 1 of 2 CPU devices',
+    'seqpar_2dev': 'the same, sequence-parallel over 2 CPU devices',
 }
 
 
@@ -42,6 +44,8 @@ def _reference(kind, impl, mode, by_name):
     return by_name.get((impl.replace('lsh_jax', 'trax'), mode))
   if kind == 'multihead' and impl != 'multihead_nested_vmap':
     return by_name.get(('multihead_nested_vmap', mode))
+  if kind == 'seqpar' and impl == 'seqpar_2dev':
+    return by_name.get(('seqpar_1dev', mode))
   return None
 
 

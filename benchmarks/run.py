@@ -40,8 +40,13 @@ LM_IMPLS = ('reformerlm_lsh_jax', 'reformerlm_trax')
 # the layer at issue 18's two sizes, ReformerLM steps, multi-head attention.
 DEFAULT_GROUPS = ('layer:4K:8', 'layer:16K:1', 'lm:1K:2', 'lm:4K:2',
                   'lm:16K:2', 'lm:1K:6', 'lm:4K:6', 'lm:16K:6',
-                  'multihead:4K:8', 'multihead:16K:1')
-QUICK_GROUPS = ('layer:1K:2:1', 'lm:1K:2', 'multihead:1K:2')
+                  'multihead:4K:8', 'multihead:16K:1', 'seqpar:16K:1')
+QUICK_GROUPS = ('layer:1K:2:1', 'lm:1K:2', 'multihead:1K:2', 'seqpar:1K:1')
+# Compiled per-device memory of the sequence-parallel attention and model
+# step (scaling_memory.py, compiled only), appended to table.md.
+DEFAULT_SCALING = '64K'
+FULL_SCALING = '64K,256K,1M'
+
 
 
 def parse_length(text):
@@ -201,6 +206,23 @@ def report_only(out):
   report.plot(records, os.path.join(out, 'bench.png'))
 
 
+def scaling_table(lengths, timeout):
+  """scaling_memory.py's Markdown table and checks (docs/scaling.md)."""
+  cmd = [sys.executable, os.path.join(HERE, 'scaling_memory.py'),
+         '--lengths', lengths, '--markdown']
+  print(f'[bench] {shlex.join(cmd)}', flush=True)
+  try:
+    result = subprocess.run(cmd, capture_output=True, text=True,
+                            timeout=timeout * 4)
+  except subprocess.TimeoutExpired:
+    return f'Sequence-parallel memory ({lengths}): over {timeout * 4:g} s'
+  if result.returncode:
+    return (f'Sequence-parallel memory ({lengths}): failed (exit '
+            f'{result.returncode}): {result.stderr[-500:]}')
+  return (f'## Sequence parallelism: compiled memory per device\n\n'
+          f'`{shlex.join(cmd[1:])}`\n\n{result.stdout}')
+
+
 def main(argv=None):
   p = argparse.ArgumentParser(
       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -214,8 +236,12 @@ def main(argv=None):
   p.add_argument('--lm-hashes', default='4')
   p.add_argument('--groups', default=','.join(DEFAULT_GROUPS),
                  help='training groups, kind:length:size (training.py): '
-                 'layer:L:batch, lm:L:n_layers, multihead:L:batch '
-                 "('' for none)")
+                 'layer:L:batch, lm:L:n_layers, multihead:L:batch, '
+                 "seqpar:L:batch ('' for none)")
+  p.add_argument('--scaling', default=None,
+                 help='lengths of the per-device memory table of '
+                 'scaling_memory.py (default 64K; --full: 64K,256K,1M; '
+                 "'' for none)")
   p.add_argument('--group-repeats', type=int, default=5,
                  help='interleaved calls of each function of a group')
   p.add_argument('--group-budget', type=float, default=120.0,
@@ -244,6 +270,9 @@ def main(argv=None):
     args.lengths, args.hashes, args.rounds, args.repeats = '1K,4K', '1,4', 1, 5
     args.lm_lengths = '1K'
     args.groups = ','.join(QUICK_GROUPS)
+  if args.scaling is None:
+    args.scaling = FULL_SCALING if args.full else (
+        '' if args.quick else DEFAULT_SCALING)
   if args.full:
     args.lengths += ',256K,1M'
     args.impls += ',lsh_jax_seq'
@@ -305,6 +334,8 @@ def main(argv=None):
     json.dump(earlier + [{k: meta[k] for k in ('command', 'started',
                                                 'finished', 'revision')}], f)
   text = report.render(records, meta)
+  if args.scaling:
+    text += '\n\n' + scaling_table(args.scaling, args.group_timeout)
   with open(os.path.join(args.out, 'table.md'), 'w') as f:
     f.write(text)
   print(text)

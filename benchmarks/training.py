@@ -3,6 +3,7 @@
   python benchmarks/case.py --group layer:4K:8       # the Trax layer, B = 8
   python benchmarks/case.py --group lm:1K:2          # ReformerLM, 2 layers
   python benchmarks/case.py --group multihead:4K:8   # multi-head entry points
+  python benchmarks/case.py --group seqpar:16K:1     # 1 vs 2 CPU devices
 
 A group is a list of functions of arrays that answer the same question
 (lsh_jax against Trax, or against the nested-vmap form and dense
@@ -152,6 +153,19 @@ def lm_group(length, n_layers):
   return group
 
 
+def _multihead_inputs(length, batch):
+  """q, v, a cotangent [B, T, N, H]; lsh_self_attention's settings; a key."""
+  import lsh_jax
+  kq, kv, kc = jax.random.split(jax.random.PRNGKey(0), 3)
+  shape = (batch, length, N_HEADS, DEPTH)
+  q, v, ct = (jax.random.normal(k, shape) for k in (kq, kv, kc))
+  kw = _attention_kwargs(length)
+  for name in ('d_qk', 'd_v', 'attention_dropout', 'output_dropout'):
+    kw.pop(name)
+  kw['n_buckets'] = lsh_jax.auto_n_buckets(length, CHUNK_LEN)
+  return q, v, ct, kw, jax.random.PRNGKey(1)
+
+
 def multihead_group(length, batch):
   """Multi-head attention without projections, forward+backward in q, v.
 
@@ -161,14 +175,7 @@ def multihead_group(length, batch):
   exact answer LSH approximates) at the same sizes.
   """
   import lsh_jax
-  kq, kv, kc = jax.random.split(jax.random.PRNGKey(0), 3)
-  shape = (batch, length, N_HEADS, DEPTH)
-  q, v, ct = (jax.random.normal(k, shape) for k in (kq, kv, kc))
-  kw = _attention_kwargs(length)
-  for name in ('d_qk', 'd_v', 'attention_dropout', 'output_dropout'):
-    kw.pop(name)
-  kw['n_buckets'] = lsh_jax.auto_n_buckets(length, CHUNK_LEN)
-  key = jax.random.PRNGKey(1)
+  q, v, ct, kw, key = _multihead_inputs(length, batch)
   forwards = {}
   if hasattr(lsh_jax, 'lsh_self_attention'):
     forwards['multihead_lsh_self_attention'] = (
@@ -202,11 +209,42 @@ def multihead_group(length, batch):
   return group
 
 
+def seqpar_group(length, batch):
+  """`lsh_self_attention` forward+backward in q, v on one CPU device and
+  sequence-parallel over two (head exchange, `mesh=`, `sequence_axis=`),
+  in one process with 2 CPU devices (`case.py` sets JAX_NUM_CPU_DEVICES=2
+  for this group, before JAX starts). Each device runs its own pairs' loop
+  on its own thread; on one device XLA:CPU runs a loop body's small
+  matmuls on one thread."""
+  import numpy as np
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+  import lsh_jax
+  if jax.device_count() < 2:
+    return {f'seqpar_{d}dev/bwd': 'needs 2 CPU devices: JAX_NUM_CPU_DEVICES=2'
+            for d in (1, 2)}
+  q, v, ct, kw, key = _multihead_inputs(length, batch)
+  mesh = Mesh(np.array(jax.devices()[:2]), ('seq',))
+  sharded = NamedSharding(mesh, P(None, 'seq'))
+
+  def grads(q, v, ct, **layout):
+    return jax.grad(lambda q, v: jnp.vdot(lsh_jax.lsh_self_attention(
+        q, v, hash_key=key, **kw, **layout), ct), argnums=(0, 1))(q, v)
+  one = jax.devices()[0]
+  return {
+      'seqpar_1dev/bwd': (grads, jax.device_put((q, v, ct), one)),
+      'seqpar_2dev/bwd': (functools.partial(grads, mesh=mesh,
+                                            sequence_axis='seq'),
+                          jax.device_put((q, v, ct), sharded)),
+  }
+
+
 # Dense multi-head attention rows only up to this many scores (1 GB of
 # float32; its backward keeps several such arrays: B 8 x 8 heads at 4K, 2**30
 # scores, went past the 22 GB cap, and 8 heads at 16K asked for 26 GB).
 DENSE_MAX_SCORES = 2**28
-GROUPS = {'layer': layer_group, 'lm': lm_group, 'multihead': multihead_group}
+GROUPS = {'layer': layer_group, 'lm': lm_group, 'multihead': multihead_group,
+          'seqpar': seqpar_group}
 
 
 def parse_group(spec):

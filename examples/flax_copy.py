@@ -1,11 +1,12 @@
-"""Train a Flax NNX language model with LSH attention on the copy task.
+"""Train the Flax ReformerLM (reversible, LSH attention) on the copy task.
 
     PYTHONPATH=. python examples/flax_copy.py [steps]
 
-The model is `lsh_jax.apps.flax_copy.CopyLM` (LSHSelfAttention, 2 hash
-rounds); after training, the same parameters are evaluated with 1, 2, 4 and
+The model is `lsh_jax.flax.ReformerLM` with the Trax demo's sizes
+(`lsh_jax.apps.flax_copy.copy_model`: LSHSelfAttention, 2 hash rounds);
+after training, the same parameters are evaluated with 1, 2, 4 and
 8 hash rounds and with dense attention. `lsh-jax demo --framework flax`
-runs the same and also saves the parameters.
+runs the same and also saves a checkpoint.
 """
 import sys
 

@@ -26,15 +26,16 @@ The package's layers (each imports only the ones above it in this list):
   lsh_jax.reference  the NumPy oracle (`lsh_jax.oracle` for short)
   lsh_jax.trax       drop-in Trax layers (needs the `trax` extra)
   lsh_jax.flax       Flax NNX modules (needs the `flax` extra)
+  lsh_jax.equinox    an Equinox module (needs the `equinox` extra)
   lsh_jax.apps       the `lsh-jax` command line and its applications
 
 The algorithm, with the section numbers docstrings cite (§1-§6), is
 docs/algorithm.md. `import lsh_jax` imports JAX and NumPy only: never Trax,
-TensorFlow, Flax or matplotlib.
+TensorFlow, Flax, Equinox or matplotlib.
 """
-from lsh_jax.core.attention import full_attention
 from lsh_jax.core.attention import lsh_attention
 from lsh_jax.core.attention import lsh_attention_from_buckets
+from lsh_jax.core.dense import full_attention
 from lsh_jax.core.hashing import auto_n_buckets
 from lsh_jax.core.hashing import hash_vectors
 from lsh_jax.core.multihead import lsh_self_attention

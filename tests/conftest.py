@@ -35,20 +35,22 @@ hypothesis.settings.load_profile(os.environ.get('HYPOTHESIS_PROFILE', 'ci'))
 # Optional dependencies. The core tier (`make test-core`: jax, numpy and the
 # test tools only) does not collect the modules that need Trax, Flax or
 # Equinox; they are named after what they need, so the rule is a file-name
-# glob.
+# glob. A module needing two (test_trax_flax_*.py, comparing Flax with Trax)
+# matches both globs: it gets both markers and is collected only when both
+# are installed.
 def _missing(*modules):
   return [name for name in modules if importlib.util.find_spec(name) is None]
 
 
-OPTIONAL = {  # marker: (module glob, packages it needs)
-    'trax': ('test_trax_*.py', ('trax', 'gin')),
-    'flax': ('test_flax_*.py', ('flax', 'optax')),
-    'equinox': ('test_equinox_*.py', ('equinox',)),
+OPTIONAL = {  # marker: (module globs, packages it needs)
+    'trax': (('test_trax_*.py',), ('trax', 'gin')),
+    'flax': (('test_flax_*.py', 'test_trax_flax_*.py'), ('flax', 'optax')),
+    'equinox': (('test_equinox_*.py',), ('equinox',)),
 }
 MISSING = {marker: _missing(*packages)
            for marker, (_, packages) in OPTIONAL.items()}
-collect_ignore_glob = [glob for marker, (glob, _) in OPTIONAL.items()
-                       if MISSING[marker]]
+collect_ignore_glob = [glob for marker, (globs, _) in OPTIONAL.items()
+                       if MISSING[marker] for glob in globs]
 # Markers of single tests, skipped (not uncollected) without their packages.
 SKIPPED = {  # marker: (packages it needs, the extra that brings them)
     'plots': (('matplotlib',), 'plots'),
@@ -62,9 +64,9 @@ MISSING.update({marker: _missing(*packages)
 def pytest_report_header(config):
   del config  # unused
   lines = []
-  for marker, (glob, _) in OPTIONAL.items():
+  for marker, (globs, _) in OPTIONAL.items():
     if MISSING[marker]:
-      lines.append(f'not collected: tests/{glob} (missing '
+      lines.append(f'not collected: tests/{", ".join(globs)} (missing '
                    f'{", ".join(MISSING[marker])}; pip install '
                    f"'lsh_jax[{marker}]')")
   for marker in SKIPPED:
@@ -87,8 +89,8 @@ def pytest_collection_modifyitems(config, items):
       for marker, (_, extra) in SKIPPED.items() if MISSING[marker]}
   for item in items:
     name = os.path.basename(str(item.fspath))
-    for marker, (glob, _) in OPTIONAL.items():
-      if fnmatch.fnmatch(name, glob):
+    for marker, (globs, _) in OPTIONAL.items():
+      if any(fnmatch.fnmatch(name, glob) for glob in globs):
         item.add_marker(getattr(pytest.mark, marker))
     for marker, skip in skips.items():
       if marker in item.keywords:

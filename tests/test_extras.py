@@ -2,9 +2,10 @@
 
 Every `lsh-jax` command and option that needs an extra exits with status 2
 before any work (nothing on stdout, no file written) and prints one line
-on stderr; `import lsh_jax.trax` / `lsh_jax.flax` raise an ImportError
-saying the same. Expected: the wording issue 25 asks for (the extra's name,
-`pip install 'lsh_jax[EXTRA]'`, the demo's `--framework flax`).
+on stderr; `import lsh_jax.trax` / `lsh_jax.flax` / `lsh_jax.equinox`
+raise an ImportError saying the same. Expected: the wording issue 25 asks
+for (the extra's name, `pip install 'lsh_jax[EXTRA]'`, the demo's
+`--framework flax`).
 
 The extras are made absent in a fresh interpreter (`sys.modules[name] =
 None`: `import name` fails and `importlib.util.find_spec` reports it
@@ -35,7 +36,7 @@ for argv in json.loads(sys.argv[1]):
     except SystemExit as exit:
       status = exit.code
   results[' '.join(argv)] = [status, out.getvalue(), err.getvalue()]
-for package in ('lsh_jax.trax', 'lsh_jax.flax'):
+for package in ('lsh_jax.trax', 'lsh_jax.flax', 'lsh_jax.equinox'):
   try:
     importlib.import_module(package)
     results[package] = 'imported'
@@ -51,7 +52,9 @@ CASES = {
     'evaluate reformer_copy_cpu run/model.pkl.gz': ('trax', ''),
     'demo': ('trax', DEMO_ALTERNATIVE),
     'demo --framework flax': ('flax', ''),
-    'sample run': ('trax', ''),
+    'sample run': ('trax', ', or for a Flax run folder: lsh-jax sample '
+                   '--framework flax'),
+    'sample run --framework flax': ('flax', ''),
     'table2 --tiny': ('trax', ''),
     'bench': ('trax', ''),
     'explain --plot e.png': ('plots', ''),
@@ -83,7 +86,7 @@ def test_commands_and_packages_name_the_missing_extra(tmp_path):
         2, '', f'lsh-jax {command}: error: {expected_line(extra)}{after}\n'
     ), argv
   assert os.listdir(tmp_path) == []  # no run folder, no figure
-  for package in ('trax', 'flax'):
+  for package in ('trax', 'flax', 'equinox'):
     assert results[f'lsh_jax.{package}'] == (
         f'lsh_jax.{package} {expected_line(package)}')
 

@@ -1,13 +1,16 @@
 """The Flax copy-task model (lsh_jax.apps.flax_copy), tiny and short.
 
-Checks that training lowers the loss (no reference value: the initial loss
-is measured in the same run), that saved parameters restore exactly, and
-that the evaluation table has every setting with accuracies in [0, 1].
+Checks that training the ReformerLM lowers the loss (no reference value: the
+initial loss is measured in the same run), that the checkpoint (npz + json,
+no pickles) restores exactly, that the evaluation table has every setting
+with accuracies in [0, 1], and that greedy sampling from the checkpoint
+agrees with the model's own one-pass predictions where they must agree.
 """
 import io
 
 import jax
 import numpy as np
+import pytest
 from flax import nnx
 
 from lsh_jax.apps import flax_copy
@@ -35,9 +38,11 @@ def test_training_lowers_the_loss_and_parameters_round_trip(tmp_path):
   assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.1, losses
   assert 'step    30' in out.getvalue()
 
-  path = tmp_path / 'params.msgpack'
-  flax_copy.save(model, path)
-  restored = flax_copy.restore(path, TINY)
+  flax_copy.save(model, TINY, tmp_path)
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['config.json',
+                                                        'params.npz']
+  restored, config = flax_copy.restore(tmp_path)
+  assert config == TINY
   for got, expected in zip(jax.tree.leaves(nnx.state(restored, nnx.Param)),
                            jax.tree.leaves(nnx.state(model, nnx.Param))):
     np.testing.assert_array_equal(got, expected)
@@ -50,6 +55,33 @@ def test_training_lowers_the_loss_and_parameters_round_trip(tmp_path):
   # trained ones: restore loses nothing.
   assert results == flax_copy.evaluate(model, TINY, (1, 2), n_batches=1)
 
+  # Greedy decoding by recomputation: its first token is the model's
+  # one-pass argmax at the first decoded position (the same prefix).
+  result = flax_copy.sample(tmp_path, n_examples=3, seed=5, n_hashes=None)
+  prefix_len = TINY.length // 2 + 1
+  assert result['prefix_len'] == prefix_len
+  assert result['samples'].shape == (3, TINY.length - prefix_len)
+  dense, _ = flax_copy.restore(tmp_path, n_hashes=None)
+  dense.eval()
+  first = np.argmax(dense(jax.numpy.asarray(result['tokens']))[:,
+                                                               prefix_len],
+                    axis=-1)
+  np.testing.assert_array_equal(result['samples'][:, 0], first)
+  assert result['accuracy'] == np.mean(
+      result['samples'] == result['tokens'][:, prefix_len:])
+
+
+def test_restore_reads_no_pickle(tmp_path):
+  with pytest.raises(FileNotFoundError, match='has no params.npz'):
+    flax_copy.restore(tmp_path)
+  model = flax_copy.copy_model(TINY, rngs=nnx.Rngs(0))
+  flax_copy.save(model, TINY, tmp_path)
+  arrays = dict(np.load(tmp_path / 'params.npz'))
+  arrays['embed/embedding'] = np.array([object()], dtype=object)
+  np.savez(tmp_path / 'params.npz', **arrays)  # an object array: a pickle
+  with pytest.raises(ValueError, match='allow_pickle'):
+    flax_copy.restore(tmp_path)
+
 
 def test_demo_command_has_the_flax_framework():
   from lsh_jax.apps import cli  # pylint: disable=import-outside-toplevel
@@ -57,3 +89,6 @@ def test_demo_command_has_the_flax_framework():
                                         '--steps', '5'])
   assert args.framework == 'flax' and args.steps == 5
   assert cli.build_parser().parse_args(['demo']).framework == 'trax'
+  args = cli.build_parser().parse_args(['sample', 'runs/x', '--framework',
+                                        'flax'])
+  assert args.framework == 'flax'

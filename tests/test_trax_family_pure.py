@@ -153,11 +153,13 @@ def test_wrapper_matches_trax(trax_env, modules):
   assert_grads_close(got[1], expected[1])
 
 
-@pytest.mark.parametrize('length', [8, 16])
-def test_mixed_matches_trax_sublayers(trax_env, modules, length):
-  """std_length=8: Trax's dense causal attention on (qk, qk, v) at 8, the
-  pure LSH layer at 16. Expected values: Trax's MixedLSHSelfAttention with
-  our LSH state (its init draws other hash keys)."""
+@pytest.mark.parametrize('length', [12, 16])
+def test_mixed_matches_trax_sublayers(trax_env, modules, length,
+                                      monkeypatch):
+  """std_length=8: above it the class runs the pure LSH layer, ours (up to
+  8 it runs Trax's inherited dense attention: nothing of ours to test).
+  Expected values: Trax's MixedLSHSelfAttention with our LSH state (its
+  init draws other hash keys)."""
   efficient_attention, pure = modules
   kwargs = dict(n_heads=2, d_qk=D_QK, d_v=D_V, causal=True, chunk_len=4,
                 n_buckets=4)
@@ -175,7 +177,13 @@ def test_mixed_matches_trax_sublayers(trax_env, modules, length):
   state = (ours.state[0], theirs.state[1])
   rng = jax.random.PRNGKey(3)
   expected, _ = jax.jit(theirs.pure_fn)((qk, v), (), state, rng)
+  ran = []  # our LSH sublayer runs at this length
+  lsh_forward = pure.PureLSHSelfAttention.pure_fn
+  monkeypatch.setattr(pure.PureLSHSelfAttention, 'pure_fn',
+                      lambda *args, **kw: ran.append(1) or lsh_forward(
+                          *args, **kw))
   got, _ = jax.jit(ours.pure_fn)((qk, v), (), state, rng)
+  assert ran
   np.testing.assert_allclose(got, expected, rtol=0, atol=OUT_ATOL)
 
 

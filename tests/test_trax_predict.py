@@ -27,15 +27,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lsh_jax.core import hashing
-from lsh_jax import oracle
+import helpers
+from helpers import assert_close_to_oracle
 from trax_testing import decode
 from trax_testing import trained_run  # noqa: F401  (fixture)
 from trax_testing import trax_decoding  # noqa: F401  (fixture)
 from trax_testing import trax_env  # noqa: F401  (fixture)
 
-OUT_ATOL = 1e-5
-ONLY_SELF_ATOL = 1e-2  # saw only itself: docs/algorithm.md §5 caveat
+OUT_ATOL = helpers.DECODE_ATOL
 
 # name: (layer kwargs, (batch, total length, d_model), prefix length)
 CASES = {
@@ -64,44 +63,12 @@ def make_layer(env, module, kwargs, d_model, batch, seed=1):
 
 
 def oracle_decode(layer, kwargs, x, prefix_len):
-  """Per example and head with the oracle, heads summed: float[B, T, Dm]."""
-  w_q, w_v, w_o = (np.asarray(w, np.float64) for w in layer.weights)
-  hash_keys = layer.state[2][2]
-  n_heads = kwargs['n_heads']
-  memory_args = dict(n_buckets=kwargs['n_buckets'],
-                     chunk_len=kwargs['chunk_len'],
-                     n_chunks_before=kwargs['n_chunks_before'])
-  total = np.zeros(x.shape, np.float64)
-  only_self = np.zeros(x.shape[:2], bool)
-  for b in range(x.shape[0]):
-    for h in range(n_heads):
-      rotations = hashing.random_rotations(
-          hash_keys[b * n_heads + h], kwargs['d_qk'], kwargs['n_buckets'],
-          kwargs['n_hashes'])
-      weights = (w_q[h], w_v[h], w_o[h])
-      out, memory, lse = oracle.predict_prefix(
-          x[b, :prefix_len], rotations, *weights,
-          mem_len=kwargs['predict_mem_len'],
-          drop_len=kwargs['predict_drop_len'], return_lse=True, **memory_args)
-      total[b, :prefix_len] += out
-      only_self[b, :prefix_len] |= np.all(lse < -1e4, axis=0)
-      for t in range(prefix_len, x.shape[1]):
-        total[b, t] += oracle.predict_step(
-            memory, x[b, t], rotations, *weights,
-            drop_len=kwargs['predict_drop_len'], **memory_args)[0]
-  return total, only_self
-
-
-def assert_close_to_oracle(got, expected_and_only_self):
-  """1e-5; 1e-2 where a prefix query saw only itself in some head."""
-  expected, only_self = expected_and_only_self
-  np.testing.assert_allclose(got[only_self], expected[only_self], rtol=0,
-                             atol=ONLY_SELF_ATOL)
-  np.testing.assert_allclose(got[~only_self], expected[~only_self], rtol=0,
-                             atol=OUT_ATOL)
-  errors = np.max(np.abs(got - expected), axis=-1)
-  return (float(np.max(errors[~only_self])),
-          float(np.max(errors[only_self], initial=0.0)))
+  """`helpers.oracle_decode` with the layer's weights and hash keys."""
+  return helpers.oracle_decode(
+      layer.weights, layer.state[2][2], x, prefix_len,
+      mem_len=kwargs['predict_mem_len'], drop_len=kwargs['predict_drop_len'],
+      **{name: kwargs[name] for name in ('n_buckets', 'n_hashes', 'chunk_len',
+                                         'n_chunks_before')})
 
 
 @pytest.mark.parametrize('case', list(CASES))

@@ -14,7 +14,9 @@ test of ours named here) or Trax's own test being broken on this JAX
 version whatever the class (shown by the baseline run, `--baseline`).
 A test that still builds a Trax class lsh_jax does not have yet is xfail.
 The two small tests at the end check the plugin and the sdist extraction
-without Trax (core tier).
+without running Trax's tests or downloading anything; they run in `make
+test`'s Trax tier (the module, test_trax_*.py, is collected only where
+Trax is installed).
 
 Run: pytest -m long tests/test_trax_suite.py (about 12 min on two quiet
 cores), or `python -m trax_suite.runner` for the tally alone.

@@ -1,23 +1,24 @@
-"""The copy task of `lsh-jax demo`, with a Flax NNX model and optax.
+"""The copy task of `lsh-jax demo`, with the Flax ReformerLM and optax.
 
-A decoder-only language model (token and learned position embeddings,
-pre-norm blocks of `lsh_jax.flax.LSHSelfAttention` and a ReLU feed-forward,
-causal) learns the Reformer paper's duplication task: sequences `0 w 0 w`,
-`w` random symbols in [1, vocab_size - 2], loss and accuracy on the second
-`w` only, the part a model can get right only by finding the first copy.
-Sizes follow configs/reformer_copy_cpu.gin (the Trax demo): 64 tokens,
+`lsh_jax.flax.ReformerLM` (reversible, causal LSH attention) learns the
+Reformer paper's duplication task: sequences `0 w 0 w`, `w` random symbols
+in [1, vocab_size - 2], loss and accuracy on the second `w` only, the part a
+model can get right only by finding the first copy. The sizes are the Trax
+demo's (configs/reformer_copy_cpu.gin, the same ReformerLM there): 64 tokens,
 vocabulary 13, 2 layers of width 64, feed-forward 128, 2 heads of depth 32,
-chunk 16 with one chunk back, 2 hash rounds, batch 32, Adam at 1e-3 after
-100 warm-up steps.
+chunk 16 with one chunk back, 2 hash rounds, no dropout, batch 32, Adam at
+1e-3 after 100 warm-up steps.
 
 After training, the same parameters are evaluated with n_hashes 1, 2, 4, 8
-and with dense attention (`lsh_jax.flax.SelfAttention`), as `make demo`
-does. The trained parameters are saved with `flax.serialization` (msgpack
-of `nnx.state(model, nnx.Param)` as a plain dict): one small file, written
-synchronously, and no dependency beyond Flax; Orbax, Flax's choice for
-large, sharded or asynchronous checkpoints, buys nothing at this size.
+and with dense attention (`lsh_jax.flax.SelfAttention`, the same
+parameters), as `make demo` does. The checkpoint is a folder of two files,
+neither of which can run code when read: `params.npz` (the `nnx.Param`
+state, one array per parameter path such as `blocks/0/ff/w1/kernel`,
+loaded with `allow_pickle=False`) and `config.json` (the `CopyConfig`).
 """
 import dataclasses
+import functools
+import json
 import os
 import sys
 import time
@@ -28,10 +29,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from flax import serialization
 
 from lsh_jax.apps.copy_data import copy_batch
 from lsh_jax.flax import LSHSelfAttention
+from lsh_jax.flax import ReformerLM
 from lsh_jax.flax import SelfAttention
 
 
@@ -53,66 +54,31 @@ class CopyConfig:
   warmup_steps: int = 100
 
 
-class Block(nnx.Module):
-  """Pre-norm residual block: attention, then a ReLU feed-forward."""
+def copy_model(config: CopyConfig, *, n_hashes: Optional[int] = -1,
+               rngs: nnx.Rngs, **layout) -> ReformerLM:
+  """The demo's ReformerLM; `n_hashes=None`: dense attention, same params.
 
-  def __init__(self, config: CopyConfig, attention: nnx.Module, *,
-               rngs: nnx.Rngs):
-    self.norm1 = nnx.LayerNorm(config.d_model, rngs=rngs)
-    self.attention = attention
-    self.norm2 = nnx.LayerNorm(config.d_model, rngs=rngs)
-    self.ff1 = nnx.Linear(config.d_model, config.d_ff, rngs=rngs)
-    self.ff2 = nnx.Linear(config.d_ff, config.d_model, rngs=rngs)
-
-  def __call__(self, x):
-    x = x + self.attention(self.norm1(x))
-    return x + self.ff2(jax.nn.relu(self.ff1(self.norm2(x))))
-
-
-class CopyLM(nnx.Module):
-  """A causal LM: tokens int[B, T] -> logits float[B, T, vocab_size].
-
-  `n_hashes=None` builds the dense twin (`SelfAttention`): the same
-  parameters, exact attention.
+  `layout` (mesh=, sequence_axis=, batch_axis=): sequence parallelism for
+  tokens sharded along T (and B), passed to each `LSHSelfAttention`; the
+  embeddings, norms and feed-forwards are position-wise and stay sharded
+  (docs/scaling.md).
   """
-
-  def __init__(self, config: CopyConfig, *, n_hashes: Optional[int] = -1,
-               rngs: nnx.Rngs):
-    n_hashes = config.n_hashes if n_hashes == -1 else n_hashes
-    self.embed = nnx.Embed(config.vocab_size, config.d_model, rngs=rngs)
-    self.positions = nnx.Param(nnx.initializers.normal(0.02)(
-        rngs.params(), (config.length, config.d_model)))
-    features = config.n_heads * config.d_head
-    blocks = []
-    for _ in range(config.n_layers):
-      common = dict(qk_features=features, v_features=features, causal=True,
-                    rngs=rngs)
-      if n_hashes is None:
-        attention = SelfAttention(config.n_heads, config.d_model, **common)
-      else:
-        attention = LSHSelfAttention(
-            config.n_heads, config.d_model, n_hashes=n_hashes,
-            chunk_len=config.chunk_len,
-            n_chunks_before=config.n_chunks_before, **common)
-      blocks.append(Block(config, attention, rngs=rngs))
-    self.blocks = nnx.List(blocks)
-    self.norm = nnx.LayerNorm(config.d_model, rngs=rngs)
-    self.head = nnx.Linear(config.d_model, config.vocab_size, rngs=rngs)
-
-  def __call__(self, tokens):
-    x = self.embed(tokens) + self.positions[:tokens.shape[-1]]
-    for block in self.blocks:
-      x = block(x)
-    return self.head(self.norm(x))
-
-
-def shift_right(tokens):
-  """The LM's input: a 0 first, the last token dropped."""
-  return jnp.pad(tokens, ((0, 0), (1, 0)))[:, :-1]
+  n_hashes = config.n_hashes if n_hashes == -1 else n_hashes
+  attention = SelfAttention if n_hashes is None else functools.partial(
+      LSHSelfAttention, n_hashes=n_hashes, chunk_len=config.chunk_len,
+      n_chunks_before=config.n_chunks_before,
+      # Every (example, head) pair at once: at these tiny sizes a loop over
+      # pairs (the CPU default) costs more than it saves.
+      n_parallel_heads=config.batch_size * config.n_heads, **layout)
+  return ReformerLM(
+      config.vocab_size, d_model=config.d_model, d_ff=config.d_ff,
+      d_attention_key=config.d_head, d_attention_value=config.d_head,
+      n_layers=config.n_layers, n_heads=config.n_heads, dropout=0.0,
+      max_len=config.length, attention_type=attention, rngs=rngs)
 
 
 def _loss(model, tokens, weights):
-  logits = model(shift_right(tokens))
+  logits = model(tokens)  # ReformerLM shifts right itself
   losses = optax.softmax_cross_entropy_with_integer_labels(logits, tokens)
   return jnp.sum(losses * weights) / jnp.sum(weights)
 
@@ -127,7 +93,7 @@ def train_step(model, optimizer, tokens, weights):
 
 @nnx.jit
 def _predict(model, tokens):
-  return jnp.argmax(model(shift_right(tokens)), axis=-1)
+  return jnp.argmax(model(tokens), axis=-1)
 
 
 def copy_accuracy(model, batches):
@@ -142,17 +108,39 @@ def copy_accuracy(model, batches):
 
 
 def train(config: CopyConfig = CopyConfig(), *, steps=1000, seed=0,
-          log_every=100, out=None):
-  """Trains a CopyLM; prints `step | loss | accuracy | steps/s` lines.
+          log_every=100, out=None, mesh=None, sequence_axis=None,
+          batch_axis=None):
+  """Trains the copy model; prints `step | loss | accuracy | steps/s` lines.
+
+  With a `mesh`, each batch is sharded: B over `batch_axis` (data
+  parallel) and T over `sequence_axis` (sequence parallel, the attention's
+  head exchange); the parameters are replicated.
 
   Returns:
     (model, losses: list of the training loss per step).
   """
   out = out or sys.stdout
-  model = CopyLM(config, rngs=nnx.Rngs(params=seed, hash=seed + 1))
+  layout = {} if mesh is None else dict(
+      mesh=mesh, sequence_axis=sequence_axis, batch_axis=batch_axis)
+  model = copy_model(config, rngs=nnx.Rngs(params=seed, hash=seed + 1),
+                     **layout)
+  place = lambda x: jnp.asarray(x) if mesh is None else jax.device_put(
+      x, jax.sharding.NamedSharding(
+          mesh, jax.sharding.PartitionSpec(batch_axis, sequence_axis)))
   schedule = optax.linear_schedule(0.0, config.learning_rate,
                                    config.warmup_steps)
   optimizer = nnx.Optimizer(model, optax.adam(schedule), wrt=nnx.Param)
+  if mesh is not None:
+    # The position table [T, Dm] and its Adam moments are position-wise:
+    # sharded over the sequence like the tokens, the rest replicated, as
+    # every step returns them (the first step's program is the only one).
+    def place_state(x):
+      by_position = x.ndim and x.shape[0] == config.length
+      spec = (jax.sharding.PartitionSpec(sequence_axis) if by_position
+              else jax.sharding.PartitionSpec())
+      return jax.device_put(x, jax.sharding.NamedSharding(mesh, spec))
+    for tree in (model, optimizer):
+      nnx.update(tree, jax.tree.map(place_state, nnx.state(tree)))
   rng = np.random.RandomState(seed)
   eval_batches = [copy_batch(np.random.RandomState(seed + 1000),
                              config.vocab_size, config.length,
@@ -162,8 +150,8 @@ def train(config: CopyConfig = CopyConfig(), *, steps=1000, seed=0,
     model.train()  # a fresh hash per call, as Trax re-hashes every step
     tokens, weights = copy_batch(rng, config.vocab_size, config.length,
                                  config.batch_size)
-    losses.append(float(train_step(model, optimizer, jnp.asarray(tokens),
-                                   jnp.asarray(weights))))
+    losses.append(float(train_step(model, optimizer, place(tokens),
+                                   place(weights))))
     if log_every and (step % log_every == 0 or step == steps):
       accuracy = copy_accuracy(model, eval_batches)
       rate = min(step, log_every) / max(time.time() - last, 1e-9)
@@ -178,7 +166,7 @@ def evaluate(model, config: CopyConfig = CopyConfig(),
              n_hashes_list=(1, 2, 4, 8), *, dense=True, n_batches=4, seed=0):
   """Copy accuracy of `model`'s parameters with other n_hashes and dense.
 
-  Each setting is a new CopyLM whose parameters are replaced by the
+  Each setting is a new `copy_model` whose parameters are replaced by the
   trained ones (`nnx.update` with `nnx.state(model, nnx.Param)`); all see
   the same `n_batches` fresh batches.
 
@@ -194,29 +182,103 @@ def evaluate(model, config: CopyConfig = CopyConfig(),
     settings.append(('full attention (dense)', None))
   results = {}
   for name, n_hashes in settings:
-    other = CopyLM(config, n_hashes=n_hashes,
-                   rngs=nnx.Rngs(params=0, hash=seed))
+    other = copy_model(config, n_hashes=n_hashes,
+                       rngs=nnx.Rngs(params=0, hash=seed))
     nnx.update(other, params)
     results[name] = copy_accuracy(other, batches)
   return results
 
 
-def save(model, path):
-  """Writes the parameters (`nnx.Param` state) as msgpack."""
-  state = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-  with open(path, 'wb') as f:
-    f.write(serialization.msgpack_serialize(jax.device_get(state)))
+def _flatten(tree, prefix=''):
+  for name, value in tree.items():
+    path = f'{prefix}{name}'
+    if isinstance(value, dict):
+      yield from _flatten(value, path + '/')
+    else:
+      yield path, np.asarray(value)
 
 
-def restore(path, config: CopyConfig = CopyConfig(), *, n_hashes=-1):
-  """A CopyLM (any n_hashes, or None for dense) with saved parameters."""
-  model = CopyLM(config, n_hashes=n_hashes, rngs=nnx.Rngs(0))
-  with open(path, 'rb') as f:
-    state = serialization.msgpack_restore(f.read())
+def _unflatten(arrays):
+  tree = {}
+  for path, value in arrays.items():
+    node, parts = tree, [int(p) if p.isdigit() else p
+                         for p in path.split('/')]
+    for part in parts[:-1]:
+      node = node.setdefault(part, {})
+    node[parts[-1]] = value
+  return tree
+
+
+def save(model, config: CopyConfig, directory):
+  """Writes `params.npz` and `config.json` into `directory`."""
+  os.makedirs(directory, exist_ok=True)
+  params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+  np.savez(os.path.join(directory, 'params.npz'), **dict(_flatten(params)))
+  with open(os.path.join(directory, 'config.json'), 'w') as f:
+    json.dump(dataclasses.asdict(config), f, indent=1)
+
+
+def restore(directory, *, n_hashes=-1):
+  """(model, config) from `save`'s folder, with any n_hashes (None: dense).
+
+  Reads only JSON and NumPy arrays (`allow_pickle=False`): nothing in the
+  folder can run code.
+  """
+  for name in ('params.npz', 'config.json'):
+    if not os.path.exists(os.path.join(directory, name)):
+      raise FileNotFoundError(f'{directory} has no {name}: not a folder '
+                              'written by `lsh-jax demo --framework flax`')
+  with open(os.path.join(directory, 'config.json')) as f:
+    config = CopyConfig(**json.load(f))
+  model = copy_model(config, n_hashes=n_hashes, rngs=nnx.Rngs(0))
+  with np.load(os.path.join(directory, 'params.npz'),
+               allow_pickle=False) as arrays:
+    saved = _unflatten({name: arrays[name] for name in arrays.files})
   params = nnx.state(model, nnx.Param)
-  nnx.replace_by_pure_dict(params, state)
+  nnx.replace_by_pure_dict(params, saved)
   nnx.update(model, params)
-  return model
+  return model, config
+
+
+@nnx.jit
+def _greedy_step(model, tokens, position):
+  """The argmax token at `position` from everything before it."""
+  logits = model(tokens, deterministic=True)
+  return jnp.argmax(jax.lax.dynamic_index_in_dim(logits, position, axis=1,
+                                                 keepdims=False), axis=-1)
+
+
+def greedy_continue(model, tokens, prefix_len):
+  """Greedy decoding by recomputation: tokens[:, prefix_len:] regenerated.
+
+  Each new token reruns the model on the whole fixed-length buffer (one
+  compilation; causal, so the not-yet-decoded tail is never attended to).
+
+  Returns:
+    int[B, T - prefix_len], the decoded tokens.
+  """
+  buffer = jnp.asarray(tokens).at[:, prefix_len:].set(0)
+  for position in range(prefix_len, buffer.shape[1]):
+    buffer = buffer.at[:, position].set(_greedy_step(model, buffer, position))
+  return np.asarray(buffer[:, prefix_len:])
+
+
+def sample(directory, *, n_examples=8, seed=0, n_hashes=-1):
+  """Greedy copies from a saved model: `0 w 0` given, the second `w` decoded.
+
+  Returns:
+    dict: tokens [n_examples, T], prefix_len, samples [n_examples,
+    T - prefix_len], accuracy (fraction of decoded tokens equal to `w`).
+  """
+  model, config = restore(directory, n_hashes=n_hashes)
+  model.eval()
+  tokens, _ = copy_batch(np.random.RandomState(seed), config.vocab_size,
+                         config.length, n_examples)
+  prefix_len = config.length // 2 + 1  # 0 w 0
+  samples = greedy_continue(model, tokens, prefix_len)
+  accuracy = float(np.mean(samples == tokens[:, prefix_len:]))
+  return dict(tokens=tokens, prefix_len=prefix_len, samples=samples,
+              accuracy=accuracy)
 
 
 def run_demo(output_dir=None, steps=None, out=None):
@@ -233,17 +295,18 @@ def run_demo(output_dir=None, steps=None, out=None):
   start = time.time()
   model, _ = train(config, steps=steps or 1000, out=out)
   trained = time.time()
-  checkpoint = os.path.join(output_dir, 'params.msgpack')
-  save(model, checkpoint)
-  results = evaluate(restore(checkpoint, config), config)
+  save(model, config, output_dir)
+  results = evaluate(restore(output_dir)[0], config)
   done = time.time()
   print(file=out)
   print(evaluate_command.format_table(config.length, results,
                                       config.n_hashes), file=out)
   print(file=out)
-  print(f'{steps or 1000} training steps (Flax NNX, optax); wall time: '
+  print(f'{steps or 1000} training steps (Flax NNX ReformerLM, reversible, '
+        f'optax); wall time: '
         f'training {trained - start:.0f} s (with compilation), evaluation '
         f'{done - trained:.0f} s, total {done - start:.0f} s', file=out)
   print(f'machine: {machine.describe()}', file=out)
-  print(f'parameters: {checkpoint}', file=out)
+  print(f'checkpoint: {output_dir} (lsh-jax sample --framework flax '
+        f'{output_dir})', file=out)
   return results

@@ -19,21 +19,22 @@ the first example of a batch. One head reproduced by hand:
 Attention dropout keys are derived from `dropout_key` the same way.
 """
 import functools
-from typing import Optional, Sequence, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from lsh_jax.core import attention
-from lsh_jax.core import duplicates
 from lsh_jax.core import hashing
+from lsh_jax.core import pairs as pairs_lib
+from lsh_jax.core import sequence_parallel
 from lsh_jax.core import validation
 
 _STATIC = ('n_buckets', 'n_hashes', 'chunk_len', 'n_chunks_before',
            'n_chunks_after', 'causal', 'attention_dropout',
            'allow_duplicate_attention', 'attend_across_buckets',
-           'n_parallel_heads')
+           'n_parallel_heads', 'layout')
 
 
 def head_keys(key: jax.Array, batch: int, heads: int) -> jax.Array:
@@ -144,6 +145,9 @@ def lsh_self_attention(
     allow_duplicate_attention: bool = True,
     attend_across_buckets: bool = True,
     n_parallel_heads: Optional[int] = None,
+    mesh: Optional[jax.sharding.Mesh] = None,
+    sequence_axis: Optional[str] = None,
+    batch_axis: Union[str, Tuple[str, ...], None] = None,
 ) -> jax.Array:
   """LSH self-attention over batch and heads, jax.nn's layout.
 
@@ -177,15 +181,30 @@ def lsh_self_attention(
       1.3x faster than all pairs vmapped (B 2, 8 heads, 4K x 4,
       forward+backward), all pairs at once on GPU and TPU. The results do
       not depend on it.
+    mesh, sequence_axis: sequence parallelism: T is sharded over the mesh
+      axis `sequence_axis` (D devices), and the pairs are exchanged so that
+      each device attends whole sequences of B * N / D pairs
+      (`lsh_jax.core.sequence_parallel`, docs/scaling.md); the result is
+      bit-identical to one device and sharded like the query. Inside or
+      outside `jax.jit`. When both are None and the query carries a
+      NamedSharding whose T axis is sharded, they are read from it.
+    batch_axis: the mesh axis (or axes) B is sharded over in a
+      sequence-parallel call (a data x sequence mesh); None: read from the
+      query's sharding if it has one, else B is not sharded.
 
   Returns:
     float[B, T, N, Hv] (or [T, N, Hv]) in the inputs' dtype; zeros at
     masked positions. Differentiable in `query` and `value`.
 
   Raises:
-    ValueError, before tracing, naming the argument and what was expected.
+    ValueError, before tracing, naming the argument and what was expected
+    (for sequence parallelism also: B * N (or B / batch-axis size * N)
+    not divisible by the sequence axis's size, naming the sizes).
   """
   batched = _check_inputs(query, value, mask)
+  layout = sequence_parallel.resolve_layout(
+      query, mesh=mesh, sequence_axis=sequence_axis, batch_axis=batch_axis,
+      batched=batched)
   length = np.shape(query)[-3]
   _check_hash_key(hash_key, *(np.shape(query)[::2] if batched
                                else (1, np.shape(query)[1])))
@@ -201,11 +220,11 @@ def lsh_self_attention(
       chunk_len=chunk_len, n_chunks_before=n_chunks_before,
       n_chunks_after=n_chunks_after, causal=bool(causal),
       attention_dropout=rate,
-      allow_duplicate_attention=duplicates.check_flag(
+      allow_duplicate_attention=validation.check_flag(
           'allow_duplicate_attention', allow_duplicate_attention),
-      attend_across_buckets=duplicates.check_flag(
+      attend_across_buckets=validation.check_flag(
           'attend_across_buckets', attend_across_buckets),
-      n_parallel_heads=_pairs_at_once(n_parallel_heads))
+      n_parallel_heads=_pairs_at_once(n_parallel_heads), layout=layout)
   if not batched:  # one example: the keys of a batch's first example
     mask = None if mask is None else jnp.asarray(mask)[None]
     return _lsh_self_attention(jnp.asarray(query)[None],
@@ -217,11 +236,15 @@ def lsh_self_attention(
 
 @functools.partial(jax.jit, static_argnames=_STATIC)
 def _lsh_self_attention(query, value, hash_key, mask, dropout_key, *,
-                        n_parallel_heads, **static):
+                        n_parallel_heads, layout, **static):
   batch, _, heads, _ = query.shape
   hash_keys = pair_keys(hash_key, batch, heads)  # [B, N]
   dropout_keys = (None if dropout_key is None
                   else head_keys(dropout_key, batch, heads))
+  if layout is not None:
+    return sequence_parallel.head_exchange_attention(
+        query, value, hash_keys, mask, dropout_keys, layout=layout,
+        n_parallel_heads=n_parallel_heads, **static)
 
   def one_head(q, v, hash_key, mask, dropout_key):  # q [T, H], v [T, Hv]
     # Arguments are checked already: the entry point's own checks only see
@@ -240,19 +263,15 @@ def _lsh_self_attention(query, value, hash_key, mask, dropout_key, *,
                            out_axes=1)
     return jax.vmap(per_example, in_axes=(0, 0, 0, mask_axis, drop_axis))(
         query, value, hash_keys, mask, dropout_keys)  # [B, T, N, Hv]
-  # Pair p = b * N + n, as head_keys numbers them.
-  by_pair = lambda x: jnp.swapaxes(x, 1, 2).reshape((pairs,) + x.shape[1:2]
-                                                     + x.shape[3:])
   if mask is not None:
     mask = jnp.broadcast_to(mask, (batch, mask.shape[-1]))
-    mask = jnp.repeat(mask, heads, axis=0)  # [P, T]
-  flat = lambda k: None if k is None else k.reshape((pairs,) + k.shape[2:])
-  out = jax.lax.map(lambda args: one_head(*args),
-                    (by_pair(query), by_pair(value), flat(hash_keys), mask,
-                     flat(dropout_keys)),
-                    batch_size=None if at_once == 1 else at_once)
-  out = out.reshape((batch, heads) + out.shape[1:])  # [B, N, T, Hv]
-  return jnp.swapaxes(out, 1, 2)
+  out = pairs_lib.attend_pairs(
+      pairs_lib.to_pairs(query), pairs_lib.to_pairs(value),
+      pairs_lib.flat_keys(hash_keys),
+      None if mask is None else pairs_lib.pair_mask(mask, heads),
+      None if dropout_keys is None else pairs_lib.flat_keys(dropout_keys),
+      n_parallel_heads=n_parallel_heads, **static)
+  return pairs_lib.from_pairs(out, batch, heads)
 
 
 def _pairs_at_once(n_parallel_heads):

@@ -33,18 +33,12 @@ from flax import nnx
 
 import lsh_jax
 from lsh_jax import core
-from lsh_jax.core import attention as core_attention
-from lsh_jax.core import duplicates
+from lsh_jax.core import chunked
+from lsh_jax.core import dense
 from lsh_jax.core import validation
+from lsh_jax.flax import decoding
 
 default_kernel_init = nnx.initializers.lecun_normal()
-
-
-def _head_depth(name, features, num_heads):
-  if features % num_heads:
-    raise ValueError(f'{name} ({features}) must be divisible by num_heads '
-                     f'({num_heads})')
-  return features // num_heads
 
 
 def _key_from(rngs, stream):
@@ -78,6 +72,8 @@ class SelfAttention(nnx.Module):
     kernel_init, bias_init: initialisers of the projections.
     deterministic: default mode (False: training), overridden per call or
       by `model.eval()` / `model.train()`.
+    decode: default for the call's `decode` (incremental decoding with the
+      cache of `init_cache`; lsh_jax.flax.decoding).
     dtype: computation dtype (default: inferred from inputs and params).
     param_dtype: parameter dtype.
     rngs: `nnx.Rngs` for the parameters ('params') and, when a rate is
@@ -92,18 +88,11 @@ class SelfAttention(nnx.Module):
                use_bias: bool = True,
                kernel_init: Callable = default_kernel_init,
                bias_init: Callable = nnx.initializers.zeros_init(),
-               deterministic: Optional[bool] = False,
+               deterministic: Optional[bool] = False, decode: bool = False,
                dtype=None, param_dtype=jnp.float32, rngs: nnx.Rngs):
-    num_heads = validation.check_positive_int('num_heads', num_heads)
-    in_features = validation.check_positive_int('in_features', in_features)
-    qk_features = validation.check_positive_int(
-        'qk_features', in_features if qk_features is None else qk_features)
-    v_features = validation.check_positive_int(
-        'v_features', qk_features if v_features is None else v_features)
-    out_features = validation.check_positive_int(
-        'out_features', in_features if out_features is None else out_features)
-    depth = _head_depth('qk_features', qk_features, num_heads)
-    v_depth = _head_depth('v_features', v_features, num_heads)
+    (num_heads, in_features, qk_features, v_features, out_features, depth,
+     v_depth) = validation.check_head_features(
+         num_heads, in_features, qk_features, v_features, out_features)
     for name, rate in (('attention_dropout', attention_dropout),
                        ('dropout_rate', dropout_rate)):
       if not 0.0 <= float(rate) < 1.0:
@@ -113,8 +102,9 @@ class SelfAttention(nnx.Module):
     self.out_features, self.causal = out_features, bool(causal)
     self.attention_dropout = float(attention_dropout)
     self.dropout_rate = float(dropout_rate)
-    self.deterministic = deterministic
+    self.deterministic, self.decode = deterministic, decode
     self.dtype = dtype
+    self.cache = nnx.data(None)  # init_cache makes it
     common = dict(use_bias=use_bias, kernel_init=kernel_init,
                   bias_init=bias_init, dtype=dtype, param_dtype=param_dtype,
                   rngs=rngs)
@@ -128,22 +118,27 @@ class SelfAttention(nnx.Module):
 
   def __call__(self, x: jax.Array, mask: Optional[jax.Array] = None, *,
                deterministic: Optional[bool] = None,
-               rngs: Union[nnx.Rngs, nnx.RngStream, None] = None
-               ) -> jax.Array:
+               rngs: Union[nnx.Rngs, nnx.RngStream, None] = None,
+               decode: Optional[bool] = None) -> jax.Array:
     """Self-attention over x [B, T, F] (or [T, F]).
 
     Args:
       x: float[B, T, in_features] or float[T, in_features].
       mask: bool[B, T] or bool[T], True for real tokens (not Flax's
-        [B, N, T, S] attention mask: padding is a property of tokens here).
+        [B, N, T, T] attention mask: padding is a property of tokens here).
       deterministic: overrides the module's mode for this call.
       rngs: overrides the module's streams for this call.
+      decode: overrides the module's `decode`: x are the next tokens of the
+        sequence in the cache (`init_cache`); no mask, no dropout, the fixed
+        `hash_key`.
 
     Returns:
       float[B, T, out_features] (or [T, out_features]); zeros (plus the
       output bias) at masked positions.
     """
     self._check_input(x)
+    if self.decode if decode is None else decode:
+      return decoding.decode(self, x, mask)
     deterministic = self.deterministic if deterministic is None else (
         deterministic)
     deterministic = bool(deterministic)
@@ -165,6 +160,25 @@ class SelfAttention(nnx.Module):
                                  (out.shape[-1],))
     return jnp.where(flags, out / jnp.asarray(keep, out.dtype), 0)
 
+  def init_cache(self, input_shape: Sequence[int], dtype=jnp.float32, *,
+                 drop_len: Optional[int] = None) -> None:
+    """Makes the cache for `decode=True`, as `nnx.MultiHeadAttention` does.
+
+    Args:
+      input_shape: (B, Lm, in_features) or (Lm, in_features): calls then take
+        [B, T, F] (or [T, F]) and the cache keeps the last Lm positions
+        (Trax's `predict_mem_len`).
+      dtype: the cache's dtype.
+      drop_len: positions dropped when the cache is full (Trax's
+        `predict_drop_len`): default chunk_len (chunked modules), Lm // 2
+        (dense), at most Lm.
+
+    Raises:
+      ValueError: a module that cannot decode (causal=False, LSH with
+        n_chunks_after > 0) or bad sizes.
+    """
+    decoding.init_cache(self, input_shape, dtype, drop_len)
+
   def attend(self, qk, value, mask, *, deterministic, rngs, dropout_key):
     """Dense shared-QK attention per (example, head): [..., T, N, Hv]."""
     del deterministic, rngs  # dense attention draws no hash
@@ -180,9 +194,9 @@ class SelfAttention(nnx.Module):
 
     def one_head(q, v, m, key):
       multiplier = None if dropout_key is None else (
-          core_attention.dropout_multiplier(key, self.attention_dropout,
-                                            length, length, q.dtype))
-      return core_attention.dense_attention(
+          chunked.dropout_multiplier(key, self.attention_dropout, length,
+                                     length, q.dtype))
+      return dense.dense_attention(
           q, None, v, m, causal=self.causal, dropout_multiplier=multiplier)
 
     mask_axis = None if mask is None or jnp.ndim(mask) == 1 else 0
@@ -226,6 +240,11 @@ class LSHSelfAttention(SelfAttention):
       multi-round attention, per-bucket candidates; docs/paper.md).
     n_parallel_heads: (example, head) pairs computed at once, as in
       `lsh_jax.lsh_self_attention` (None: 1 on CPU, all on accelerators).
+    mesh, sequence_axis, batch_axis: sequence parallelism, as in
+      `lsh_jax.lsh_self_attention`: x [B, T, F] sharded along T over
+      `sequence_axis` (and B over `batch_axis`) stays sharded through the
+      projections; only the attention exchanges heads (docs/scaling.md).
+      None: read from the activations' sharding when they carry one.
   """
 
   def __init__(self, num_heads: int, in_features: int, *,
@@ -235,14 +254,20 @@ class LSHSelfAttention(SelfAttention):
                n_chunks_after: int = 0, rngs: nnx.Rngs,
                allow_duplicate_attention: bool = True,
                attend_across_buckets: bool = True,
-               n_parallel_heads: Optional[int] = None, **kwargs):
+               n_parallel_heads: Optional[int] = None,
+               mesh: Optional[jax.sharding.Mesh] = None,
+               sequence_axis: Optional[str] = None,
+               batch_axis: Union[str, Sequence[str], None] = None, **kwargs):
     super().__init__(num_heads, in_features, rngs=rngs, **kwargs)
+    # Static configuration, not state: a Mesh is not an array.
+    self.layout = nnx.static(dict(mesh=mesh, sequence_axis=sequence_axis,
+                                  batch_axis=batch_axis))
     self.n_parallel_heads = (None if n_parallel_heads is None else
                              validation.check_positive_int(
                                  'n_parallel_heads', n_parallel_heads))
-    self.allow_duplicate_attention = duplicates.check_flag(
+    self.allow_duplicate_attention = validation.check_flag(
         'allow_duplicate_attention', allow_duplicate_attention)
-    self.attend_across_buckets = duplicates.check_flag(
+    self.attend_across_buckets = validation.check_flag(
         'attend_across_buckets', attend_across_buckets)
     self.n_hashes = validation.check_positive_int('n_hashes', n_hashes)
     self.n_buckets = (None if n_buckets is None
@@ -270,4 +295,4 @@ class LSHSelfAttention(SelfAttention):
         else 0.0, dropout_key=dropout_key,
         allow_duplicate_attention=self.allow_duplicate_attention,
         attend_across_buckets=self.attend_across_buckets,
-        n_parallel_heads=self.n_parallel_heads)
+        n_parallel_heads=self.n_parallel_heads, **self.layout)

@@ -42,7 +42,7 @@ Layer norms use Trax's epsilon 1e-6.
 
 Randomness (NNX rng streams, drawn once per call in training and handed to
 every layer, so the reversible backward replays them): 'params' for the
-weights; 'lsh' (falling back to 'default') for the hash keys, one per
+weights; 'hash' (falling back to 'default') for the hash keys, one per
 layer per call; 'dropout' (falling back to 'default') for every dropout
 mask. In evaluation (`model.eval()` or `deterministic=True`) there is no
 dropout and each LSH layer hashes with its fixed `hash_key`.
@@ -58,11 +58,12 @@ from flax import nnx
 from lsh_jax.core import validation
 from lsh_jax.flax import dropout as dropout_lib
 from lsh_jax.flax import feed_forward
+from lsh_jax.flax import generation
 from lsh_jax.flax import positional
 from lsh_jax.flax import reversible as reversible_lib
 from lsh_jax.flax.attention import LSHSelfAttention
 
-HASH_STREAM = 'lsh'
+HASH_STREAM = 'hash'
 POS_TYPES = (None, 'sin-cos', 'axial', 'no')
 _NORM_EPSILON = 1e-6  # Trax's LayerNorm
 
@@ -105,6 +106,23 @@ class DecoderBlock(nnx.Module):
     """(x1, x2) -> (y1, y2), the block without the reversible stack."""
     y1 = x1 + self.attention_half(x2, mask, keys)
     return y1, x2 + self.ff_half(y1, keys)
+
+
+def _fork(rngs, name):
+  """`rngs[name]` (or 'default') forked, or None when it has neither."""
+  try:
+    return rngs[name].fork()
+  except KeyError:
+    return nnx.data(None)
+
+
+def _draw(stream, name):
+  if stream is None:
+    raise ValueError(f'training needs an rng stream {name!r} (or '
+                     "'default'): pass rngs=nnx.Rngs(params=..., hash=..., "
+                     'dropout=...) to the constructor or the call, or call '
+                     'with deterministic=True')
+  return stream()
 
 
 def _check_tokens(tokens, mask):
@@ -166,7 +184,9 @@ class ReformerLM(nnx.Module):
     reversible: True: the backward pass recomputes activations
       (`reversible.py`); False: plain autodiff of the same blocks.
     deterministic: default mode (False: training), as the attention modules.
-    rngs: `nnx.Rngs` ('params', 'lsh', 'dropout'; see the module docstring).
+    decode: default for the call's `decode` (decoding with the caches of
+      `init_cache`; lsh_jax.flax.generation).
+    rngs: `nnx.Rngs` ('params', 'hash', 'dropout'; see the module docstring).
   """
 
   def __init__(self, vocab_size: int, d_model: int = 512, d_ff: int = 2048,
@@ -180,7 +200,8 @@ class ReformerLM(nnx.Module):
                pos_d_axial_embs: Optional[Sequence[int]] = None,
                ff_activation: Union[str, Callable] = 'FastGelu',
                ff_chunk_size: int = 0, *, reversible: bool = True,
-               deterministic: bool = False, rngs: nnx.Rngs):
+               deterministic: bool = False, decode: bool = False,
+               rngs: nnx.Rngs):
     for name, value in (('vocab_size', vocab_size), ('d_model', d_model),
                         ('d_attention_key', d_attention_key),
                         ('d_attention_value', d_attention_value),
@@ -237,12 +258,29 @@ class ReformerLM(nnx.Module):
     self.logits = nnx.Linear(2 * d_model, vocab_size,
                              kernel_init=nnx.initializers.xavier_uniform(),
                              rngs=rngs)
-    self.hash_rngs = rngs[HASH_STREAM].fork()
-    self.dropout_rngs = rngs['dropout'].fork()
+    self.hash_rngs = _fork(rngs, HASH_STREAM)
+    self.dropout_rngs = _fork(rngs, 'dropout')
+    # Decoding (lsh_jax.flax.generation): init_cache makes the cache.
+    self.decode, self.cache = decode, nnx.data(None)
+
+  def init_cache(self, input_shape: Sequence[int], dtype=jnp.float32, *,
+                 drop_len: Optional[int] = None) -> None:
+    """Makes the caches for `decode=True`, as Flax's attention does.
+
+    Args:
+      input_shape: (B, Lm): calls then take int[B, T] and every attention
+        layer keeps the last Lm positions (Trax's `predict_mem_len`).
+      dtype: the caches' dtype.
+      drop_len: positions dropped when a cache is full (Trax's
+        `predict_drop_len`; default per layer, see the attention modules'
+        `init_cache`).
+    """
+    generation.init_cache(self, input_shape, dtype, drop_len)
 
   def __call__(self, tokens: jax.Array, mask: Optional[jax.Array] = None, *,
                deterministic: Optional[bool] = None,
-               rngs: Optional[nnx.Rngs] = None) -> jax.Array:
+               rngs: Optional[nnx.Rngs] = None,
+               decode: Optional[bool] = None) -> jax.Array:
     """Logits of the next token at every position.
 
     Args:
@@ -252,24 +290,33 @@ class ReformerLM(nnx.Module):
         meaningless).
       deterministic: overrides the model's mode for this call.
       rngs: an `nnx.Rngs` to draw this call's hash and dropout keys from
-        (its 'lsh' and 'dropout' streams) instead of the model's own.
+        (its 'hash' and 'dropout' streams) instead of the model's own.
+      decode: overrides the model's `decode`: tokens are the model's inputs
+        at the next positions (no shift: the first call starts with 0),
+        decoded with the caches of `init_cache` (lsh_jax.flax.generation).
 
     Returns:
       float[B, T, vocab_size]: position t predicts tokens[:, t] from
       tokens[:, :t].
     """
     _check_tokens(tokens, mask)
+    if self.decode if decode is None else decode:
+      return generation.decode(self, tokens, mask)
     deterministic = bool(self.deterministic if deterministic is None
                          else deterministic)
     batch, length = np.shape(tokens)
-    hash_stream = self.hash_rngs if rngs is None else rngs[HASH_STREAM]
-    dropout_stream = self.dropout_rngs if rngs is None else rngs['dropout']
     if deterministic:
       embed_key = position_key = final_key = layer_keys = None
     else:
+      hash_key = _draw(self.hash_rngs if rngs is None else
+                       _fork(rngs, HASH_STREAM), HASH_STREAM)
+      # With dropout 0 no mask is drawn: the keys below go unused.
+      dropout_key = hash_key if not self.dropout else _draw(
+          self.dropout_rngs if rngs is None else _fork(rngs, 'dropout'),
+          'dropout')
       embed_key, position_key, final_key, layer_key = jax.random.split(
-          dropout_stream(), 4)
-      layer_keys = (jax.random.split(hash_stream(), self.n_layers),
+          dropout_key, 4)
+      layer_keys = (jax.random.split(hash_key, self.n_layers),
                     jax.random.split(layer_key, self.n_layers))
     x = self.embed(shift_right(tokens))
     x = dropout_lib.dropout(x, self.dropout, embed_key, (-2,))

@@ -1,9 +1,12 @@
-"""Greedy samples of a trained copy model, decoded with mode='predict'.
+"""Greedy samples of a trained copy model.
 
-Rebuilds RUN_DIR's model (its config.gin) in predict mode with the weights
-of RUN_DIR/model.pkl.gz, gives it `0 w 0` of fresh copy sequences and
-samples the rest greedily with Trax's `autoregressive_sample`; prints each
-sample under the expected `w` and the token accuracy.
+Trax (default): rebuilds RUN_DIR's model (its config.gin) in predict mode
+with the weights of RUN_DIR/model.pkl.gz and samples with Trax's
+`autoregressive_sample`. Flax (`--framework flax`): restores the ReformerLM
+that `lsh-jax demo --framework flax` saved in RUN_DIR (params.npz and
+config.json; no pickles) and decodes greedily (`flax_copy.sample`). Either
+way the model gets `0 w 0` of fresh copy sequences and decodes the rest;
+each sample is printed under the expected `w`, then the token accuracy.
 """
 import time
 
@@ -14,7 +17,9 @@ HELP = 'greedy samples of a trained copy model (fast decoding)'
 
 
 def add_arguments(parser):
-  parser.add_argument('run_dir', help='a run folder of `lsh-jax train`')
+  parser.add_argument('run_dir', help='a run folder of `lsh-jax train` or '
+                      '`lsh-jax demo` (with --framework flax: of `lsh-jax '
+                      'demo --framework flax`)')
   parser.add_argument('--examples', type=commands.positive_int, default=8,
                       help='sequences to sample (default 8)')
   parser.add_argument('--show', type=int, default=3,
@@ -24,6 +29,19 @@ def add_arguments(parser):
   parser.add_argument('--n-hashes', type=commands.positive_int, default=None,
                       help='hash rounds while decoding (default: as trained)')
   commands.add_bindings_argument(parser)
+  parser.add_argument('--framework', choices=('trax', 'flax'), default='trax',
+                      help='trax (default): a Trax run folder; flax: the '
+                      'Flax ReformerLM of `lsh-jax demo --framework flax` '
+                      '(--binding is not used)')
+
+
+def _flax_sample(args):
+  from lsh_jax.apps import flax_copy  # pylint: disable=import-outside-toplevel
+  try:
+    return flax_copy.sample(args.run_dir, n_examples=args.examples,
+                            seed=args.seed, n_hashes=args.n_hashes or -1)
+  except FileNotFoundError as error:
+    raise commands.CommandError(str(error)) from None
 
 
 def format_sample(tokens, prefix_len, sample):
@@ -39,8 +57,14 @@ def format_sample(tokens, prefix_len, sample):
 
 
 def run(args):
-  commands.require_extras('trax')
   start = time.time()
+  if args.framework == 'flax':
+    commands.require_extras('flax')
+    result = _flax_sample(args)
+    return _report(args, result, start, 'Flax import and compilation')
+  commands.require_extras(
+      'trax', alternative='for a Flax run folder: lsh-jax sample --framework '
+      'flax')
   bindings = list(args.binding)
   if args.n_hashes:
     bindings = [f'lsh_jax.LSHSelfAttention.n_hashes = {args.n_hashes}'
@@ -56,6 +80,10 @@ def run(args):
     raise commands.CommandError(str(error)) from None
   except ValueError as error:  # copy_task.ConfigError and layer arguments
     raise commands.CommandError(str(error).splitlines()[0]) from None
+  return _report(args, result, start, 'Trax import and compilation')
+
+
+def _report(args, result, start, overhead):
   for i in range(min(args.show, args.examples)):
     print(format_sample(result['tokens'][i], result['prefix_len'],
                         result['samples'][i]))
@@ -63,5 +91,5 @@ def run(args):
   n_tokens = result['samples'].size
   print(f'greedy copy accuracy {result["accuracy"]:.2%} ({n_tokens} tokens '
         f'in {args.examples} sequences; {time.time() - start:.0f} s with '
-        f'Trax import and compilation)')
+        f'{overhead})')
   return 0
