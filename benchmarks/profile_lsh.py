@@ -36,7 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 # The checkout's lsh_jax, not the venv's installed one.
 sys.path.insert(1, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import lsh_jax  # noqa: E402
-from lsh_jax.core import attention, chunked, hashing, rounds, sorting  # noqa: E402
+from lsh_jax.core import chunked, hashing, rounds, schedule, sorting  # noqa: E402
 from run import parse_length  # noqa: E402
 
 C, BEFORE, AFTER, D = 64, 1, 0, 64
@@ -145,7 +145,7 @@ def main():
   sticker, undo = sorting.sort_buckets(buckets, n_ids=n_ids)
   keys = chunked.normalize_keys(q)
   n_chunks = length // C
-  block = attention.chunks_per_block(n_hashes, n_chunks, C * C * 2)
+  block = schedule.chunks_per_block(n_hashes, n_chunks, C * C * 2)
 
   def all_rounds(q, keys, v, sticker, undo):
     one = functools.partial(
@@ -161,7 +161,7 @@ def main():
         q=q, keys=keys, v=v, mask=None, sticker=sticker, undo=undo,
         chunk_len=C, n_chunks_before=BEFORE, n_chunks_after=AFTER,
         causal=False,
-        chunks_per_block=attention.chunks_per_block(1, n_chunks, C * C * 2))
+        chunks_per_block=schedule.chunks_per_block(1, n_chunks, C * C * 2))
 
   def permute_only(q, keys, v, sticker, undo):
     # The gathers alone: sorted q/keys/v per round, and the undo of [R, L, D].

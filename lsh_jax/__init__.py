@@ -33,9 +33,9 @@ The algorithm, with the section numbers docstrings cite (§1-§6), is
 docs/algorithm.md. `import lsh_jax` imports JAX and NumPy only: never Trax,
 TensorFlow, Flax, Equinox or matplotlib.
 """
-from lsh_jax.core.attention import full_attention
 from lsh_jax.core.attention import lsh_attention
 from lsh_jax.core.attention import lsh_attention_from_buckets
+from lsh_jax.core.dense import full_attention
 from lsh_jax.core.hashing import auto_n_buckets
 from lsh_jax.core.hashing import hash_vectors
 from lsh_jax.core.multihead import lsh_self_attention

@@ -13,6 +13,7 @@ import pytest
 import lsh_jax
 from lsh_jax.core import attention
 from lsh_jax.core import hashing
+from lsh_jax.core import schedule
 from lsh_jax.core import sorting
 from helpers import assert_rows_close
 from helpers import random_qv
@@ -318,17 +319,16 @@ def test_chunk_blocks_do_not_change_results(before, after, causal):
 
 
 def test_chunks_per_block_whole_round_up_to_2_19_logits():
-  """The rule in attention.py's comments, at chunk 64 with one chunk back
+  """The rule in schedule.py's comments, at chunk 64 with one chunk back
   (8,192 logits a chunk): a whole round's logits up to 2**19 in one step
   (1K and 4K in turn, 1K x 4 at once), else blocks of <= 2**15 logits."""
-  from lsh_jax.core import attention
   per_chunk = 64 * 128
-  assert attention.chunks_per_block(1, 16, per_chunk) == 16  # 1K, in turn
-  assert attention.chunks_per_block(1, 64, per_chunk) == 64  # 4K
-  assert attention.chunks_per_block(4, 16, per_chunk) == 16  # 1K x 4 at once
-  assert attention.chunks_per_block(1, 128, per_chunk) == 4  # 8K: 2**15
-  assert attention.chunks_per_block(1, 1024, per_chunk) == 4  # 64K
-  assert attention.chunks_per_block(1, 129, per_chunk) == 3  # a divisor
+  assert schedule.chunks_per_block(1, 16, per_chunk) == 16  # 1K, in turn
+  assert schedule.chunks_per_block(1, 64, per_chunk) == 64  # 4K
+  assert schedule.chunks_per_block(4, 16, per_chunk) == 16  # 1K x 4 at once
+  assert schedule.chunks_per_block(1, 128, per_chunk) == 4  # 8K: 2**15
+  assert schedule.chunks_per_block(1, 1024, per_chunk) == 4  # 64K
+  assert schedule.chunks_per_block(1, 129, per_chunk) == 3  # a divisor
 
 
 @pytest.mark.parametrize('causal,padded', [(False, False), (True, True)])
@@ -352,13 +352,12 @@ def test_sequential_rounds_give_the_same_results(causal, padded):
 
 def test_automatic_rounds_schedule(monkeypatch):
   """None picks by R * L; the automatic choice gives the same results."""
-  schedule = attention.round_schedule
-  assert not schedule(None, 4, 128)
-  assert schedule(None, 4, 256)
-  assert not schedule(None, 1, 65536)
-  assert schedule(None, 8, 2**20)
-  assert schedule(True, 2, 8)
-  assert not schedule(False, 8, 2**20)
+  assert not schedule.round_schedule(None, 4, 128)
+  assert schedule.round_schedule(None, 4, 256)
+  assert not schedule.round_schedule(None, 1, 65536)
+  assert schedule.round_schedule(None, 8, 2**20)
+  assert schedule.round_schedule(True, 2, 8)
+  assert not schedule.round_schedule(False, 8, 2**20)
   q, v = _qv(32, 3, 5)
   kwargs = dict(n_buckets=4, n_hashes=3, chunk_len=8, n_chunks_before=1,
                 n_chunks_after=1, causal=True)
@@ -367,10 +366,10 @@ def test_automatic_rounds_schedule(monkeypatch):
   want = jax.grad(loss, argnums=(0, 1))(q, v, False)
   # Here 96 token-rounds: lower the threshold to take the sequential path,
   # compiled afresh.
-  monkeypatch.setattr(attention, '_SEQUENTIAL_FROM', 1)
+  monkeypatch.setattr(schedule, '_SEQUENTIAL_FROM', 1)
   jax.clear_caches()
   try:
-    assert schedule(None, 3, 32)
+    assert schedule.round_schedule(None, 3, 32)
     got = jax.grad(loss, argnums=(0, 1))(q, v, None)
   finally:
     jax.clear_caches()

@@ -188,7 +188,7 @@ def test_dense_attention_dropout_drops_probabilities_per_head():
   for b in range(B):
     for n in range(N):
       keep = jax.random.bernoulli(keys[b, n], 0.7, (T, T)) / 0.7
-      heads[b, :, n] = lsh_jax.core.attention.dense_attention(
+      heads[b, :, n] = lsh_jax.core.dense.dense_attention(
           q[b, :, n], None, v[b, :, n], None, causal=True,
           dropout_multiplier=keep)
   np.testing.assert_allclose(got, module.out(heads), rtol=1e-5, atol=1e-5)

@@ -1,6 +1,6 @@
 """Sequence-parallel LSH attention (head exchange) on 8 host devices.
 
-Each check runs `tests/sequence_parallel_check.py` in a subprocess (the
+Each check runs `scripts/sequence_parallel_check.py` in a subprocess (the
 device count is fixed before JAX starts) and reads its JSON report.
 Expected values: the same call on one device (unsharded).
 """
@@ -17,7 +17,7 @@ import time
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-CHECK = ROOT / 'tests' / 'sequence_parallel_check.py'
+CHECK = ROOT / 'scripts' / 'sequence_parallel_check.py'
 
 
 def _env(**extra):

@@ -1,7 +1,7 @@
 """Sharded over 8 host devices: the same results as on one device.
 
 The device count must be fixed before JAX is imported, so each check runs
-`tests/sharding_check.py` in a subprocess with
+`scripts/sharding_check.py` in a subprocess with
 `XLA_FLAGS=--xla_force_host_platform_device_count=8` and reads its JSON
 report. Expected values: the same vmapped computation on one device.
 """
@@ -24,7 +24,7 @@ def _run_check(*args, timeout=600):
              XLA_FLAGS='--xla_force_host_platform_device_count=8',
              JAX_PLATFORMS='cpu')
   result = subprocess.run(
-      [sys.executable, str(ROOT / 'tests' / 'sharding_check.py'), *args],
+      [sys.executable, str(ROOT / 'scripts' / 'sharding_check.py'), *args],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
   reports = [line for line in result.stdout.splitlines()
              if line.startswith('REPORT ')]

@@ -9,22 +9,26 @@ chain them are re-exported by `lsh_jax`):
   chunked     `chunked_attend`, `normalize_keys`                (§3)
   rounds      `attend_round`: one round, sort to unsort; the
               rounds vmapped or run in turn                     (§2-§4)
-  combine     `combine_rounds`, `round_weights`                 (§5)
-  attention   `lsh_attention`, `lsh_attention_from_buckets`,
-              `full_attention`: the entry points
+  combine     `combine_rounds`, `round_weights`, and the
+              combine's backward                                (§5)
+  attention   `lsh_attention`, `lsh_attention_from_buckets`: the
+              entry points (validate, pad, dispatch)
+  dense       `full_attention`: dense attention, the O(L^2) reference
   multihead   `lsh_self_attention`, `head_keys`: batch and heads in
               jax.nn's [B, T, N, H] layout
   weights     `attention_weights`: the effective [L, L] matrix
   local       Trax's dense and chunked (local) attention with separate
               keys: `attend`, `look_adjacent`, `scale_keys`
+  schedule    chunks per loop step, rounds at once or in turn: the
+              measured speed heuristics
   masks, padding, validation: shared helpers (mask constants, any-length
               padding, argument checks)
 
 Section numbers refer to docs/algorithm.md.
 """
-from lsh_jax.core.attention import full_attention
 from lsh_jax.core.attention import lsh_attention
 from lsh_jax.core.attention import lsh_attention_from_buckets
+from lsh_jax.core.dense import full_attention
 from lsh_jax.core.chunked import chunked_attend
 from lsh_jax.core.chunked import normalize_keys
 from lsh_jax.core.combine import combine_rounds

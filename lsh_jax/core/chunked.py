@@ -41,6 +41,20 @@ def normalize_keys(sq):
   return keys / jnp.sqrt(jnp.asarray(sq.shape[-1], sq.dtype))
 
 
+def dropout_multiplier(key, rate, chunk_len, window_len, dtype):
+  """The attention-dropout multiplier shared by every chunk and round.
+
+  One `bernoulli(key, 1 - rate, [C, W * C])` draw, as Trax's `attend` makes
+  it, scaled by 1 / (1 - rate).
+
+  Returns:
+    float[C, W * C].
+  """
+  keep_prob = 1.0 - rate
+  keep = jax.random.bernoulli(key, keep_prob, (chunk_len, window_len))
+  return keep.astype(dtype) / jnp.asarray(keep_prob, dtype)
+
+
 def halo_chunk_ids(round_index, n_rounds, n_chunks, n_chunks_before,
                    n_chunks_after):
   """Flat chunk ids of one round's halo.

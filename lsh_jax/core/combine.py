@@ -9,6 +9,8 @@ probability mass each round found.
 import jax
 import jax.numpy as jnp
 
+__all__ = ['combine_rounds', 'round_weights']
+
 
 def round_weights(lse):
   """softmax over rounds: float[R, L] -> float[R, L], columns sum to 1."""
@@ -70,3 +72,30 @@ def finish_rounds(state, lse):
   """float[L, Dv]: the running combine normalised by all rounds' lse [R, L]."""
   total, top = state
   return total * jnp.exp(top - jax.nn.logsumexp(lse, axis=0))[:, None]
+
+
+def finish_rounds_backward(lse, out, g):
+  """The combine's backward, for the rounds' cotangents one round at a time.
+
+  out = sum_h w_h o_h with w_h = exp(lse_h - logsumexp(lse)): o_h gets
+  w_h g and lse_h gets w_h (g . o_h) - s_h (g . out), where s = softmax(lse)
+  is the derivative of logsumexp. (s equals w but for the rounding of
+  logsumexp, which matters where float32 cannot resolve it,
+  docs/algorithm.md §5; autodiff of `combine_rounds` and Trax use s there.)
+  The first part of lse_h's cotangent, w_h (g . o_h), is left to the round:
+  its backward forms that delta anyway (`g_lse_adds_delta` in
+  `chunked.chunked_attend_backward`), so no round output needs to be kept or
+  recomputed.
+
+  Args:
+    lse: float[R, L] every round's log-sum-exp.
+    out: float[L, Dv] the combined output.
+    g: float[L, Dv] its cotangent.
+
+  Returns:
+    (weights float[R, L], g_lse float[R, L]): round h's o_h gets
+    `g * weights[h][:, None]` and its lse_h gets `g_lse[h]` plus the delta.
+  """
+  weights = round_weights(lse)
+  softmax = jax.nn.softmax(lse, axis=0)
+  return weights, -softmax * jnp.sum(g * out, axis=-1)

@@ -38,13 +38,6 @@ import jax.numpy as jnp
 BUCKET_PENALTY = 1e7
 
 
-def check_flag(name, value):
-  """A True/False argument (NumPy bools too): bool, else ValueError."""
-  if value is True or value is False or type(value).__name__ == 'bool_':
-    return bool(value)
-  raise ValueError(f'{name} must be True or False, got {value!r}')
-
-
 def flat_chunks(undo, chunk_len):
   """F int32[R, L]: F[r, t] = r * M + (sorted position of t in round r) // C.
 

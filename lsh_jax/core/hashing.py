@@ -151,10 +151,7 @@ def hash_vectors(vecs: ArrayLike, *, hash_key: ArrayLike, n_buckets: Buckets,
   """
   validation.check_matrix('vecs', vecs)
   length, depth = vecs.shape
-  if n_buckets is None:
-    raise ValueError('hash_vectors needs n_buckets; for the automatic choice '
-                     'pass auto_n_buckets(length, chunk_len)')
-  n_buckets = validation.check_n_buckets(n_buckets)
+  n_buckets = validation.check_n_buckets_given(n_buckets, 'hash_vectors')
   validation.check_positive_int('n_hashes', n_hashes)
   validation.check_mask(mask, length)
   validation.check_key('hash_key', hash_key)

@@ -15,7 +15,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from lsh_jax.core import attention
+from lsh_jax.core import chunked
 from lsh_jax.core import masks
 
 
@@ -76,7 +76,7 @@ def attend(q: jax.Array, keys: jax.Array, v: jax.Array, *,
       exclude_self=exclude_self)
   probs = jnp.exp(dots - jax.nn.logsumexp(dots, axis=-1, keepdims=True))
   if dropout_rate:
-    probs = probs * attention.dropout_multiplier(
+    probs = probs * chunked.dropout_multiplier(
         dropout_key, dropout_rate, dots.shape[-2], dots.shape[-1], dots.dtype)
   out = jnp.einsum('nck,nkd->ncd', probs, window(v))
   return out.reshape(-1, v.shape[-1])

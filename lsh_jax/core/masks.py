@@ -16,6 +16,13 @@ SELF_PENALTY = 1e5
 PADDING_PENALTY = 1e9
 
 
+def at_least_float32(x):
+  """x in float32 or wider: logits near the -1e5 self mask, log-sum-exps and
+  the round weights need float32's range and resolution (half-precision
+  inputs are computed in float32)."""
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))
+
+
 def mask_logits(dots, q_pos, kv_pos, kv_valid=None, *, causal,
                 exclude_self=True):
   """Applies causal, exclude-self and padding masks.

@@ -26,7 +26,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from lsh_jax.core import attention
-from lsh_jax.core import duplicates
 from lsh_jax.core import hashing
 from lsh_jax.core import pairs as pairs_lib
 from lsh_jax.core import sequence_parallel
@@ -221,9 +220,9 @@ def lsh_self_attention(
       chunk_len=chunk_len, n_chunks_before=n_chunks_before,
       n_chunks_after=n_chunks_after, causal=bool(causal),
       attention_dropout=rate,
-      allow_duplicate_attention=duplicates.check_flag(
+      allow_duplicate_attention=validation.check_flag(
           'allow_duplicate_attention', allow_duplicate_attention),
-      attend_across_buckets=duplicates.check_flag(
+      attend_across_buckets=validation.check_flag(
           'attend_across_buckets', attend_across_buckets),
       n_parallel_heads=_pairs_at_once(n_parallel_heads), layout=layout)
   if not batched:  # one example: the keys of a batch's first example

@@ -1,12 +1,13 @@
-"""One hash round from sort to undo-sort, given its round index.
+"""The hash rounds: one round from sort to undo-sort, and all R of them.
 
 `attend_round(h, ...)` sorts q, keys and v by round h's permutation, adds
 the halo of neighbouring chunks (which may belong to rounds h - 1 and h + 1,
 docs/algorithm.md §3), attends within chunks and puts the results back in
-original order. `lsh_attention` applies it to every round with `jax.vmap`
-and combines the [R, L, Dv] results (`combine_rounds`); or, for long inputs,
-`attend_rounds_in_turn` runs the rounds one after another and adds each to a
-running combine, so that no [R, L, Dv] stack exists in either pass.
+original order. `attend_rounds` runs every round in one of two ways (the
+schedule, `lsh_jax.core.schedule.round_schedule`, picks): all at once with
+`jax.vmap`, combining the [R, L, Dv] results (`combine_rounds`); or one
+after another (`attend_rounds_in_turn`), each added to a running combine,
+so that no [R, L, Dv] stack exists in either pass.
 
 The round has its own VJP (`_sorted_attention`): the backward pass gathers
 the sorted inputs again from the unsorted q, keys and v (the same arrays in
@@ -24,6 +25,8 @@ from lsh_jax.core import chunked
 from lsh_jax.core import combine
 from lsh_jax.core import duplicates
 from lsh_jax.core import sorting
+
+__all__ = ['attend_round', 'attend_rounds', 'attend_rounds_in_turn']
 
 # The flags of the duplicate-count correction, (allow_duplicate_attention,
 # attend_across_buckets); this value changes nothing (docs/algorithm.md).
@@ -208,6 +211,27 @@ def _unsort_extended(d_ext, *, perm, inverse, pos_ext, n_before):
       halo.reshape(-1, *d_ext.shape[2:]), mode='promise_in_bounds')
 
 
+def attend_rounds(*, in_turn, **inputs):
+  """All R rounds combined (§2-5): `attend_rounds_in_turn` if `in_turn`,
+  else every `attend_round` at once (`jax.vmap`) and `combine_rounds`.
+
+  Args:
+    in_turn: bool, the schedule (`schedule.round_schedule`).
+    **inputs: `attend_round`'s keyword arguments.
+
+  Returns:
+    float[L, Dv] the combined output.
+  """
+  if in_turn:
+    # One round at a time, combined as it finishes: memory of one round's
+    # intermediates instead of R, in the backward pass too.
+    return attend_rounds_in_turn(**inputs)
+  n_rounds = inputs['sticker'].shape[0]
+  o, lse = jax.vmap(functools.partial(attend_round, **inputs))(
+      jnp.arange(n_rounds, dtype=jnp.int32))  # [R, L, Dv], [R, L]
+  return combine.combine_rounds(o, lse)
+
+
 def attend_rounds_in_turn(*, q, keys, v, mask, sticker, undo, chunk_len,
                           n_chunks_before, n_chunks_after, causal,
                           dropout_multiplier=None, chunks_per_block=None,
@@ -272,17 +296,7 @@ def _rounds_in_turn_bwd(chunk_len, n_chunks_before, n_chunks_after, causal,
                         block, correction, residuals, g):
   (q, keys, v, multiplier, sticker, undo, mask, buckets, lse, slse,
    out) = residuals
-  # out = sum_h w_h o_h with w_h = exp(lse_h - logsumexp(lse)): o_h gets
-  # w_h g and lse_h gets w_h (g . o_h) - s_h (g . out), where
-  # s = softmax(lse) is the derivative of logsumexp. (s equals w but for
-  # the rounding of logsumexp, which matters where float32 cannot resolve
-  # it, docs/algorithm.md §5; autodiff of `combine_rounds` and Trax use s
-  # there.)
-  # The first part is the delta the round's backward forms anyway
-  # (g_lse_adds_delta): no round output needs to be kept or recomputed.
-  weights = combine.round_weights(lse)  # [R, L]
-  softmax = jax.nn.softmax(lse, axis=0)  # [R, L]
-  g_dot_out = jnp.sum(g * out, axis=-1)  # [L]
+  weights, g_lse = combine.finish_rounds_backward(lse, out, g)  # [R, L] each
 
   def one_round(grads, h):
     # The correction is recomputed from the sort, not kept per round.
@@ -291,7 +305,7 @@ def _rounds_in_turn_bwd(chunk_len, n_chunks_before, n_chunks_after, causal,
                                      n_chunks_after, correction)
     round_grads = _round_backward(
         q, keys, v, multiplier, *layout,
-        slse[h], g * weights[h][:, None], -softmax[h] * g_dot_out,
+        slse[h], g * weights[h][:, None], g_lse[h],
         n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
         causal=causal, block=block, g_lse_adds_delta=True, bias=bias)
     return tuple(a + b for a, b in zip(grads, round_grads)), None

@@ -56,6 +56,22 @@ def check_n_buckets(n_buckets):
   return value
 
 
+def check_flag(name, value):
+  """A True/False argument (NumPy bools too): bool, else ValueError."""
+  if value is True or value is False or type(value).__name__ == 'bool_':
+    return bool(value)
+  raise ValueError(f'{name} must be True or False, got {value!r}')
+
+
+def check_n_buckets_given(n_buckets, fn_name):
+  """`check_n_buckets` for a function without the automatic choice (it does
+  not know chunk_len): None is an error that names the alternative."""
+  if n_buckets is None:
+    raise ValueError(f'{fn_name} needs n_buckets; for the automatic choice '
+                     'pass auto_n_buckets(length, chunk_len)')
+  return check_n_buckets(n_buckets)
+
+
 def check_matrix(name, array, *, floating=True):
   """Checks a [length, depth] array."""
   shape = np.shape(array)
@@ -162,9 +178,8 @@ def check_dropout(rate, dropout_key):
   return rate
 
 
-def check_attention_args(q, v, mask, chunk_len, n_chunks_before,
-                         n_chunks_after, attention_dropout, dropout_key):
-  """Checks the arguments shared by every LSH entry point."""
+def _check_q_v_mask(q, v, mask):
+  """q float[L, D], v float[L, Dv] and mask bool[L] or None."""
   check_matrix('q', q)
   check_matrix('v', v)
   length = np.shape(q)[0]
@@ -172,8 +187,24 @@ def check_attention_args(q, v, mask, chunk_len, n_chunks_before,
     raise ValueError(f'v must have the same length as q ({length}), got '
                      f'shape {tuple(np.shape(v))}')
   check_mask(mask, length)
+
+
+def check_attention_args(q, v, mask, chunk_len, n_chunks_before,
+                         n_chunks_after, attention_dropout, dropout_key):
+  """Checks the arguments shared by every LSH entry point."""
+  _check_q_v_mask(q, v, mask)
   check_chunking(chunk_len, n_chunks_before, n_chunks_after)
   return check_dropout(attention_dropout, dropout_key)
+
+
+def check_dense_args(q, v, k, mask):
+  """Checks `full_attention`'s arguments (k float[L, D] or None)."""
+  _check_q_v_mask(q, v, mask)
+  if k is not None:
+    check_matrix('k', k)
+    if np.shape(k) != np.shape(q):
+      raise ValueError(f'k must have the shape of q {tuple(np.shape(q))}, '
+                       f'got {tuple(np.shape(k))}')
 
 
 def check_buckets(buckets, length):
@@ -185,3 +216,23 @@ def check_buckets(buckets, length):
   dtype = jnp.result_type(buckets)
   if not jnp.issubdtype(dtype, jnp.integer):
     raise ValueError(f'buckets must be integers, got {dtype}')
+
+
+def _format_bytes(n_bytes):
+  for unit in ('bytes', 'KiB', 'MiB', 'GiB', 'TiB'):
+    if n_bytes < 1024 or unit == 'TiB':
+      return f'{n_bytes:.0f} {unit}' if unit == 'bytes' else (
+          f'{n_bytes:.1f} {unit}')
+    n_bytes /= 1024
+
+
+def check_dense_size(name, length, max_bytes, itemsize=4):
+  """Raises ValueError if a dense [length, length] matrix exceeds max_bytes."""
+  needed = length * length * itemsize
+  if needed > max_bytes:
+    raise ValueError(
+        f'{name} has length {length}: its dense [L, L] attention matrix '
+        f'would take {_format_bytes(needed)}, above max_bytes='
+        f'{_format_bytes(max_bytes)}. attention_weights is meant for small '
+        f'and medium lengths; use lsh_attention for long sequences, or pass '
+        f'a larger max_bytes')

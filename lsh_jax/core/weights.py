@@ -33,26 +33,6 @@ DEFAULT_MAX_BYTES = 2**30
 _BLOCK_ELEMENTS = 2**24
 
 
-def _format_bytes(n_bytes):
-  for unit in ('bytes', 'KiB', 'MiB', 'GiB', 'TiB'):
-    if n_bytes < 1024 or unit == 'TiB':
-      return f'{n_bytes:.0f} {unit}' if unit == 'bytes' else (
-          f'{n_bytes:.1f} {unit}')
-    n_bytes /= 1024
-
-
-def check_dense_size(name, length, max_bytes, itemsize=4):
-  """Raises ValueError if a dense [length, length] matrix exceeds max_bytes."""
-  needed = length * length * itemsize
-  if needed > max_bytes:
-    raise ValueError(
-        f'{name} has length {length}: its dense [L, L] attention matrix '
-        f'would take {_format_bytes(needed)}, above max_bytes='
-        f'{_format_bytes(max_bytes)}. attention_weights is meant for small '
-        f'and medium lengths; use lsh_attention for long sequences, or pass '
-        f'a larger max_bytes')
-
-
 def attention_weights(q: ArrayLike, *, hash_key: ArrayLike,
                       n_buckets: hashing.NBuckets = None, n_hashes: int,
                       chunk_len: int, n_chunks_before: int = 1,
@@ -95,7 +75,7 @@ def attention_weights(q: ArrayLike, *, hash_key: ArrayLike,
   """
   validation.check_matrix('q', q)
   length = np.shape(q)[0]
-  check_dense_size('q', length, max_bytes)
+  validation.check_dense_size('q', length, max_bytes)
   dtype = jnp.promote_types(jnp.result_type(q), jnp.float32)
   n_rounds = validation.check_positive_int('n_hashes', n_hashes)
   block = max(1, min(length, _BLOCK_ELEMENTS // (n_rounds * length)))

@@ -32,7 +32,6 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 import lsh_jax
-from lsh_jax.core import duplicates
 from lsh_jax.core import validation
 
 
@@ -95,9 +94,9 @@ class LSHSelfAttention(eqx.Module):
     self.n_hashes = validation.check_positive_int('n_hashes', n_hashes)
     self.n_buckets = (None if n_buckets is None
                       else validation.check_n_buckets(n_buckets))
-    self.allow_duplicate_attention = duplicates.check_flag(
+    self.allow_duplicate_attention = validation.check_flag(
         'allow_duplicate_attention', allow_duplicate_attention)
-    self.attend_across_buckets = duplicates.check_flag(
+    self.attend_across_buckets = validation.check_flag(
         'attend_across_buckets', attend_across_buckets)
     self.n_parallel_heads = (None if n_parallel_heads is None else
                              validation.check_positive_int(

@@ -33,8 +33,8 @@ from flax import nnx
 
 import lsh_jax
 from lsh_jax import core
-from lsh_jax.core import attention as core_attention
-from lsh_jax.core import duplicates
+from lsh_jax.core import chunked
+from lsh_jax.core import dense
 from lsh_jax.core import validation
 from lsh_jax.flax import decoding
 
@@ -170,7 +170,8 @@ class SelfAttention(nnx.Module):
         (Trax's `predict_mem_len`).
       dtype: the cache's dtype.
       drop_len: positions dropped when the cache is full (Trax's
-        `predict_drop_len`): default chunk_len (LSH), Lm // 2 (dense).
+        `predict_drop_len`): default chunk_len (chunked modules), Lm // 2
+        (dense), at most Lm.
 
     Raises:
       ValueError: a module that cannot decode (causal=False, LSH with
@@ -193,9 +194,9 @@ class SelfAttention(nnx.Module):
 
     def one_head(q, v, m, key):
       multiplier = None if dropout_key is None else (
-          core_attention.dropout_multiplier(key, self.attention_dropout,
-                                            length, length, q.dtype))
-      return core_attention.dense_attention(
+          chunked.dropout_multiplier(key, self.attention_dropout, length,
+                                     length, q.dtype))
+      return dense.dense_attention(
           q, None, v, m, causal=self.causal, dropout_multiplier=multiplier)
 
     mask_axis = None if mask is None or jnp.ndim(mask) == 1 else 0
@@ -264,9 +265,9 @@ class LSHSelfAttention(SelfAttention):
     self.n_parallel_heads = (None if n_parallel_heads is None else
                              validation.check_positive_int(
                                  'n_parallel_heads', n_parallel_heads))
-    self.allow_duplicate_attention = duplicates.check_flag(
+    self.allow_duplicate_attention = validation.check_flag(
         'allow_duplicate_attention', allow_duplicate_attention)
-    self.attend_across_buckets = duplicates.check_flag(
+    self.attend_across_buckets = validation.check_flag(
         'attend_across_buckets', attend_across_buckets)
     self.n_hashes = validation.check_positive_int('n_hashes', n_hashes)
     self.n_buckets = (None if n_buckets is None

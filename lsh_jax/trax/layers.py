@@ -48,7 +48,6 @@ import numpy as np
 from trax.layers.research import efficient_attention
 
 import lsh_jax
-from lsh_jax.core import duplicates
 from lsh_jax.core import padding
 from lsh_jax.trax import kernels as trax_kernels
 from lsh_jax.trax import predict as trax_predict
@@ -225,9 +224,9 @@ class LSHSelfAttention(_Computation,
     exact multi-round attention and `attend_across_buckets=False` its
     per-bucket candidate sets (see `lsh_jax.lsh_attention`). The defaults
     compute exactly what Trax 1.4.1 computes."""
-    allow_duplicate_attention = duplicates.check_flag(
+    allow_duplicate_attention = validation.check_flag(
         'allow_duplicate_attention', allow_duplicate_attention)
-    attend_across_buckets = duplicates.check_flag(
+    attend_across_buckets = validation.check_flag(
         'attend_across_buckets', attend_across_buckets)
     common = _check_common(
         n_heads=n_heads, d_qk=d_qk, d_v=d_v, causal=causal, mode=mode,

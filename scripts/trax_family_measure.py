@@ -1,10 +1,10 @@
 """Prints the largest output and gradient differences of lsh_jax's Trax
 family against Trax 1.4.1 over the test cases (docs/trax_family.md).
 
-  PYTHONPATH=$PWD python tests/trax_family_measure.py
+  PYTHONPATH=$PWD python scripts/trax_family_measure.py
 
 Gradient differences are relative to the largest entry of each gradient.
-Not collected by pytest (no test_ prefix); imports the test modules' cases.
+Not a test: a script that imports the test modules' cases (from tests/).
 """
 # pylint: disable=protected-access,import-outside-toplevel
 import os
@@ -14,7 +14,8 @@ import types
 import jax
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), 'tests'))
 
 import test_trax_family_encdec as encdec_tests  # noqa: E402
 import test_trax_family_pure as pure_tests  # noqa: E402

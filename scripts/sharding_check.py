@@ -2,7 +2,7 @@
 
 Run by tests/test_sharding.py in a subprocess, because the device count
 (`XLA_FLAGS=--xla_force_host_platform_device_count=8`) must be set before
-JAX is imported. `python tests/sharding_check.py [attention|trax]`.
+JAX is imported. `python scripts/sharding_check.py [attention|trax]`.
 
 The recipe (docs/reliability.md): vmap `lsh_attention` over heads and batch,
 put the inputs on a `Mesh` over (batch, heads) with `NamedSharding`, and

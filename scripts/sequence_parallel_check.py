@@ -3,9 +3,9 @@
 Run by tests/test_sequence_parallel.py in subprocesses, because the device
 count is fixed before JAX starts:
 
-  python tests/sequence_parallel_check.py attention   # 8 host devices
-  python tests/sequence_parallel_check.py model       # 8 host devices
-  python tests/sequence_parallel_check.py worker ID PORT
+  python scripts/sequence_parallel_check.py attention   # 8 host devices
+  python scripts/sequence_parallel_check.py model       # 8 host devices
+  python scripts/sequence_parallel_check.py worker ID PORT
       # one of 2 processes x 4 CPU devices (jax.distributed, gloo)
 
 Expected values are always the same call on one device: the unsharded
