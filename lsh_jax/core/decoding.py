@@ -48,6 +48,11 @@ from lsh_jax.core import chunked
 from lsh_jax.core import hashing
 from lsh_jax.core import masks
 
+__all__ = [
+    'dense_attend', 'lsh_prefix', 'lsh_step', 'n_keys', 'roll_buckets',
+    'round_offsets', 'select_keys', 'use_memory',
+]
+
 
 def n_keys(n_hashes, chunk_len, n_chunks_before):
   """Ks: how many memory positions a decoded LSH token attends to."""
