@@ -114,8 +114,6 @@ def _lsh(**kwargs):
      'attend_across_buckets must be True'),
     (_lsh, (B, 8, F + 1), r'input_shape must be \(batch, cache length, 6\)'),
     (_lsh, (8,), 'input_shape must be'),
-    (_lsh, (B, 3, F), r'drop_len must be <= 3 \(the cache length, '
-     r'input_shape\[-2\]\), got 4 \(the default, chunk_len\)'),
 ])
 def test_init_cache_errors(make, shape, match):
   with pytest.raises(ValueError, match=match):
@@ -135,3 +133,8 @@ def test_decode_call_errors():
     module(x[0], decode=True)
   with pytest.raises(ValueError, match='drop_len must be >= 1, got 0'):
     module.init_cache((B, 8, F), drop_len=0)
+  with pytest.raises(ValueError, match=r'drop_len must be <= 3 \(the cache '
+                     r'length, input_shape\[-2\]\), got 4'):
+    module.init_cache((B, 3, F), drop_len=4)
+  module.init_cache((B, 3, F))  # the default drop_len, chunk_len 4, is 3
+  assert module.cache.settings.drop_len == 3

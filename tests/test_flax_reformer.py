@@ -168,7 +168,8 @@ def test_reversible_gradients_equal_plain_autodiff():
   largest = max(float(jnp.max(jnp.abs(g))) for g in plain)
   worst = max(float(jnp.max(jnp.abs(a - b)))
               for a, b in zip(reversible, plain))
-  # Measured 1.6e-7 of the largest entry (reconstruction rounding).
+  # Measured 8.7e-8 of the largest entry (reconstruction rounding); 2.8e-7
+  # for [LSH, local, dense] x 2 with dropout 0.2.
   assert worst <= 1e-4 * largest, (worst, largest)
   assert largest > 0
 

@@ -44,7 +44,7 @@ def _padded_oracle(q, v, key, *, n_buckets, n_hashes, chunk_len, mask=None,
   v = np.asarray(v, np.float64)
   length = q.shape[0]
   if n_buckets is None:  # documented: the real length decides
-    n_buckets = lsh_jax.auto_n_buckets(length, chunk_len)
+    n_buckets = oracle.auto_n_buckets(length, chunk_len)
   extra = padding.padded_length(length, chunk_len) - length
   valid = np.ones(length, bool) if mask is None else np.asarray(mask)
   qp = np.pad(q, ((0, extra), (0, 0)))
@@ -114,7 +114,7 @@ def test_any_length_is_the_padded_masked_computation_exactly():
   qp, vp = jnp.pad(q, ((0, 3), (0, 0))), jnp.pad(v, ((0, 3), (0, 0)))
   by_hand = lsh_jax.lsh_attention(
       qp, vp, hash_key=KEY, mask=jnp.pad(mask, (0, 3)),
-      **dict(kwargs, n_buckets=lsh_jax.auto_n_buckets(length, 8)))
+      **dict(kwargs, n_buckets=oracle.auto_n_buckets(length, 8)))
   np.testing.assert_allclose(got, by_hand[:length], rtol=1e-6, atol=1e-6)
 
 

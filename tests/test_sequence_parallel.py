@@ -71,6 +71,7 @@ def _check_attention_report(report, full):
       "'seq' (8)" in errors['pairs'], errors
   assert 'T=60 must be divisible' in errors['length'], errors
   assert "'sequence' is not an axis of the mesh" in errors['axis'], errors
+  assert report['fallback_bit_identical']
 
 
 def test_head_exchange_is_bit_identical_to_one_device():

@@ -36,8 +36,8 @@ fixed for the whole decode:
                 them: O(Lm) selection plus O(Ks) attention.
   `lsh_prefix`  several tokens: chunked LSH attention over the rows read
                 (padded to a multiple of C), outputs of the new tokens.
-  `dense_attend` the dense twin: the new tokens attend to every position up
-                to their own, unchunked.
+  `dense_decode` the dense layers (shared QK or separate keys): the new
+                tokens attend to every position up to their own.
 """
 import jax
 import jax.numpy as jnp
@@ -46,6 +46,7 @@ from jax import lax
 from lsh_jax.core import attention
 from lsh_jax.core import chunked
 from lsh_jax.core import hashing
+from lsh_jax.core import local
 from lsh_jax.core import masks
 
 __all__ = [
@@ -205,29 +206,45 @@ def lsh_step(x, buckets, buckets_idx, hash_key, *, project, q_start,
   return probs @ v, buckets, jnp.asarray(q_start + 1, buckets_idx.dtype)
 
 
-def dense_attend(x, *, project, q_start, q_len):
-  """The new tokens' dense shared-QK attention, one (example, head) pair.
+def dense_decode(x, *, project, q_start, q_len, chunk_len=None,
+                 n_chunks_before=0, n_chunks_after=0, fill=None):
+  """The new tokens' dense attention, one (example, head) pair.
 
-  Each new token attends to every row up to its own position (causal; it
-  avoids itself unless nothing else is visible), as Trax's dense
-  `SelfAttention` decodes without chunks.
+  Trax's dense `SelfAttention` decoding: each new token attends to every
+  row up to its own position (causal), not only to its chunk window; with
+  shared QK (`project` giving no keys) it avoids itself unless nothing
+  else is visible. A long prefix given with `chunk_len` is attended in
+  chunks as in training (chunk n sees chunks n - n_chunks_before, ...,
+  n + n_chunks_after, wrapping around), padded with fill rows to a
+  multiple of C.
 
   Args:
-    x: rows [L', ...] (the memory or a long prefix); project: as in
-      `lsh_prefix`.
+    x: rows [L', ...] (the memory or a long prefix).
+    project: rows -> (q [., D], k [., D] or None (shared QK), v [., Dv]).
     q_start: int32[] the first new token's row; q_len: static.
+    chunk_len, n_chunks_before, n_chunks_after: a long prefix's chunking
+      (chunk_len None: none).
+    fill: padding rows (None: zeros).
 
   Returns:
     float[q_len, Dv].
   """
-  q, v = project(x)
-  keys = chunked.normalize_keys(q)
+  if chunk_len is not None:
+    length = jax.tree_util.tree_leaves(x)[0].shape[0]
+    x = _pad_rows(x, -(-length // chunk_len) * chunk_len, fill)
+  q, k, v = project(x)
+  keys = chunked.normalize_keys(q) if k is None else local.scale_keys(k)
   kv_pos = jnp.arange(q.shape[0], dtype=jnp.int32)
-  q = lax.dynamic_slice_in_dim(q, q_start, q_len)
-  dots = masks.mask_logits(q @ keys.T, q_start + jnp.arange(
-      q_len, dtype=jnp.int32), kv_pos, causal=True)
-  probs = jnp.exp(dots - jax.nn.logsumexp(dots, axis=-1, keepdims=True))
-  return probs @ v
+  if chunk_len is None:
+    q = lax.dynamic_slice_in_dim(q, q_start, q_len)
+    q_pos = q_start + jnp.arange(q_len, dtype=jnp.int32)
+  else:
+    q_pos = kv_pos
+  o = local.attend(q, keys, v, q_pos=q_pos, kv_pos=kv_pos, kv_valid=None,
+                   causal=True, exclude_self=k is None, chunk_len=chunk_len,
+                   n_chunks_before=n_chunks_before if chunk_len else 0,
+                   n_chunks_after=n_chunks_after if chunk_len else 0)
+  return o[:q_len]
 
 
 def _append(mem, mem_end, x, drop_len, fill):

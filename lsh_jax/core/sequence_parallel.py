@@ -75,12 +75,16 @@ def resolve_layout(query, *, mesh=None, sequence_axis=None, batch_axis=None,
   `mesh` and `sequence_axis` come from the arguments or, when not given,
   from the query's NamedSharding (its spec on the T axis); `batch_axis`
   from the argument or that spec's B entry. None: the call is not
-  sequence-parallel.
+  sequence-parallel (also when the layout was only read from the
+  sharding and the exchange cannot split its sizes: then XLA partitions
+  the one-device program, as without this module).
 
   Raises:
     ValueError: an axis not in the mesh, a mesh without an axis, or sizes
-      the exchange cannot split, naming them.
+      the exchange cannot split when mesh= or sequence_axis= asked for it,
+      naming them.
   """
+  asked = mesh is not None or sequence_axis is not None
   sharding = _input_sharding(query)
   spec = tuple(sharding.spec) if sharding is not None else ()
   t_axis = 1 if batched else 0
@@ -121,7 +125,12 @@ def resolve_layout(query, *, mesh=None, sequence_axis=None, batch_axis=None,
                        else (batch_axis,)):
     raise ValueError(f'batch_axis and sequence_axis must differ, both name '
                      f'{sequence_axis!r}')
-  _check_sizes(np.shape(query), mesh, sequence_axis, batch_axis, batched)
+  try:
+    _check_sizes(np.shape(query), mesh, sequence_axis, batch_axis, batched)
+  except ValueError:
+    if asked:
+      raise
+    return None  # read from the sharding only: XLA partitions it as before
   return Layout(mesh, sequence_axis, batch_axis)
 
 

@@ -6,6 +6,9 @@
   LSHSelfAttention    Reformer's LSH self-attention, an `nnx.Module`
   SelfAttention       its dense twin: the same parameters, exact attention
   LocalSelfAttention  separate keys, chunked or dense (Trax's SelfAttention)
+  generate            greedy or temperature sampling from a ReformerLM,
+                      decoding with caches (`decode=True`, `init_cache` on
+                      the model and on each attention module)
   from_trax           a Trax ReformerLM (live or a checkpoint file) as a
                       ReformerLM with its weights
 
@@ -20,9 +23,10 @@ _extras.require('flax', 'lsh_jax.flax')
 
 from lsh_jax.flax.attention import LSHSelfAttention  # noqa: E402
 from lsh_jax.flax.attention import SelfAttention  # noqa: E402
-from lsh_jax.flax.local import LocalSelfAttention  # noqa: E402
 from lsh_jax.flax.from_trax import from_trax  # noqa: E402
+from lsh_jax.flax.generation import generate  # noqa: E402
+from lsh_jax.flax.local import LocalSelfAttention  # noqa: E402
 from lsh_jax.flax.reformer import ReformerLM  # noqa: E402
 
 __all__ = ['LSHSelfAttention', 'LocalSelfAttention', 'ReformerLM',
-           'SelfAttention', 'from_trax']
+           'SelfAttention', 'from_trax', 'generate']

@@ -183,7 +183,8 @@ class SelfAttention(nnx.Module):
         (Trax's `predict_mem_len`).
       dtype: the cache's dtype.
       drop_len: positions dropped when the cache is full (Trax's
-        `predict_drop_len`): default chunk_len (LSH), Lm // 2 (dense).
+        `predict_drop_len`): default chunk_len (chunked modules), Lm // 2
+        (dense), at most Lm.
 
     Raises:
       ValueError: a module that cannot decode (causal=False, LSH with

@@ -1,5 +1,7 @@
 """Decoding with a cache: the Flax modules' `decode=True` and `init_cache`.
 
+For `LSHSelfAttention`, `SelfAttention` and `LocalSelfAttention`.
+
 As Flax's `nnx.MultiHeadAttention`: `module.init_cache(input_shape)` puts
 the cache in `nnx.Cache` variables (`nnx.state(module, nnx.Cache)`), and a
 call with `decode=True` (on the call or the module) reads and updates it.
@@ -16,7 +18,9 @@ The algorithm is Trax 1.4.1's `mode='predict'`, the one
     (`hash_key`, one key per (example, head) as in `lsh_self_attention`), and
     attends to the `n_hashes * chunk_len * (1 + n_chunks_before)` positions
     sharing a bucket with it, topped up with the most recent others; the
-    dense module attends to every position in the cache up to its own.
+    dense modules attend to every position in the cache up to their own
+    (not only to their chunk window, as Trax's dense decoding; a long
+    prefix is attended in chunks as in training).
 
 A step costs O(Lm) whatever the number of tokens decoded before. Positions
 not yet written hold the projections of a zero input, as Trax's memory of
@@ -48,13 +52,15 @@ __all__ = [
 class Settings:
   """A module's static decoding settings (hashable: a jit static argument).
 
-  n_hashes 0 is the dense module; n_buckets is resolved (never None).
+  n_hashes 0: a dense module (chunk_len then only chunks a long prefix,
+  None: no chunks); n_buckets is resolved (never None).
   """
   drop_len: int
   n_hashes: int = 0
   n_buckets: Union[int, Tuple[int, ...], None] = None
-  chunk_len: int = 0
+  chunk_len: Optional[int] = None
   n_chunks_before: int = 0
+  n_chunks_after: int = 0
 
 
 class Cache(nnx.Module):
@@ -62,7 +68,9 @@ class Cache(nnx.Module):
 
   Attributes:
     index: int32[], where the next token goes (Trax's `mem_end`).
-    qk: float[B, Lm, N, H], value: float[B, Lm, N, Hv], the projections.
+    qk: float[B, Lm, N, H], value: float[B, Lm, N, Hv], the projections
+      (`LocalSelfAttention`: qk holds its queries, `key` [B, Lm, N, H] its
+      keys; None for the shared-QK modules).
     buckets: LSH only, int32[B, N, R, Lm] the positions' bucket ids (Trax's
       flat ids with round offsets).
     settings: `Settings`; batched: whether calls take [B, T, F] (else
@@ -70,10 +78,14 @@ class Cache(nnx.Module):
   """
 
   def __init__(self, *, batch, mem_len, num_heads, depth, v_depth, settings,
-               batched, dtype):
+               batched, separate_keys, dtype):
     self.settings, self.batched = settings, batched
     self.index = nnx.Cache(jnp.zeros((), jnp.int32))
     self.qk = nnx.Cache(jnp.zeros((batch, mem_len, num_heads, depth), dtype))
+    self.key = nnx.data(None)
+    if separate_keys:
+      self.key = nnx.Cache(jnp.zeros((batch, mem_len, num_heads, depth),
+                                     dtype))
     self.value = nnx.Cache(jnp.zeros((batch, mem_len, num_heads, v_depth),
                                      dtype))
     self.buckets = nnx.data(None)
@@ -88,7 +100,7 @@ def _check_module(module):
     raise ValueError('decode=True needs causal=True (decoding sees only '
                      'earlier tokens), got causal=False')
   if getattr(module, 'n_hashes', None) is None:
-    return
+    return  # dense: Trax's dense decoding allows n_chunks_after
   if module.n_chunks_after:
     raise ValueError(f'decode=True needs n_chunks_after=0 (later chunks are '
                      f'not decoded yet), got {module.n_chunks_after}')
@@ -100,24 +112,33 @@ def _check_module(module):
         f'{module.attend_across_buckets}')
 
 
+def _projections(module):
+  """The module's projections the cache keeps: (qk, value) or, with
+  separate keys (`LocalSelfAttention`), (qk, key, value)."""
+  if getattr(module, 'key', None) is not None:
+    return module.qk, module.key, module.value
+  return module.qk, module.value
+
+
 def settings_for(module, mem_len: int, drop_len: Optional[int]) -> Settings:
   """The module's `Settings` for a cache of `mem_len` positions.
 
-  drop_len None: chunk_len for LSH (Trax's default), half the cache (at
-  least 1) for the dense module (Trax has no default without chunks).
+  drop_len None: chunk_len when the module has chunks (Trax's default),
+  else half the cache, at least 1 (Trax has no default without chunks);
+  at most the cache's length.
   """
   n_hashes = getattr(module, 'n_hashes', None)
+  chunk_len = getattr(module, 'chunk_len', None)
   if drop_len is None:
-    drop_len = module.chunk_len if n_hashes else max(1, mem_len // 2)
-    what = 'the default, chunk_len' if n_hashes else 'the default'
-  else:
-    drop_len = validation.check_positive_int('drop_len', drop_len)
-    what = 'given'
+    drop_len = min(chunk_len or max(1, mem_len // 2), mem_len)
+  drop_len = validation.check_positive_int('drop_len', drop_len)
   if drop_len > mem_len:
     raise ValueError(f'drop_len must be <= {mem_len} (the cache length, '
-                     f'input_shape[-2]), got {drop_len} ({what})')
+                     f'input_shape[-2]), got {drop_len}')
   if not n_hashes:
-    return Settings(drop_len=drop_len)
+    return Settings(drop_len=drop_len, chunk_len=chunk_len,
+                    n_chunks_before=getattr(module, 'n_chunks_before', 0),
+                    n_chunks_after=getattr(module, 'n_chunks_after', 0))
   n_buckets = module.n_buckets
   if n_buckets is None:  # what the module would use on a whole cache
     n_buckets = lsh_jax.auto_n_buckets(mem_len, module.chunk_len)
@@ -148,7 +169,8 @@ def init_cache(module, input_shape: Sequence[int], dtype=jnp.float32,
       num_heads=num_heads, depth=module.qk_features // num_heads,
       v_depth=module.v_features // num_heads,
       settings=settings_for(module, mem_len, drop_len),
-      batched=len(shape) == 3, dtype=dtype)
+      batched=len(shape) == 3, separate_keys=len(_projections(module)) == 3,
+      dtype=dtype)
 
 
 def decode(module, x: jax.Array, mask=None) -> jax.Array:
@@ -173,17 +195,22 @@ def decode(module, x: jax.Array, mask=None) -> jax.Array:
     raise ValueError(f'x must have shape {expected}, as the cache made by '
                      f'init_cache, got {tuple(x.shape)}')
   xb = x if cache.batched else x[None]
+  projections = _projections(module)
   zero = jnp.zeros((1, xb.shape[-1]), xb.dtype)  # Trax's unwritten input
-  fill = (module.qk(zero)[0], module.value(zero)[0])  # [N, H], [N, Hv]
+  fill = tuple(p(zero)[0] for p in projections)  # [N, H], ..., [N, Hv]
+  stored = [cache.qk, cache.value] if cache.key is None else [
+      cache.qk, cache.key, cache.value]
   keys = None
   if cache.settings.n_hashes:
     keys = multihead.head_keys(module.hash_key[...], batch, module.num_heads)
-  out, (qk, value), index, buckets = attend(
-      (module.qk(xb), module.value(xb)), fill,
-      (cache.qk[...], cache.value[...]), cache.index[...],
+  out, mem, index, buckets = attend(
+      tuple(p(xb) for p in projections), fill,
+      tuple(variable[...] for variable in stored), cache.index[...],
       None if cache.buckets is None else cache.buckets[...], keys,
       settings=cache.settings)
-  cache.qk[...], cache.value[...], cache.index[...] = qk, value, index
+  for variable, value in zip(stored, mem):
+    variable[...] = value
+  cache.index[...] = index
   if cache.buckets is not None:
     cache.buckets[...] = buckets
   out = module.out(out.astype(xb.dtype))
@@ -195,9 +222,11 @@ def attend(new, fill, mem, index, buckets, keys, *, settings):
   """One decoding call of the attention itself, all (example, head) pairs.
 
   Args:
-    new: (qk float[B, T, N, H], value float[B, T, N, Hv]) of the new tokens.
-    fill: (float[N, H], float[N, Hv]), the projections of a zero input.
-    mem: the cache's (qk [B, Lm, N, H], value [B, Lm, N, Hv]).
+    new: (qk float[B, T, N, H], value float[B, T, N, Hv]) of the new tokens
+      (separate keys: (q, k, value)).
+    fill: (float[N, H], float[N, Hv]), the projections of a zero input
+      (separate keys: three).
+    mem: the cache's (qk [B, Lm, N, H], value [B, Lm, N, Hv]) (or three).
     index: int32[] where the next token goes.
     buckets: int32[B, N, R, Lm] (LSH) or None (dense).
     keys: PRNG keys [B, N] (LSH) or None.
@@ -215,12 +244,24 @@ def attend(new, fill, mem, index, buckets, keys, *, settings):
   inputs, mem, q_start, new_index = decoding.use_memory(
       new, index, mem, drop_len=settings.drop_len, fill=fill)
   identity = lambda rows: rows
-  rows_axes = (1, 1)  # heads of an example's [L', N, .] rows
+  rows_axes = (1,) * len(new)  # heads of an example's [L', N, .] rows
+  fill_axes = (0,) * len(new)
   if not settings.n_hashes:
-    pair = functools.partial(decoding.dense_attend, project=identity,
-                             q_start=q_start, q_len=n_new)
-    per_example = jax.vmap(pair, in_axes=(rows_axes,), out_axes=1)
-    return jax.vmap(per_example)(inputs), mem, new_index, buckets
+    mem_len = mem[0].shape[1]
+    long_prefix = not (n_new <= settings.drop_len and n_new < mem_len)
+    chunked = (long_prefix and settings.chunk_len is not None and
+               n_new > settings.chunk_len)
+    pair = functools.partial(
+        decoding.dense_decode,
+        project=(lambda r: (r[0], None, r[1])) if len(new) == 2 else identity,
+        q_start=q_start, q_len=n_new,
+        chunk_len=settings.chunk_len if chunked else None,
+        n_chunks_before=settings.n_chunks_before,
+        n_chunks_after=settings.n_chunks_after)
+    per_example = jax.vmap(lambda rows, f: pair(rows, fill=f),
+                           in_axes=(rows_axes, fill_axes), out_axes=1)
+    out = jax.vmap(per_example, in_axes=(0, None))(inputs, fill)
+    return out, mem, new_index, buckets
   common = dict(project=identity, q_start=q_start,
                 n_buckets=settings.n_buckets, n_hashes=settings.n_hashes,
                 chunk_len=settings.chunk_len,
@@ -237,7 +278,7 @@ def attend(new, fill, mem, index, buckets, keys, *, settings):
           fill=pair_fill, **common)
     return o, pair_buckets
 
-  per_example = jax.vmap(pair, in_axes=(rows_axes, (0, 0), 0, 0),
+  per_example = jax.vmap(pair, in_axes=(rows_axes, fill_axes, 0, 0),
                          out_axes=(1, 0))
   o, buckets = jax.vmap(per_example, in_axes=(0, None, 0, 0))(
       inputs, fill, buckets, keys)

@@ -25,6 +25,7 @@ from lsh_jax import core
 from lsh_jax.core import local
 from lsh_jax.core import validation
 from lsh_jax.flax import attention
+from lsh_jax.flax import decoding
 
 __all__ = ['LocalSelfAttention']
 
@@ -71,9 +72,12 @@ class LocalSelfAttention(attention.SelfAttention):
     self.key = nnx.LinearGeneral(
         in_features, (num_heads, self.qk_features // num_heads), **projection)
 
-  def __call__(self, x, mask=None, *, deterministic=None, rngs=None):
+  def __call__(self, x, mask=None, *, deterministic=None, rngs=None,
+               decode=None):
     """Self-attention over x [B, T, F] (or [T, F]); see `SelfAttention`."""
     self._check_input(x)
+    if self.decode if decode is None else decode:  # lsh_jax.flax.decoding
+      return decoding.decode(self, x, mask)
     deterministic = bool(self.deterministic if deterministic is None
                          else deterministic)
     drop_rngs = rngs if rngs is not None else self.dropout_rngs

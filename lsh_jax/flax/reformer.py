@@ -58,6 +58,7 @@ from flax import nnx
 from lsh_jax.core import validation
 from lsh_jax.flax import dropout as dropout_lib
 from lsh_jax.flax import feed_forward
+from lsh_jax.flax import generation
 from lsh_jax.flax import positional
 from lsh_jax.flax import reversible as reversible_lib
 from lsh_jax.flax.attention import LSHSelfAttention
@@ -187,6 +188,8 @@ class ReformerLM(nnx.Module):
     reversible: True: the backward pass recomputes activations
       (`reversible.py`); False: plain autodiff of the same blocks.
     deterministic: default mode (False: training), as the attention modules.
+    decode: default for the call's `decode` (decoding with the caches of
+      `init_cache`; lsh_jax.flax.generation).
     rngs: `nnx.Rngs` ('params', 'hash', 'dropout'; see the module docstring).
 
   Example (a tiny model; logits for every position and token):
@@ -216,7 +219,8 @@ class ReformerLM(nnx.Module):
                pos_d_axial_embs: Optional[Sequence[int]] = None,
                ff_activation: Union[str, Callable] = 'FastGelu',
                ff_chunk_size: int = 0, *, reversible: bool = True,
-               deterministic: bool = False, rngs: nnx.Rngs):
+               deterministic: bool = False, decode: bool = False,
+               rngs: nnx.Rngs):
     for name, value in (('vocab_size', vocab_size), ('d_model', d_model),
                         ('d_attention_key', d_attention_key),
                         ('d_attention_value', d_attention_value),
@@ -275,10 +279,27 @@ class ReformerLM(nnx.Module):
                              rngs=rngs)
     self.hash_rngs = _fork(rngs, HASH_STREAM)
     self.dropout_rngs = _fork(rngs, 'dropout')
+    # Decoding (lsh_jax.flax.generation): init_cache makes the cache.
+    self.decode, self.cache = decode, nnx.data(None)
+
+  def init_cache(self, input_shape: Sequence[int], dtype=jnp.float32, *,
+                 drop_len: Optional[int] = None) -> None:
+    """Makes the caches for `decode=True`, as Flax's attention does.
+
+    Args:
+      input_shape: (B, Lm): calls then take int[B, T] and every attention
+        layer keeps the last Lm positions (Trax's `predict_mem_len`).
+      dtype: the caches' dtype.
+      drop_len: positions dropped when a cache is full (Trax's
+        `predict_drop_len`; default per layer, see the attention modules'
+        `init_cache`).
+    """
+    generation.init_cache(self, input_shape, dtype, drop_len)
 
   def __call__(self, tokens: jax.Array, mask: Optional[jax.Array] = None, *,
                deterministic: Optional[bool] = None,
-               rngs: Optional[nnx.Rngs] = None) -> jax.Array:
+               rngs: Optional[nnx.Rngs] = None,
+               decode: Optional[bool] = None) -> jax.Array:
     """Logits of the next token at every position.
 
     Args:
@@ -289,12 +310,17 @@ class ReformerLM(nnx.Module):
       deterministic: overrides the model's mode for this call.
       rngs: an `nnx.Rngs` to draw this call's hash and dropout keys from
         (its 'hash' and 'dropout' streams) instead of the model's own.
+      decode: overrides the model's `decode`: tokens are the model's inputs
+        at the next positions (no shift: the first call starts with 0),
+        decoded with the caches of `init_cache` (lsh_jax.flax.generation).
 
     Returns:
       float[B, T, vocab_size]: position t predicts tokens[:, t] from
       tokens[:, :t].
     """
     _check_tokens(tokens, mask)
+    if self.decode if decode is None else decode:
+      return generation.decode(self, tokens, mask)
     deterministic = bool(self.deterministic if deterministic is None
                          else deterministic)
     batch, length = np.shape(tokens)

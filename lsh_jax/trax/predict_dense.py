@@ -16,19 +16,17 @@ positions when full), a long prefix is only taken at the start.
 
 Each new token attends to every memory position up to its own (causal; with
 shared QK it avoids itself as in training), not only to its chunk window,
-as in Trax. A long prefix (T > C, at the start) runs the layer's chunked
-attention over the prefix, padded with zeros to a multiple of C when it is
-not one (Trax requires a multiple; the padding is in the future of every
-real token, so the causal mask hides it).
+as in Trax (`lsh_jax.core.decoding.dense_decode`, which the Flax modules'
+decode=True runs too). A long prefix (T > C, at the start) runs the layer's
+chunked attention over the prefix, padded with zeros to a multiple of C
+when it is not one (Trax requires a multiple; the padding is in the future
+of every real token, so the causal mask hides it).
 """
 import functools
 
 import jax
-import jax.numpy as jnp
-from jax import lax
 
-from lsh_jax.core import chunked as core_chunked
-from lsh_jax.core import local as trax_dense
+from lsh_jax.core import decoding
 from lsh_jax.trax import heads as trax_heads
 from lsh_jax.trax import kernels as trax_kernels
 from lsh_jax.trax import predict as trax_predict
@@ -52,25 +50,14 @@ def head(x, mask, weights, state, *, spec, q_start, q_len, chunked):
     (out float[T, Dm], state).
   """
   del mask
-  if chunked:
-    length = x.shape[0]
-    padded = -(-length // spec.chunk_len) * spec.chunk_len
-    x = jnp.pad(x, ((0, padded - length), (0, 0)))
-  q, k, v, w_o = trax_kernels.project(x, weights, spec)
-  keys = (core_chunked.normalize_keys(q) if k is None else
-          trax_dense.scale_keys(k))
-  kv_pos = jnp.arange(x.shape[0], dtype=jnp.int32)
-  if chunked:
-    q_pos = kv_pos
-  else:
-    q = lax.dynamic_slice_in_dim(q, q_start, q_len)
-    q_pos = q_start + jnp.arange(q_len, dtype=jnp.int32)
-  o = trax_dense.attend(
-      q, keys, v, q_pos=q_pos, kv_pos=kv_pos, kv_valid=None, causal=True,
-      exclude_self=k is None, chunk_len=spec.chunk_len if chunked else None,
-      n_chunks_before=spec.n_chunks_before if chunked else 0,
-      n_chunks_after=spec.n_chunks_after if chunked else 0)
-  return o[:q_len] @ w_o, state
+  w_o = weights[2 if spec.share_qk else 3]  # trax_kernels.project's order
+  project = lambda rows: trax_kernels.project(rows, weights, spec)[:3]
+  o = decoding.dense_decode(
+      x, project=project, q_start=q_start, q_len=q_len,
+      chunk_len=spec.chunk_len if chunked else None,
+      n_chunks_before=spec.n_chunks_before,
+      n_chunks_after=spec.n_chunks_after)
+  return o @ w_o, state
 
 
 @functools.partial(jax.jit, static_argnames=('spec',))
