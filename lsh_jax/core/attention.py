@@ -139,6 +139,21 @@ def lsh_attention(q: ArrayLike, v: ArrayLike, *, hash_key: ArrayLike,
   Raises:
     ValueError, before tracing, for any argument that cannot work (see
     `lsh_jax.core.validation`), naming the argument and what was expected.
+
+  Example (one head; with one chunk holding every token, LSH attention is
+  dense attention):
+
+  >>> import jax, jax.numpy as jnp
+  >>> from lsh_jax import full_attention, lsh_attention
+  >>> q = jax.random.normal(jax.random.key(0), (10, 4))
+  >>> v = jax.random.normal(jax.random.key(1), (10, 3))
+  >>> lsh_attention(q, v, hash_key=jax.random.key(2), n_hashes=2,
+  ...               chunk_len=4, causal=True).shape
+  (10, 3)
+  >>> one_chunk = lsh_attention(q, v, hash_key=jax.random.key(2), n_hashes=1,
+  ...                           chunk_len=10, n_chunks_before=0)
+  >>> bool(jnp.allclose(one_chunk, full_attention(q, v), atol=1e-5))
+  True
   """
   rate = validation.check_attention_args(
       q, v, mask, chunk_len, n_chunks_before, n_chunks_after,
@@ -185,6 +200,17 @@ def lsh_attention_from_buckets(
 
   Returns:
     float[L, Dv].
+
+  Example (one round, every token in one bucket; constant values):
+
+  >>> import jax, jax.numpy as jnp
+  >>> from lsh_jax import lsh_attention_from_buckets
+  >>> q = jax.random.normal(jax.random.key(0), (8, 4))
+  >>> buckets = jnp.zeros((1, 8), jnp.int32)
+  >>> out = lsh_attention_from_buckets(q, jnp.ones((8, 2)), buckets,
+  ...                                  chunk_len=4)
+  >>> out.shape, bool(jnp.allclose(out, 1.0))
+  ((8, 2), True)
   """
   rate = validation.check_attention_args(
       q, v, mask, chunk_len, n_chunks_before, n_chunks_after,

@@ -26,8 +26,13 @@ import jax.numpy as jnp
 
 from lsh_jax.core import masks
 
+__all__ = [
+    'chunked_attend', 'chunked_attend_backward', 'dropout_multiplier',
+    'halo_chunk_ids', 'normalize_keys',
+]
 
-def normalize_keys(sq):
+
+def normalize_keys(sq: jax.Array) -> jax.Array:
   """Shared-QK keys: unit RMS, then scaled by 1/sqrt(D).
 
   Args:
@@ -272,10 +277,15 @@ def _attend_blocks_bwd(n_windows, causal, block, residuals, grads, *,
 _attend_blocks.defvjp(_attend_blocks_fwd, _attend_blocks_bwd)
 
 
-def chunked_attend(sq, q_pos, k_ext, v_ext, pos_ext, valid_ext=None, *,
-                   n_chunks_before=1, n_chunks_after=0, causal=False,
-                   dropout_multiplier=None, chunks_per_block=None,
-                   logit_bias=None):
+def chunked_attend(sq: jax.Array, q_pos: jax.Array, k_ext: jax.Array,
+                   v_ext: jax.Array, pos_ext: jax.Array,
+                   valid_ext: jax.Array | None = None, *,
+                   n_chunks_before: int = 1, n_chunks_after: int = 0,
+                   causal: bool = False,
+                   dropout_multiplier: jax.Array | None = None,
+                   chunks_per_block: int | None = None,
+                   logit_bias: jax.Array | None = None,
+                   ) -> tuple[jax.Array, jax.Array]:
   """Attention within chunks and their neighbours, one hash round.
 
   With E = before + M + after extended chunks: the round's halo before,

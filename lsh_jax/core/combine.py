@@ -9,15 +9,18 @@ probability mass each round found.
 import jax
 import jax.numpy as jnp
 
-__all__ = ['combine_rounds', 'round_weights']
+__all__ = [
+    'add_round', 'combine_rounds', 'finish_rounds', 'finish_rounds_backward',
+    'no_rounds', 'round_weights',
+]
 
 
-def round_weights(lse):
+def round_weights(lse: jax.Array) -> jax.Array:
   """softmax over rounds: float[R, L] -> float[R, L], columns sum to 1."""
   return jnp.exp(lse - jax.nn.logsumexp(lse, axis=0, keepdims=True))
 
 
-def combine_rounds(o, lse):
+def combine_rounds(o: jax.Array, lse: jax.Array) -> jax.Array:
   """Combines per-round outputs.
 
   Args:

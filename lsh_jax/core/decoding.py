@@ -49,6 +49,11 @@ from lsh_jax.core import hashing
 from lsh_jax.core import local
 from lsh_jax.core import masks
 
+__all__ = [
+    'dense_attend', 'lsh_prefix', 'lsh_step', 'n_keys', 'roll_buckets',
+    'round_offsets', 'select_keys', 'use_memory',
+]
+
 
 def n_keys(n_hashes, chunk_len, n_chunks_before):
   """Ks: how many memory positions a decoded LSH token attends to."""

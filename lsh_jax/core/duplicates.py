@@ -31,6 +31,8 @@ The counts depend on the hash alone: integers, no gradient.
 import jax
 import jax.numpy as jnp
 
+__all__ = ['BUCKET_PENALTY', 'flat_chunks', 'round_logit_bias']
+
 # A key outside the query's bucket (attend_across_buckets=False): further
 # down than the self penalty (1e5), so that a token with no other candidate
 # in its bucket falls back on itself (always in its own bucket), as at the

@@ -5,7 +5,7 @@ slices of one rotation array, drawn with the same shape and key as Trax's
 `hash_vecs` so that the same key gives the same buckets.
 """
 import math
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -13,10 +13,15 @@ from jax.typing import ArrayLike
 
 from lsh_jax.core import validation
 
+__all__ = [
+    'auto_n_buckets', 'bucket_factors', 'Buckets', 'hash_vectors',
+    'hash_with_rotations', 'n_buckets_total', 'NBuckets', 'random_rotations',
+]
+
 # An even int, or a sequence of even factors (their product is the count).
-Buckets = Union[int, Sequence[int]]
+Buckets = int | Sequence[int]
 # Where the automatic count is allowed (resolved by `auto_n_buckets`).
-NBuckets = Optional[Buckets]
+NBuckets = int | Sequence[int] | None
 
 # Tokens hashed per step for long inputs (see `hash_with_rotations`).
 _TOKENS_PER_BLOCK = 4096
@@ -35,7 +40,7 @@ def n_buckets_total(n_buckets):
 
 
 def auto_n_buckets(length: int,
-                   chunk_len: int) -> Union[int, tuple[int, int]]:
+                   chunk_len: int) -> int | tuple[int, int]:
   """Trax's automatic bucket count for a sequence of `length` tokens.
 
   About two buckets per chunk, so that a bucket fits in a chunk on average;
@@ -44,6 +49,14 @@ def auto_n_buckets(length: int,
 
   Returns:
     An even int, or a tuple of two even ints.
+
+  Example:
+
+  >>> from lsh_jax import auto_n_buckets
+  >>> auto_n_buckets(1024, 64)  # 16 chunks: two buckets a chunk
+  32
+  >>> auto_n_buckets(65536, 64)  # 2048 buckets, in two factors
+  (64, 32)
   """
   n = 2 * max(1, length // chunk_len)
   if n <= 128:
@@ -97,7 +110,9 @@ def _hash_round(vecs, rotation, factors):
   return buckets
 
 
-def hash_with_rotations(vecs, rotations, n_buckets, mask=None):
+def hash_with_rotations(vecs: ArrayLike, rotations: ArrayLike,
+                        n_buckets: Buckets,
+                        mask: ArrayLike | None = None) -> jax.Array:
   """Bucket ids for given rotations.
 
   Args:
@@ -132,7 +147,7 @@ def hash_with_rotations(vecs, rotations, n_buckets, mask=None):
 
 
 def hash_vectors(vecs: ArrayLike, *, hash_key: ArrayLike, n_buckets: Buckets,
-                 n_hashes: int, mask: Optional[ArrayLike] = None) -> jax.Array:
+                 n_hashes: int, mask: ArrayLike | None = None) -> jax.Array:
   """Hashes `vecs` into buckets, `n_hashes` independent rounds.
 
   Args:
@@ -148,6 +163,16 @@ def hash_vectors(vecs: ArrayLike, *, hash_key: ArrayLike, n_buckets: Buckets,
   Returns:
     int32[R, L] bucket ids, no round offsets; padding tokens get the id
     `prod(factors)`.
+
+  Example (three rounds of four buckets):
+
+  >>> import jax
+  >>> from lsh_jax import hash_vectors
+  >>> vecs = jax.random.normal(jax.random.key(0), (10, 4))
+  >>> b = hash_vectors(vecs, hash_key=jax.random.key(1), n_buckets=4,
+  ...                  n_hashes=3)
+  >>> b.shape, str(b.dtype), bool(((b >= 0) & (b < 4)).all())
+  ((3, 10), 'int32', True)
   """
   validation.check_matrix('vecs', vecs)
   length, depth = vecs.shape

@@ -18,6 +18,8 @@ import jax.numpy as jnp
 from lsh_jax.core import chunked
 from lsh_jax.core import masks
 
+__all__ = ['attend', 'look_adjacent', 'scale_keys']
+
 
 def scale_keys(k: jax.Array) -> jax.Array:
   """Separate keys [L, D] scaled by 1/sqrt(D) (no length normalisation)."""

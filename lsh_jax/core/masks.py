@@ -6,6 +6,11 @@ agree with Trax bit for bit wherever the masks agree.
 """
 import jax.numpy as jnp
 
+__all__ = [
+    'at_least_float32', 'CAUSAL_PENALTY', 'mask_logits', 'PADDING_PENALTY',
+    'SELF_PENALTY',
+]
+
 # A key in the future is impossible: exp(-1e9) underflows to exactly 0.
 CAUSAL_PENALTY = 1e9
 # Keys are the queries themselves, so q.k_self is always the largest dot

@@ -19,7 +19,6 @@ the first example of a batch. One head reproduced by hand:
 Attention dropout keys are derived from `dropout_key` the same way.
 """
 import functools
-from typing import Optional, Sequence, Tuple, Union
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +29,8 @@ from lsh_jax.core import hashing
 from lsh_jax.core import pairs as pairs_lib
 from lsh_jax.core import sequence_parallel
 from lsh_jax.core import validation
+
+__all__ = ['head_keys', 'lsh_self_attention', 'pair_keys']
 
 _STATIC = ('n_buckets', 'n_hashes', 'chunk_len', 'n_chunks_before',
            'n_chunks_after', 'causal', 'attention_dropout',
@@ -133,21 +134,21 @@ def lsh_self_attention(
     value: jax.typing.ArrayLike,
     *,
     hash_key: jax.Array,
-    n_buckets: Union[int, Sequence[int], None] = None,
+    n_buckets: hashing.NBuckets = None,
     n_hashes: int,
     chunk_len: int,
     n_chunks_before: int = 1,
     n_chunks_after: int = 0,
     causal: bool = False,
-    mask: Optional[jax.typing.ArrayLike] = None,
+    mask: jax.typing.ArrayLike | None = None,
     attention_dropout: float = 0.0,
-    dropout_key: Optional[jax.Array] = None,
+    dropout_key: jax.Array | None = None,
     allow_duplicate_attention: bool = True,
     attend_across_buckets: bool = True,
-    n_parallel_heads: Optional[int] = None,
-    mesh: Optional[jax.sharding.Mesh] = None,
-    sequence_axis: Optional[str] = None,
-    batch_axis: Union[str, Tuple[str, ...], None] = None,
+    n_parallel_heads: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    sequence_axis: str | None = None,
+    batch_axis: str | tuple[str, ...] | None = None,
 ) -> jax.Array:
   """LSH self-attention over batch and heads, jax.nn's layout.
 
@@ -200,6 +201,17 @@ def lsh_self_attention(
     ValueError, before tracing, naming the argument and what was expected
     (for sequence parallelism also: B * N (or B / batch-axis size * N)
     not divisible by the sequence axis's size, naming the sizes).
+
+  Example (jax.nn's [B, T, N, H] layout; constant values):
+
+  >>> import jax, jax.numpy as jnp
+  >>> from lsh_jax import lsh_self_attention
+  >>> query = jax.random.normal(jax.random.key(0), (2, 16, 3, 4))
+  >>> value = jnp.ones((2, 16, 3, 5))
+  >>> out = lsh_self_attention(query, value, hash_key=jax.random.key(1),
+  ...                          n_hashes=2, chunk_len=8)
+  >>> out.shape, bool(jnp.allclose(out, 1.0))
+  ((2, 16, 3, 5), True)
   """
   batched = _check_inputs(query, value, mask)
   layout = sequence_parallel.resolve_layout(

@@ -20,6 +20,10 @@ the probability is exactly 0).
 """
 import jax.numpy as jnp
 
+__all__ = [
+    'needs_preparing', 'pad_to_chunks', 'padded_length', 'prepare', 'strip',
+]
+
 
 def padded_length(length, chunk_len):
   """The smallest multiple of `chunk_len` that is >= `length`."""

@@ -10,6 +10,8 @@ import jax.numpy as jnp
 
 from lsh_jax.core import attention
 
+__all__ = ['attend_pairs', 'flat_keys', 'from_pairs', 'pair_mask', 'to_pairs']
+
 
 def to_pairs(x: jax.Array) -> jax.Array:
   """[B, T, N, ...] -> [P, T, ...], pair p = b * N + n (`head_keys`' order)."""

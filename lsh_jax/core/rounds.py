@@ -26,17 +26,23 @@ from lsh_jax.core import combine
 from lsh_jax.core import duplicates
 from lsh_jax.core import sorting
 
-__all__ = ['attend_round', 'attend_rounds', 'attend_rounds_in_turn']
+__all__ = ['NO_CORRECTION', 'attend_round', 'attend_rounds',
+           'attend_rounds_in_turn']
 
 # The flags of the duplicate-count correction, (allow_duplicate_attention,
 # attend_across_buckets); this value changes nothing (docs/algorithm.md).
 NO_CORRECTION = (True, True)
 
 
-def attend_round(round_index, *, q, keys, v, mask, sticker, undo, chunk_len,
-                 n_chunks_before, n_chunks_after, causal,
-                 dropout_multiplier=None, chunks_per_block=None,
-                 buckets=None, correction=NO_CORRECTION):
+def attend_round(round_index: jax.Array | int, *, q: jax.Array,
+                 keys: jax.Array, v: jax.Array, mask: jax.Array | None,
+                 sticker: jax.Array, undo: jax.Array, chunk_len: int,
+                 n_chunks_before: int, n_chunks_after: int, causal: bool,
+                 dropout_multiplier: jax.Array | None = None,
+                 chunks_per_block: int | None = None,
+                 buckets: jax.Array | None = None,
+                 correction: tuple[bool, bool] = NO_CORRECTION,
+                 ) -> tuple[jax.Array, jax.Array]:
   """Steps 2-4 of docs/algorithm.md for round `round_index`.
 
   Args:

@@ -33,6 +33,11 @@ from jax.sharding import PartitionSpec as P
 
 from lsh_jax.core import pairs as pairs_lib
 
+__all__ = [
+    'AxisName', 'exchange_from_pairs', 'exchange_to_pairs',
+    'head_exchange_attention', 'Layout', 'resolve_layout',
+]
+
 AxisName = Union[str, Tuple[str, ...], None]
 
 

@@ -8,6 +8,8 @@ Both permutations are gathers whose gradient is a gather by the other one
 import jax
 import jax.numpy as jnp
 
+__all__ = ['permute', 'sort_buckets', 'undo_sort']
+
 
 _INT32_MAX = 2**31 - 1
 
@@ -35,7 +37,8 @@ def _sort_round(buckets, n_ids):
   return sticker, _inverse(sticker)
 
 
-def sort_buckets(buckets, *, n_ids=None):
+def sort_buckets(buckets: jax.Array, *, n_ids: int | None = None,
+                 ) -> tuple[jax.Array, jax.Array]:
   """Per round, positions in (bucket, position) order and the inverse.
 
   Args:
@@ -81,7 +84,8 @@ def _permute_bwd(residuals, g):
 permute.defvjp(_permute_fwd, _permute_bwd)
 
 
-def undo_sort(x_sorted, undo, sticker):
+def undo_sort(x_sorted: jax.Array, undo: jax.Array,
+              sticker: jax.Array) -> jax.Array:
   """Returns one round's values to original order (docs/algorithm.md §4).
 
   Args:

@@ -12,6 +12,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+__all__ = [
+    'check_attention_args', 'check_buckets', 'check_chunking',
+    'check_dense_args', 'check_dense_size', 'check_dropout', 'check_flag',
+    'check_head_features', 'check_key', 'check_mask', 'check_matrix',
+    'check_n_buckets', 'check_n_buckets_given', 'check_non_negative_int',
+    'check_positive_int', 'check_rate',
+]
+
 
 def _as_int(name, value):
   if isinstance(value, bool):

@@ -14,8 +14,6 @@ back to original positions, weighted by the round weights). So
 from the sort alone (NumPy, no attention computed): the support that the
 effective matrix may use.
 """
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
@@ -24,6 +22,11 @@ import numpy as np
 from lsh_jax.core import attention
 from lsh_jax.core import hashing
 from lsh_jax.core import validation
+
+__all__ = [
+    'attention_weights', 'candidate_counts', 'candidate_union',
+    'DEFAULT_MAX_BYTES', 'window_positions',
+]
 
 # attention_weights refuses lengths whose float32 [L, L] matrix is larger:
 # 1 GiB, L up to 16384. The caller may raise it with `max_bytes`.
@@ -37,7 +40,7 @@ def attention_weights(q: ArrayLike, *, hash_key: ArrayLike,
                       n_buckets: hashing.NBuckets = None, n_hashes: int,
                       chunk_len: int, n_chunks_before: int = 1,
                       n_chunks_after: int = 0, causal: bool = False,
-                      mask: Optional[ArrayLike] = None,
+                      mask: ArrayLike | None = None,
                       max_bytes: int = DEFAULT_MAX_BYTES,
                       allow_duplicate_attention: bool = True,
                       attend_across_buckets: bool = True) -> jax.Array:
@@ -72,6 +75,16 @@ def attention_weights(q: ArrayLike, *, hash_key: ArrayLike,
     (docs/algorithm.md §5): a query whose only unmasked candidate is itself
     (causal position 0) has logits near -1e5, and its row sums to 1 only
     within ~1e-2; every other valid row sums to 1 within float32 rounding.
+
+  Example (each row is a probability distribution over the keys):
+
+  >>> import jax, jax.numpy as jnp
+  >>> from lsh_jax import attention_weights
+  >>> q = jax.random.normal(jax.random.key(0), (12, 4))
+  >>> w = attention_weights(q, hash_key=jax.random.key(1), n_hashes=2,
+  ...                       chunk_len=4)
+  >>> w.shape, bool(jnp.allclose(w.sum(axis=-1), 1.0))
+  ((12, 12), True)
   """
   validation.check_matrix('q', q)
   length = np.shape(q)[0]

@@ -23,7 +23,7 @@ leave it alone.
 Shapes: x [T, F] (F = in_features), N heads of depth H = qk_features / N,
 values Hv = v_features / N.
 """
-from typing import Optional, Sequence, Union
+from typing import Optional, Union
 
 import equinox as eqx
 import jax
@@ -32,7 +32,10 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 import lsh_jax
+from lsh_jax.core import hashing
 from lsh_jax.core import validation
+
+__all__ = ['LSHSelfAttention']
 
 
 class LSHSelfAttention(eqx.Module):
@@ -76,7 +79,7 @@ class LSHSelfAttention(eqx.Module):
                qk_features: Optional[int] = None,
                v_features: Optional[int] = None,
                out_features: Optional[int] = None, n_hashes: int = 2,
-               n_buckets: Union[int, Sequence[int], None] = None,
+               n_buckets: hashing.NBuckets = None,
                chunk_len: int = 64, n_chunks_before: int = 1,
                n_chunks_after: int = 0, causal: bool = False,
                attention_dropout: float = 0.0, dropout_rate: float = 0.0,

@@ -35,8 +35,11 @@ import lsh_jax
 from lsh_jax import core
 from lsh_jax.core import chunked
 from lsh_jax.core import dense
+from lsh_jax.core import hashing
 from lsh_jax.core import validation
 from lsh_jax.flax import decoding
+
+__all__ = ['default_kernel_init', 'LSHSelfAttention', 'SelfAttention']
 
 default_kernel_init = nnx.initializers.lecun_normal()
 
@@ -78,6 +81,16 @@ class SelfAttention(nnx.Module):
     param_dtype: parameter dtype.
     rngs: `nnx.Rngs` for the parameters ('params') and, when a rate is
       > 0, dropout ('dropout').
+
+  Example (identical tokens: every position gets the same output):
+
+  >>> import jax.numpy as jnp
+  >>> from flax import nnx
+  >>> from lsh_jax.flax import SelfAttention
+  >>> layer = SelfAttention(2, 8, causal=True, rngs=nnx.Rngs(0))
+  >>> y = layer(jnp.ones((3, 10, 8)))
+  >>> y.shape, bool(jnp.allclose(y, y[:, :1]))
+  ((3, 10, 8), True)
   """
 
   def __init__(self, num_heads: int, in_features: int, *,
@@ -245,11 +258,23 @@ class LSHSelfAttention(SelfAttention):
       `sequence_axis` (and B over `batch_axis`) stays sharded through the
       projections; only the attention exchanges heads (docs/scaling.md).
       None: read from the activations' sharding when they carry one.
+
+  Example (identical tokens: every position gets the same output; the
+  hash keys come from the 'hash' stream, here Rngs' default):
+
+  >>> import jax.numpy as jnp
+  >>> from flax import nnx
+  >>> from lsh_jax.flax import LSHSelfAttention
+  >>> layer = LSHSelfAttention(2, 8, n_hashes=2, chunk_len=4,
+  ...                          rngs=nnx.Rngs(0))
+  >>> y = layer(jnp.ones((2, 12, 8)))
+  >>> y.shape, bool(jnp.allclose(y, y[:, :1]))
+  ((2, 12, 8), True)
   """
 
   def __init__(self, num_heads: int, in_features: int, *,
                n_hashes: int = 2,
-               n_buckets: Union[int, Sequence[int], None] = None,
+               n_buckets: hashing.NBuckets = None,
                chunk_len: int = 64, n_chunks_before: int = 1,
                n_chunks_after: int = 0, rngs: nnx.Rngs,
                allow_duplicate_attention: bool = True,

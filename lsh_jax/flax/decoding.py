@@ -43,6 +43,10 @@ from lsh_jax.core import decoding
 from lsh_jax.core import multihead
 from lsh_jax.core import validation
 
+__all__ = [
+    'attend', 'Cache', 'decode', 'init_cache', 'Settings', 'settings_for',
+]
+
 
 @dataclasses.dataclass(frozen=True)
 class Settings:

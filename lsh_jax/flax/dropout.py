@@ -4,6 +4,8 @@ from typing import Optional, Sequence
 import jax
 import jax.numpy as jnp
 
+__all__ = ['dropout']
+
 
 def dropout(x: jax.Array, rate: float, key: Optional[jax.Array],
             shared_axes: Sequence[int] = ()) -> jax.Array:

@@ -19,6 +19,8 @@ from flax import nnx
 from lsh_jax.core import validation
 from lsh_jax.flax import dropout as dropout_lib
 
+__all__ = ['activation_fn', 'ACTIVATIONS', 'fast_gelu', 'FeedForward', 'gelu']
+
 
 def fast_gelu(x):
   """Trax's FastGelu: 0.5 x (1 + tanh(x 0.7978845608 (1 + 0.044715 x^2)))."""

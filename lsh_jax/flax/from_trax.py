@@ -48,6 +48,8 @@ from lsh_jax.flax.attention import LSHSelfAttention
 from lsh_jax.flax.local import LocalSelfAttention
 from lsh_jax.flax.reformer import ReformerLM
 
+__all__ = ['from_trax', 'load_weights']
+
 _LSH_SETTINGS = ('n_hashes', 'n_buckets', 'chunk_len', 'n_chunks_before',
                  'n_chunks_after', 'allow_duplicate_attention',
                  'attend_across_buckets')

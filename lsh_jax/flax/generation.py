@@ -26,6 +26,8 @@ from flax import nnx
 
 from lsh_jax.core import validation
 
+__all__ = ['decode', 'generate', 'init_cache', 'prefill', 'step']
+
 
 def init_cache(model, input_shape: Sequence[int], dtype=jnp.float32,
                drop_len: Optional[int] = None) -> None:

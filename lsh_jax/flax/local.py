@@ -27,6 +27,8 @@ from lsh_jax.core import validation
 from lsh_jax.flax import attention
 from lsh_jax.flax import decoding
 
+__all__ = ['LocalSelfAttention']
+
 
 class LocalSelfAttention(attention.SelfAttention):
   """Chunked (local) or dense self-attention with separate keys.
@@ -35,6 +37,17 @@ class LocalSelfAttention(attention.SelfAttention):
     chunk_len: C, or None for dense attention. Any length T works: the
       sequence is padded to a multiple of C inside (padding masked).
     n_chunks_before, n_chunks_after: neighbouring chunks each chunk sees.
+
+  Example (identical tokens: every position gets the same output):
+
+  >>> import jax.numpy as jnp
+  >>> from flax import nnx
+  >>> from lsh_jax.flax import LocalSelfAttention
+  >>> layer = LocalSelfAttention(2, 8, chunk_len=4, n_chunks_before=1,
+  ...                            causal=True, rngs=nnx.Rngs(0))
+  >>> y = layer(jnp.ones((2, 10, 8)))
+  >>> y.shape, bool(jnp.allclose(y, y[:, :1]))
+  ((2, 10, 8), True)
   """
 
   def __init__(self, num_heads: int, in_features: int, *,

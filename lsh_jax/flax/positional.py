@@ -23,6 +23,11 @@ from flax import nnx
 from lsh_jax.core import validation
 from lsh_jax.flax import dropout as dropout_lib
 
+__all__ = [
+    'AxialPositionalEncoding', 'PositionalEncoding',
+    'SinCosPositionalEncoding', 'sinusoids',
+]
+
 
 def _check_length(name, length, start, max_len):
   if isinstance(start, int) and start + length > max_len:

@@ -63,6 +63,10 @@ from lsh_jax.flax import positional
 from lsh_jax.flax import reversible as reversible_lib
 from lsh_jax.flax.attention import LSHSelfAttention
 
+__all__ = [
+    'DecoderBlock', 'HASH_STREAM', 'POS_TYPES', 'ReformerLM', 'shift_right',
+]
+
 HASH_STREAM = 'hash'
 POS_TYPES = (None, 'sin-cos', 'axial', 'no')
 _NORM_EPSILON = 1e-6  # Trax's LayerNorm
@@ -187,6 +191,21 @@ class ReformerLM(nnx.Module):
     decode: default for the call's `decode` (decoding with the caches of
       `init_cache`; lsh_jax.flax.generation).
     rngs: `nnx.Rngs` ('params', 'hash', 'dropout'; see the module docstring).
+
+  Example (a tiny model; logits for every position and token):
+
+  >>> import functools
+  >>> import jax.numpy as jnp
+  >>> from flax import nnx
+  >>> from lsh_jax.flax import LSHSelfAttention, ReformerLM
+  >>> model = ReformerLM(16, d_model=8, d_ff=16, d_attention_key=4,
+  ...                    d_attention_value=4, n_layers=2, n_heads=2,
+  ...                    max_len=32, attention_type=functools.partial(
+  ...                        LSHSelfAttention, chunk_len=8),
+  ...                    rngs=nnx.Rngs(0))
+  >>> logits = model(jnp.zeros((2, 16), jnp.int32), deterministic=True)
+  >>> logits.shape, bool(jnp.isfinite(logits).all())
+  ((2, 16, 16), True)
   """
 
   def __init__(self, vocab_size: int, d_model: int = 512, d_ff: int = 2048,

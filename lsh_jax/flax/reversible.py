@@ -32,6 +32,8 @@ from typing import Callable, Sequence, Tuple
 
 import jax
 
+__all__ = ['Half', 'reversible_stack']
+
 # f(params_j, consts_j, shared, x) -> residual of the same shape as x.
 Half = Callable[..., jax.Array]
 

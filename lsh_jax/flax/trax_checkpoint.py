@@ -23,6 +23,8 @@ from typing import Any, Dict
 
 import numpy as np
 
+__all__ = ['read']
+
 # module -> names that a Trax checkpoint's pickle may name.
 _NUMPY = {'_reconstruct', 'scalar', 'ndarray', 'dtype'}
 _ALLOWED = {

@@ -21,6 +21,8 @@ from typing import Any, Dict
 
 import numpy as np
 
+__all__ = ['ACTIVATIONS', 'read']
+
 # Trax's activation layers by layer name (`ff_activation=tl.FastGelu`).
 ACTIVATIONS = ('FastGelu', 'Gelu', 'Relu', 'Elu', 'Selu', 'Sigmoid', 'Tanh',
                'Softplus', 'LeakyRelu')

@@ -11,6 +11,8 @@ from lsh_jax.reference.spec import our_hash_vectors
 from lsh_jax.reference.spec import our_softmax
 from lsh_jax.reference.spec import shared_qk_keys
 
+__all__ = ['predict_keys', 'predict_prefix', 'predict_step']
+
 
 def predict_prefix(x, rotations, w_q, w_v, w_o, *, n_buckets, chunk_len,
                    n_chunks_before, mem_len, drop_len, return_lse=False):

@@ -16,6 +16,8 @@ from lsh_jax.reference.spec import our_hash_vectors  # noqa: F401  (the lab's)
 from lsh_jax.reference.spec import our_softmax
 from lsh_jax.reference.spec import sort_buckets  # noqa: F401  (the lab's)
 
+__all__ = ['dotandv', 'our_simple_attend']
+
 
 def our_simple_attend(q, k=None, v=None, mask_fn=None, q_info=None,
                       kv_info=None, passthrough=False):

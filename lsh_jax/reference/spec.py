@@ -38,6 +38,15 @@ import math
 
 import numpy as np
 
+__all__ = [
+    'adjacent_chunks', 'attend', 'auto_n_buckets', 'bucket_factors',
+    'BUCKET_PENALTY', 'CAUSAL_PENALTY', 'combine_rounds',
+    'duplicate_counts', 'full_attention', 'length_normalized', 'logsumexp',
+    'lsh_attention', 'mask_logits', 'NORM_EPSILON', 'our_hash_vectors',
+    'our_softmax', 'PADDING_PENALTY', 'SELF_PENALTY', 'shared_qk_keys',
+    'sort_buckets', 'unsort_rounds',
+]
+
 # The masks are *subtracted* from the logits (docs/algorithm.md §3), never
 # set with `where`.
 #

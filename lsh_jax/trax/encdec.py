@@ -26,6 +26,8 @@ from trax.layers.research import efficient_attention
 from lsh_jax.trax import kernels as trax_kernels
 from lsh_jax.trax import layers as trax_layers
 
+__all__ = ['EncDecAttention']
+
 
 @gin.configurable(module='lsh_jax', denylist=['mode'])
 class EncDecAttention(efficient_attention.EncDecAttention):

@@ -54,6 +54,11 @@ from lsh_jax.trax import predict as trax_predict
 from lsh_jax.trax import predict_dense as trax_predict_dense
 from lsh_jax.core import validation
 
+__all__ = [
+    'as_tuples', 'check_hash_args', 'check_predict', 'LSH_MODES',
+    'LSHSelfAttention', 'SelfAttention',
+]
+
 _MODES = ('train', 'eval')
 LSH_MODES = ('train', 'eval', 'predict')  # the layers that decode
 

@@ -23,6 +23,8 @@ from trax import layers as tl
 
 import lsh_jax.trax as ours
 
+__all__ = ['lsh_jax_layers', 'WithLSHJaxLayers']
+
 
 @contextlib.contextmanager
 def lsh_jax_layers():

@@ -58,6 +58,8 @@ from lsh_jax.core import decoding
 from lsh_jax.trax import heads as trax_heads
 from lsh_jax.trax import kernels as trax_kernels
 
+__all__ = ['call', 'n_buckets', 'prefix_head', 'step_head', 'use_memory']
+
 
 def n_buckets(spec):
   """The bucket count used while decoding (module docstring)."""

@@ -31,6 +31,8 @@ from lsh_jax.trax import heads as trax_heads
 from lsh_jax.trax import kernels as trax_kernels
 from lsh_jax.trax import predict as trax_predict
 
+__all__ = ['call', 'head']
+
 
 def head(x, mask, weights, state, *, spec, q_start, q_len, chunked):
   """The new tokens' attention, one head of one example.

@@ -39,6 +39,11 @@ from lsh_jax.trax import kernels as trax_kernels
 from lsh_jax.trax import layers as trax_layers
 from lsh_jax.trax import predict as trax_predict
 
+__all__ = [
+    'MixedLSHSelfAttention', 'PureLSHSelfAttention',
+    'PureLSHSelfAttentionWrapper',
+]
+
 
 @gin.configurable(module='lsh_jax', denylist=['mode'])
 class PureLSHSelfAttention(efficient_attention.PureLSHSelfAttention):
