@@ -1,0 +1,124 @@
+"""One training step: the Flax ReformerLM (optax Adam) against Trax's.
+
+  python benchmarks/flax_training.py flax_lm:1K:2:4 flax_lm:4K:2:1 ...
+
+A group `flax_lm:L:LAYERS:B` times, interleaved in one process
+(`training.time_group`), one jitted training step of
+  lm_flax/train   lsh_jax.flax.ReformerLM (reversible, LSHSelfAttention),
+                  cross-entropy, optax.adam;
+  lm_trax/train   trax.models.ReformerLM with Trax's own LSHSelfAttention,
+                  the same loss, Trax's Adam (`tree_update`), jitted as a
+                  Trax trainer jits it;
+at the same configuration (issue 23: d_model 512, d_ff 2048, 8 heads of
+64, 4 rounds, chunk 64, one chunk back, causal, vocabulary 256, dropout 0)
+and batch B. Memory: XLA's temporaries of each compiled step
+(`memory_analysis`). Prints one table row per step and the ratio.
+"""
+import functools
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import training  # noqa: E402  (benchmarks/training.py)
+
+D_FF = 4 * training.D_MODEL
+
+
+def _loss(logits, tokens):
+  logp = jax.nn.log_softmax(logits, axis=-1)
+  return -jnp.mean(jnp.take_along_axis(logp, tokens[..., None], -1))
+
+
+def _flax_step(length, n_layers, tokens):
+  import optax  # pylint: disable=import-outside-toplevel
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from lsh_jax.flax import LSHSelfAttention  # pylint: disable=import-outside-toplevel
+  from lsh_jax.flax import ReformerLM  # pylint: disable=import-outside-toplevel
+  attention = functools.partial(
+      LSHSelfAttention, n_hashes=training.N_HASHES,
+      chunk_len=training.CHUNK_LEN, n_chunks_before=1)
+  model = ReformerLM(training.VOCAB, d_model=training.D_MODEL, d_ff=D_FF,
+                     n_layers=n_layers, n_heads=training.N_HEADS,
+                     d_attention_key=training.DEPTH,
+                     d_attention_value=training.DEPTH, dropout=0.0,
+                     max_len=length, attention_type=attention,
+                     rngs=nnx.Rngs(0))
+  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  tx = optax.adam(1e-4)
+  opt_state = tx.init(params)
+
+  def step(params, opt_state, tokens):
+    def loss(params):
+      m = nnx.merge(graphdef, params, rest)
+      return _loss(m(tokens, deterministic=False, rngs=nnx.Rngs(1)), tokens)
+    grads = jax.grad(loss)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+  return step, (params, opt_state, tokens)
+
+
+def _trax_step(length, n_layers, tokens):
+  from trax import layers as tl  # pylint: disable=import-outside-toplevel
+  from trax import models  # pylint: disable=import-outside-toplevel
+  from trax import optimizers  # pylint: disable=import-outside-toplevel
+  from trax import shapes  # pylint: disable=import-outside-toplevel
+  attention = functools.partial(
+      tl.LSHSelfAttention, n_hashes=training.N_HASHES,
+      chunk_len=training.CHUNK_LEN, n_chunks_before=1)
+  model = models.ReformerLM(
+      training.VOCAB, d_model=training.D_MODEL, d_ff=D_FF,
+      n_layers=n_layers, n_heads=training.N_HEADS, dropout=0.0,
+      max_len=length, attention_type=attention, mode='train')
+  model.init(shapes.signature(tokens))
+  optimizer = optimizers.Adam(learning_rate=1e-4)
+  slots, opt_params = optimizer.tree_init(model.weights)
+
+  def step(weights, slots, tokens):
+    def loss(weights):
+      logits = model.pure_fn(tokens, weights, model.state,
+                             jax.random.PRNGKey(1))[0]
+      return _loss(logits, tokens)
+    grads = jax.grad(loss)(weights)
+    return optimizer.tree_update(0, grads, weights, slots, opt_params)[:2]
+  return step, (model.weights, slots, tokens)
+
+
+def flax_lm_group(length, n_layers, batch=1):
+  """{'lm_flax/train': (step, args), 'lm_trax/train': ...} at batch B."""
+  tokens = jax.random.randint(jax.random.PRNGKey(0), (batch, length), 0,
+                              training.VOCAB)
+  return {'lm_flax/train': _flax_step(length, n_layers, tokens),
+          'lm_trax/train': _trax_step(length, n_layers, tokens)}
+
+
+def _group(spec):
+  """'flax_lm:4K:2:1' -> (length, layers, batch)."""
+  import run  # pylint: disable=import-outside-toplevel
+  kind, length, layers, *batch = spec.split(':')
+  if kind != 'flax_lm':
+    raise ValueError(f'group must be flax_lm:L:LAYERS[:B], got {spec!r}')
+  return run.parse_length(length), int(layers), int(batch[0]) if batch else 1
+
+
+def main(specs, repeats=5, budget_s=600):
+  print('| L | layers | B | Flax step (s) | Trax step (s) | Trax / Flax | '
+        'Flax temp MB | Trax temp MB |')
+  print('|---|---|---|---|---|---|---|---|')
+  for spec in specs:
+    length, layers, batch = _group(spec)
+    training.GROUPS['flax_lm'] = lambda l, s, b=batch: flax_lm_group(l, s, b)
+    records = {r['impl']: r for r in training.time_group(
+        f'flax_lm:{length}:{layers}', repeats=repeats, budget_s=budget_s)}
+    flax, trax = records['lm_flax'], records['lm_trax']
+    print(f"| {length} | {layers} | {batch} | {flax['median_ms'] / 1e3:.2f} "
+          f"| {trax['median_ms'] / 1e3:.2f} | "
+          f"{trax['median_ms'] / flax['median_ms']:.2f}x | "
+          f"{flax['xla_temp_mb']:.0f} | {trax['xla_temp_mb']:.0f} |",
+          flush=True)
+
+
+if __name__ == '__main__':
+  main(sys.argv[1:] or ['flax_lm:1K:2:1'])
