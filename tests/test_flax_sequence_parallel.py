@@ -66,7 +66,8 @@ def test_layer_on_sequence_sharded_activations_equals_one_device():
 def test_train_sharded_example_follows_one_device_loss_curve():
   """examples/train_sharded.py, 3 steps on a (data=2) x (seq=4) mesh
   against the same training on one device: the loss sums over positions
-  and examples in another order (measured 2.5e-7 relative at step 1)."""
+  and examples in another order (measured with the ReformerLM copy model:
+  6.4e-8 relative at step 1, at most 1.4e-6 over 50 steps)."""
   report = _run([str(ROOT / 'examples' / 'train_sharded.py'), '--steps', '3',
                  '--log-every', '0', '--json'])
   assert len(report['sharded']) == len(report['single']) == 3

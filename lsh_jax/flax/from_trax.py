@@ -164,7 +164,7 @@ def load_weights(model: ReformerLM, flat_weights) -> None:
           f'configuration differs from the Trax model\'s')
     converted.append((param, value))
   for param, value in converted:
-    param.value = jnp.asarray(value, param.dtype)
+    param.set_value(jnp.asarray(value, param.dtype))
 
 
 def _set_hash_keys(model, hash_keys, n_heads):
@@ -176,8 +176,8 @@ def _set_hash_keys(model, hash_keys, n_heads):
       raise ValueError(f'layer {index} is LSH in the Trax model, not in the '
                        f'Flax configuration given')
     keys = keys.reshape(-1, n_heads, 2)  # pair b * N + n -> [B, N]
-    block.attention.hash_key.value = jax.random.wrap_key_data(
-        jnp.asarray(keys, jnp.uint32))
+    block.attention.hash_key.set_value(jax.random.wrap_key_data(
+        jnp.asarray(keys, jnp.uint32)))
 
 
 def from_trax(model_or_path: Any, *, trax_hash_keys: bool = False,
