@@ -1,4 +1,8 @@
 """Helpers shared by the test modules."""
+import doctest
+import importlib
+import pkgutil
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -144,3 +148,17 @@ def assert_close_to_oracle(got, expected_and_only_self):
   errors = np.max(np.abs(got - expected), axis=-1)
   return (float(np.max(errors[~only_self])),
           float(np.max(errors[only_self], initial=0.0)))
+
+
+def package_modules(package):
+  """The names of `package`'s modules (one level), sorted."""
+  return sorted(f'{package.__name__}.{m.name}'
+                for m in pkgutil.iter_modules(package.__path__))
+
+
+def assert_doctests_pass(module_name):
+  """Runs the `>>>` examples of one module; fails with doctest's report."""
+  module = importlib.import_module(module_name)
+  result = doctest.testmod(module, optionflags=doctest.ELLIPSIS,
+                           raise_on_error=False, verbose=False)
+  assert result.failed == 0, f'{module_name}: {result}'

@@ -1,6 +1,6 @@
 """The LSH layer's projections outside the pair loop (`lsh_jax.trax.projected`).
 
-Expected values come from the per-pair form, `kernels.lsh_head` run by
+Expected values come from the per-pair form, `trax_testing.lsh_head` run by
 `heads.forward_and_or_backward` (project, attend and project back inside
 the loop, as Trax's layer does; that form is itself checked against Trax in
 test_trax_layer.py through the layer before this change, and the layer now
@@ -18,6 +18,7 @@ import pytest
 from lsh_jax.trax import heads
 from lsh_jax.trax import kernels
 from lsh_jax.trax import projected
+import trax_testing
 
 RTOL, ATOL = 1e-5, 1e-5
 
@@ -56,7 +57,7 @@ def test_projected_equals_per_pair_heads(n_parallel_heads, bias, masked):
   common = dict(n_heads=n_heads, n_parallel_heads=n_parallel_heads)
   # Forward: hash anew, the new state must agree bit for bit.
   per_pair = heads.forward_and_or_backward(
-      functools.partial(kernels.lsh_head, spec=spec, dropout_key=rng,
+      functools.partial(trax_testing.lsh_head, spec=spec, dropout_key=rng,
                         update_state=True),
       x, mask, weights, state, **common)
   ours = projected.run(
@@ -70,7 +71,7 @@ def test_projected_equals_per_pair_heads(n_parallel_heads, bias, masked):
   # Backward from the stored buckets: output, input and weight gradients.
   new_state = per_pair[1]
   per_pair = heads.forward_and_or_backward(
-      functools.partial(kernels.lsh_head, spec=spec, dropout_key=rng,
+      functools.partial(trax_testing.lsh_head, spec=spec, dropout_key=rng,
                         update_state=False),
       x, mask, weights, new_state, output_grad=g, update_state=False,
       **common)

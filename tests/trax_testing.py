@@ -23,6 +23,24 @@ def trax_env():
                                models=models, ours=trax_layer)
 
 
+def lsh_head(x, mask, weights, state, *, spec, dropout_key, update_state):
+  """One head of `LSHSelfAttention` on one example, projections inside.
+
+  The per-pair form of the layer (as Trax computes it, pair by pair), the
+  reference of `lsh_jax.trax.projected`, which takes the projections out of
+  the loop over pairs.
+
+  Returns:
+    (out [L, Dm] before output dropout, new state).
+  """
+  from lsh_jax.trax import kernels  # pylint: disable=import-outside-toplevel
+  q, _, v, w_o = kernels.project(x, weights, spec)
+  o, state = kernels.lsh_attend(q, v, mask, state, spec=spec,
+                                dropout_key=dropout_key,
+                                update_state=update_state)
+  return o @ w_o, state
+
+
 def init_pair(env, name, kwargs, inputs, seed=1):
   """Trax's layer `name` and ours, built with `kwargs`, same init key."""
   layers = (getattr(env.tl, name)(**kwargs), getattr(env.ours, name)(**kwargs))

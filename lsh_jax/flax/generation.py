@@ -128,6 +128,19 @@ def generate(model, prefix: jax.Array, n_tokens: int, *,
 
   Returns:
     int32[B, n_tokens].
+
+  Example (greedy, a tiny untrained model):
+
+  >>> import jax.numpy as jnp
+  >>> from flax import nnx
+  >>> from lsh_jax.flax import ReformerLM, SelfAttention, generate
+  >>> model = ReformerLM(16, d_model=8, d_ff=16, d_attention_key=4,
+  ...                    d_attention_value=4, n_layers=2, n_heads=2,
+  ...                    max_len=32, attention_type=SelfAttention,
+  ...                    rngs=nnx.Rngs(0))
+  >>> tokens = generate(model, jnp.ones((2, 3), jnp.int32), 5)
+  >>> tokens.shape, bool(((tokens >= 0) & (tokens < 16)).all())
+  ((2, 5), True)
   """
   prefix = jnp.asarray(prefix)
   if prefix.ndim != 2 or not jnp.issubdtype(prefix.dtype, jnp.integer):

@@ -18,10 +18,13 @@ its forward pass, so no block's intermediates outlive it (Trax's [FW-BW-1]
 order): the memory of one block, not of the whole batch.
 """
 import functools
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+__all__ = ['block_shape', 'forward_and_or_backward']
 
 
 def block_shape(batch, n_heads, n_parallel_heads):
@@ -99,6 +102,86 @@ def _block_forward(head_fn, x_blk, mask_blk, w_blk, s_blk):
   return _vmap(one_example)(x_blk, mask_blk, s_blk)
 
 
+class _Blocks(NamedTuple):
+  """The block geometry: N heads; B' examples x N' heads per block."""
+  n_heads: int
+  n_examples: int
+  n_block_heads: int
+
+  @property
+  def size(self):
+    """P' = B' * N' pairs per block."""
+    return self.n_examples * self.n_block_heads
+
+
+class _Sums(NamedTuple):
+  """What the loop over blocks accumulates (None where not asked for)."""
+  out: jax.Array  # [B, L', Dm], the blocks' outputs
+  state: Any  # leaves [P, ...], the new state, or None
+  x_grad: Any  # like x, or None
+  w_grad: Any  # like weights, or None
+
+
+def _run_block(i, head_fn, x, mask, weights, state, output_grad, blocks):
+  """Block i's forward pass, and its vjp right after it if `output_grad`.
+
+  Returns:
+    ((example, head, pair) where the block starts, out [B', L', Dm], new
+    state leaves [P', ...], (x_grad, weights_grad) of the block or None).
+  """
+  first = i * blocks.size
+  example, head = first // blocks.n_heads, first % blocks.n_heads
+  n_ex, n_hd = blocks.n_examples, blocks.n_block_heads
+  x_blk = _slice(x, example, n_ex)
+  mask_blk = None if mask is None else _slice(mask, example, n_ex)
+  s_blk = jax.tree_util.tree_map(
+      lambda s: s.reshape((n_ex, n_hd) + s.shape[1:]),
+      _slice(state, first, blocks.size))
+  w_blk = _slice(weights, head, n_hd)
+  forward = lambda x_blk, w_blk: _block_forward(head_fn, x_blk, mask_blk,
+                                                w_blk, s_blk)
+  if output_grad is None:
+    out, new_s = forward(x_blk, w_blk)
+    grads = None
+  else:
+    out, vjp_fn, new_s = jax.vjp(forward, x_blk, w_blk, has_aux=True)
+    grads = vjp_fn(_slice(output_grad, example, n_ex))
+  new_s = jax.tree_util.tree_map(
+      lambda s: s.reshape((blocks.size,) + s.shape[2:]), new_s)
+  return (example, head, first), out, new_s, grads
+
+
+def _zero_sums(run_block, x, weights, batch, n_heads, update_state,
+               with_grads):
+  """The loop's starting `_Sums`: zeros of the full batch's shapes."""
+  zeros = lambda tree: jax.tree_util.tree_map(jnp.zeros_like, tree)
+  # The new state may differ in shape from the old one (buckets follow L),
+  # and the output from x (decoding reads a memory, returns new positions).
+  out_shape, new_state_shape = jax.eval_shape(lambda: run_block(0)[1:3])
+  state = None
+  if update_state:
+    state = jax.tree_util.tree_map(
+        lambda s: jnp.zeros((batch * n_heads,) + s.shape[1:], s.dtype),
+        new_state_shape)
+  return _Sums(
+      out=jnp.zeros((batch,) + out_shape.shape[1:], out_shape.dtype),
+      state=state, x_grad=zeros(x) if with_grads else None,
+      w_grad=zeros(weights) if with_grads else None)
+
+
+def _add_block(sums, starts, out, new_s, grads):
+  """`sums` with one block's results added (outputs and gradients) or set
+  (the state) at the block's place."""
+  example, head, first = starts
+  sums = sums._replace(out=_add_at(sums.out, example, out))
+  if sums.state is not None:
+    sums = sums._replace(state=_set_at(sums.state, first, new_s))
+  if grads is not None:
+    sums = sums._replace(x_grad=_add_at(sums.x_grad, example, grads[0]),
+                         w_grad=_add_at(sums.w_grad, head, grads[1]))
+  return sums
+
+
 def forward_and_or_backward(head_fn, x, mask, weights, state, *, n_heads,
                             n_parallel_heads=None, output_grad=None,
                             update_state=True):
@@ -121,59 +204,18 @@ def forward_and_or_backward(head_fn, x, mask, weights, state, *, n_heads,
     None).
   """
   batch = jax.tree_util.tree_leaves(x)[0].shape[0]
-  n_ex, n_hd = block_shape(batch, n_heads, n_parallel_heads)
-  size = n_ex * n_hd
-
-  def run_block(i):
-    first = i * size
-    example, head = first // n_heads, first % n_heads
-    x_blk = _slice(x, example, n_ex)
-    mask_blk = None if mask is None else _slice(mask, example, n_ex)
-    s_blk = jax.tree_util.tree_map(
-        lambda s: s.reshape((n_ex, n_hd) + s.shape[1:]),
-        _slice(state, first, size))
-    forward = lambda x_blk, w_blk: _block_forward(head_fn, x_blk, mask_blk,
-                                                  w_blk, s_blk)
-    w_blk = _slice(weights, head, n_hd)
-    if output_grad is None:
-      out, new_s = forward(x_blk, w_blk)
-      grads = None
-    else:
-      out, vjp_fn, new_s = jax.vjp(forward, x_blk, w_blk, has_aux=True)
-      grads = vjp_fn(_slice(output_grad, example, n_ex))
-    new_s = jax.tree_util.tree_map(
-        lambda s: s.reshape((size,) + s.shape[2:]), new_s)
-    return (example, head, first), out, new_s, grads
-
-  n_blocks = batch * n_heads // size
+  blocks = _Blocks(n_heads, *block_shape(batch, n_heads, n_parallel_heads))
+  run_block = functools.partial(
+      _run_block, head_fn=head_fn, x=x, mask=mask, weights=weights,
+      state=state, output_grad=output_grad, blocks=blocks)
+  n_blocks = batch * n_heads // blocks.size
   if n_blocks == 1:
     _, out, new_s, grads = run_block(0)
     x_grad, w_grad = (None, None) if grads is None else grads
     return out, (new_s if update_state else state), x_grad, w_grad
-
-  zeros = lambda tree: jax.tree_util.tree_map(jnp.zeros_like, tree)
-  # The new state may differ in shape from the old one (buckets follow L),
-  # and the output from x (decoding reads a memory, returns new positions).
-  out_shape, new_state_shape = jax.eval_shape(lambda: run_block(0)[1:3])
-  carry = dict(
-      out=jnp.zeros((batch,) + out_shape.shape[1:], out_shape.dtype),
-      state=jax.tree_util.tree_map(
-          lambda s: jnp.zeros((batch * n_heads,) + s.shape[1:], s.dtype),
-          new_state_shape) if update_state else None,
-      grads=None if output_grad is None else (zeros(x), zeros(weights)))
-
-  def body(i, carry):
-    (example, head, first), out, new_s, grads = run_block(i)
-    carry = dict(carry, out=_add_at(carry['out'], example, out))
-    if update_state:
-      carry['state'] = _set_at(carry['state'], first, new_s)
-    if grads is not None:
-      x_grad, w_grad = carry['grads']
-      carry['grads'] = (_add_at(x_grad, example, grads[0]),
-                        _add_at(w_grad, head, grads[1]))
-    return carry
-
-  carry = lax.fori_loop(0, n_blocks, body, carry)
-  x_grad, w_grad = (None, None) if output_grad is None else carry['grads']
-  return (carry['out'], carry['state'] if update_state else state, x_grad,
-          w_grad)
+  sums = lax.fori_loop(
+      0, n_blocks, lambda i, sums: _add_block(sums, *run_block(i)),
+      _zero_sums(run_block, x, weights, batch, n_heads, update_state,
+                 with_grads=output_grad is not None))
+  return (sums.out, sums.state if update_state else state, sums.x_grad,
+          sums.w_grad)

@@ -12,11 +12,12 @@ int32[R * Lb], hash key uint32[2]), where buckets are Trax's flat ids with
 round offsets, `bucket + h * ids_per_round`, zero-padded to
 Lb = max_length_for_buckets (or L). The dense layer has no state.
 
-`lsh_head` and `dense_head` compute one head of one example with lsh_jax's
-functions; `run` vmaps them over heads and batch (`trax_heads`) under one
-`jax.jit`. For the LSH layer it runs the same computation with the
-projections taken out of the loop over pairs (`trax_projected`; `lsh_head`
-is its per-pair reference in the tests).
+`lsh_attend` and `dense_head` compute one head of one example with
+lsh_jax's functions; `run` vmaps them over heads and batch (`trax_heads`)
+under one `jax.jit`. For the LSH layer the projections are taken out of the
+loop over pairs (`trax_projected`; its per-pair reference, with the
+projections inside the loop as Trax's layer has them, is `lsh_head` in
+tests/trax_testing.py).
 """
 import dataclasses
 import functools
@@ -30,6 +31,11 @@ from lsh_jax.core import hashing
 from lsh_jax.core import local as trax_dense
 from lsh_jax.trax import heads as trax_heads
 from lsh_jax.trax import projected as trax_projected
+
+__all__ = [
+    'bucket_ids', 'dense_head', 'encdec_head', 'lsh_attend', 'out_dtype',
+    'project', 'pure_head', 'run', 'Spec',
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,22 +82,6 @@ def bucket_ids(spec, length, masked):
   return n_buckets, hashing.n_buckets_total(n_buckets) + int(masked)
 
 
-def lsh_head(x, mask, weights, state, *, spec, dropout_key, update_state):
-  """One head of `LSHSelfAttention` on one example.
-
-  With `update_state`, hashes with a key split from the state's key and
-  returns the new state (Trax's order: the first half is stored, the second
-  hashes); otherwise reads the buckets back from `state` (the backward pass).
-
-  Returns:
-    (out [L, Dm] before output dropout, new state).
-  """
-  q, _, v, w_o = project(x, weights, spec)
-  o, state = lsh_attend(q, v, mask, state, spec=spec, dropout_key=dropout_key,
-                        update_state=update_state)
-  return o @ w_o, state
-
-
 def pure_head(x, mask, weights, state, *, spec, dropout_key, update_state):
   """One (example, head) pair of `PureLSHSelfAttention`: no weights.
 
@@ -109,7 +99,9 @@ def pure_head(x, mask, weights, state, *, spec, dropout_key, update_state):
 def lsh_attend(q, v, mask, state, *, spec, dropout_key, update_state):
   """LSH attention of one head: q [L, D], v [L, Dv] -> (o [L, Dv], state).
 
-  The state and hashing as in `lsh_head`.
+  With `update_state`, hashes with a key split from the state's key and
+  returns the new state (Trax's order: the first half is stored, the second
+  hashes); otherwise reads the buckets back from `state` (the backward pass).
   """
   length = q.shape[0]
   n_rounds = spec.n_hashes
@@ -199,8 +191,8 @@ def encdec_head(x, mask, weights, state, *, spec, dropout_key, update_state):
 
 # The loop's per-pair function of each kind. The LSH layer's loop runs the
 # attention alone, its projections are whole-batch einsums around it
-# (`trax_projected`); `lsh_head` is that layer's per-pair form, the
-# reference in tests/test_trax_projected.py.
+# (`trax_projected`); its per-pair form, `lsh_head` in tests/trax_testing.py,
+# is the reference in tests/test_trax_projected.py.
 _HEADS = {'lsh': pure_head, 'dense': dense_head, 'pure': pure_head,
           'encdec': encdec_head}
 

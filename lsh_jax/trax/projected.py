@@ -1,9 +1,9 @@
 """The LSH layer with its projections taken out of the (example, head) loop.
 
 `LSHSelfAttention`'s computation per pair is project -> attend -> project
-back (`kernels.lsh_head`). Run pair by pair (`heads`), each projection is a
-[L, Dm] x [Dm, D] matmul inside the loop over blocks, where XLA:CPU runs it
-on one thread, as Trax does. Here the projections of every pair are three
+back (`lsh_head` in tests/trax_testing.py). Run pair by pair (`heads`),
+each projection is a [L, Dm] x [Dm, D] matmul inside the loop over blocks,
+where XLA:CPU runs it on one thread, as Trax does. Here the projections of every pair are three
 einsums over the whole batch ([B*L, Dm] x [Dm, N*D]: large matmuls that
 use every core), and only the attention runs in the loop over blocks of
 `n_parallel_heads` pairs (`kernels.pure_head`, the same function as
@@ -27,6 +27,8 @@ import jax.numpy as jnp
 
 from lsh_jax.trax import heads as trax_heads
 
+__all__ = ['run']
+
 
 def _project(x, weights, bias):
   """x [B, L, Dm] -> q [B, N, L, D], v [B, N, L, Dv] of every head."""
@@ -46,8 +48,8 @@ def _pairs(x):
 
 def run(attend_fn, x, mask, weights, state, *, n_heads, n_parallel_heads,
         bias, output_grad=None, update_state=True):
-  """`heads.forward_and_or_backward` for `kernels.lsh_head`, projections
-  outside the loop.
+  """`heads.forward_and_or_backward` for one LSH head of the layer,
+  projections outside the loop.
 
   Args:
     attend_fn: `kernels.pure_head` with its spec and rng bound: one pair's
