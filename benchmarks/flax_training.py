@@ -2,6 +2,8 @@
 
   python benchmarks/flax_training.py flax_lm:1K:2:4 flax_lm:4K:2:1 ...
 
+(`make bench` runs the same groups, `training.GROUPS['flax_lm']`.)
+
 A group `flax_lm:L:LAYERS:B` times, interleaved in one process
 (`training.time_group`), one jitted training step of
   lm_flax/train   lsh_jax.flax.ReformerLM (reversible, LSHSelfAttention),
@@ -94,24 +96,17 @@ def flax_lm_group(length, n_layers, batch=1):
           'lm_trax/train': _trax_step(length, n_layers, tokens)}
 
 
-def _group(spec):
-  """'flax_lm:4K:2:1' -> (length, layers, batch)."""
-  import run  # pylint: disable=import-outside-toplevel
-  kind, length, layers, *batch = spec.split(':')
-  if kind != 'flax_lm':
-    raise ValueError(f'group must be flax_lm:L:LAYERS[:B], got {spec!r}')
-  return run.parse_length(length), int(layers), int(batch[0]) if batch else 1
-
-
 def main(specs, repeats=5, budget_s=600):
   print('| L | layers | B | Flax step (s) | Trax step (s) | Trax / Flax | '
         'Flax temp MB | Trax temp MB |')
   print('|---|---|---|---|---|---|---|---|')
   for spec in specs:
-    length, layers, batch = _group(spec)
-    training.GROUPS['flax_lm'] = lambda l, s, b=batch: flax_lm_group(l, s, b)
+    kind, length, layers, options = training.parse_group(spec)
+    if kind != 'flax_lm':
+      raise ValueError(f'group must be flax_lm:L:LAYERS[:B], got {spec!r}')
+    batch = options.get('batch', 1)
     records = {r['impl']: r for r in training.time_group(
-        f'flax_lm:{length}:{layers}', repeats=repeats, budget_s=budget_s)}
+        spec, repeats=repeats, budget_s=budget_s)}
     flax, trax = records['lm_flax'], records['lm_trax']
     print(f"| {length} | {layers} | {batch} | {flax['median_ms'] / 1e3:.2f} "
           f"| {trax['median_ms'] / 1e3:.2f} | "

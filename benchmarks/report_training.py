@@ -11,6 +11,7 @@ LABELS = {
     'layer_flax': 'lsh_jax.flax.LSHSelfAttention (NNX)',
     'lm_lsh_jax': 'ReformerLM + lsh_jax.trax',
     'lm_trax': 'ReformerLM + Trax LSHSelfAttention',
+    'lm_flax': 'lsh_jax.flax.ReformerLM (reversible, optax Adam)',
     'multihead_lsh_self_attention': 'lsh_jax.lsh_self_attention',
     'multihead_nested_vmap': 'vmap(vmap(lsh_jax.lsh_attention))',
     'multihead_dense_nn': 'jax.nn.dot_product_attention (dense, causal)',
@@ -39,6 +40,8 @@ def _reference(kind, impl, mode, by_name):
   if kind == 'layer' and impl == 'layer_flax':
     return by_name.get(('layer_trax[nph=1]', mode))
   if kind == 'lm' and impl == 'lm_lsh_jax':
+    return by_name.get(('lm_trax', mode))
+  if kind == 'flax_lm' and impl == 'lm_flax':
     return by_name.get(('lm_trax', mode))
   if kind == 'lm' and impl.startswith('layer_lsh_jax'):
     return by_name.get((impl.replace('lsh_jax', 'trax'), mode))
@@ -96,7 +99,9 @@ def render(records):
   for spec, rs in groups.items():
     kind, length, size = spec.split(':')[:3]
     what = {'layer': f'batch {size}', 'lm': f'{size} layers',
-            'multihead': f'batch {size}'}.get(kind, size)
+            'multihead': f'batch {size}',
+            'flax_lm': f'{size} layers, batch '
+                       f'{(spec.split(":")[3:] or ["1"])[0]}'}.get(kind, size)
     out += [f'**{kind}, L = {length}, {what}**', '']
     if len(rs) == 1 and 'skip' in rs[0]:
       out += [f'skipped: {rs[0]["skip"]}', '']

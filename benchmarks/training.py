@@ -243,13 +243,20 @@ def seqpar_group(length, batch):
 # float32; its backward keeps several such arrays: B 8 x 8 heads at 4K, 2**30
 # scores, went past the 22 GB cap, and 8 heads at 16K asked for 26 GB).
 DENSE_MAX_SCORES = 2**28
+def flax_lm_group(length, n_layers, batch=1):
+  """The Flax ReformerLM's training step against Trax's (flax_training.py)."""
+  import flax_training  # pylint: disable=import-outside-toplevel
+  return flax_training.flax_lm_group(length, n_layers, batch)
+
+
 GROUPS = {'layer': layer_group, 'lm': lm_group, 'multihead': multihead_group,
-          'seqpar': seqpar_group}
+          'seqpar': seqpar_group, 'flax_lm': flax_lm_group}
 
 
 def parse_group(spec):
   """'layer:4K:8' -> ('layer', 4096, 8, {}): kind, length, batch or layers,
-  options ('layer:4K:8:1+8': n_parallel_heads 1 and 8)."""
+  options ('layer:4K:8:1+8': n_parallel_heads 1 and 8; 'flax_lm:1K:2:4':
+  2 layers at batch 4)."""
   import run  # pylint: disable=import-outside-toplevel
   kind, length, size, *rest = spec.split(':')
   if kind not in GROUPS:
@@ -258,6 +265,8 @@ def parse_group(spec):
   options = {}
   if rest and kind == 'layer':
     options['parallel_heads'] = tuple(int(n) for n in rest[0].split('+'))
+  if rest and kind == 'flax_lm':
+    options['batch'] = int(rest[0])
   return kind, run.parse_length(length), int(size), options
 
 

@@ -58,6 +58,18 @@ def test_lm_attention_share_is_layers_times_layer_over_step():
   assert '| 1.50x |' in step_row
 
 
+def test_flax_lm_step_compares_with_trax_and_names_the_batch():
+  g = 'flax_lm:4K:2:3'
+  text = report_training.render([
+      _record(g, 'lm_flax', 'train', 400.0),
+      _record(g, 'lm_trax', 'train', 600.0),
+  ])
+  assert '**flax_lm, L = 4K, 2 layers, batch 3**' in text
+  flax_row = next(line for line in text.splitlines()
+                  if line.startswith('| lsh_jax.flax.ReformerLM'))
+  assert '| 1.50x |' in flax_row  # 600 / 400
+
+
 def test_a_failed_group_is_reported_not_dropped():
   text = report_training.render([dict(
       group='multihead:16K:1', impl='multihead:16K:1', mode='-', length=0,
@@ -70,5 +82,7 @@ def test_group_specs_parse_and_bad_kinds_are_named():
   assert training.parse_group('layer:4K:8:1+8') == (
       'layer', 4096, 8, {'parallel_heads': (1, 8)})
   assert training.parse_group('lm:1K:2') == ('lm', 1024, 2, {})
+  assert training.parse_group('flax_lm:4K:6:2') == (
+      'flax_lm', 4096, 6, {'batch': 2})
   with pytest.raises(ValueError, match="group kind must be one of .*'dense'"):
     training.parse_group('dense:1K:2')
