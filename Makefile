@@ -81,7 +81,7 @@ fuzz: install
 	  tests/test_core_oracle.py
 	LSH_JAX_TEST_XLA_OPT=1 $(PY) -m pytest -q -n $(TEST_WORKERS) -m long tests || test $$? -eq 5
 
-bench: install  # the benchmark table (~25 min); BENCH_ARGS=--quick for a few minutes
+bench: install  # the benchmark table (~25 min, plus tens of minutes for the flax_lm 16K rows); BENCH_ARGS=--quick for a few minutes
 	$(PY) benchmarks/run.py $(BENCH_ARGS)
 
 # One small example through every step of docs/algorithm.md, with its figure.
