@@ -134,13 +134,17 @@ def train(config: CopyConfig = CopyConfig(), *, steps=1000, seed=0,
     # The position table [T, Dm] and its Adam moments are position-wise:
     # sharded over the sequence like the tokens, the rest replicated, as
     # every step returns them (the first step's program is the only one).
-    def place_state(x):
-      by_position = x.ndim and x.shape[0] == config.length
+    # Found by path, not by a leading axis of size T: the demo's d_model
+    # equals its length, so a size rule also sharded every [Dm, ...] kernel.
+    def place_state(path, x):
+      by_position = any(getattr(k, 'key', None) == 'positional'
+                        for k in path)
       spec = (jax.sharding.PartitionSpec(sequence_axis) if by_position
               else jax.sharding.PartitionSpec())
       return jax.device_put(x, jax.sharding.NamedSharding(mesh, spec))
     for tree in (model, optimizer):
-      nnx.update(tree, jax.tree.map(place_state, nnx.state(tree)))
+      nnx.update(tree, jax.tree_util.tree_map_with_path(
+          place_state, nnx.state(tree)))
   rng = np.random.RandomState(seed)
   eval_batches = [copy_batch(np.random.RandomState(seed + 1000),
                              config.vocab_size, config.length,
