@@ -13,8 +13,11 @@ CORE_PY := $(CORE_VENV)/bin/python
 CONSTRAINTS := constraints.txt
 export TF_CPP_MIN_LOG_LEVEL := 3
 # Test processes (pytest-xdist): XLA compiles on one thread, so two workers
-# keep both cores of a small CI machine busy.
+# keep both cores of a small CI machine busy. Work stealing: a worker that
+# runs out takes queued tests from the other, so a few long tests at the
+# end of one worker's share do not leave the other core idle.
 TEST_WORKERS ?= 2
+XDIST := -n $(TEST_WORKERS) --dist worksteal
 # What the wheel ships: the package and the gin configs (configs/ installs
 # as lsh_jax/configs, setup.cfg's package_dir).
 PACKAGE_FILES := $(shell find lsh_jax configs -name '*.py' -o -name '*.gin' -o -name py.typed)
@@ -57,18 +60,18 @@ test: test-core test-extras
 
 # Every test in the full environment alone (no core venv).
 test-all: install
-	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
+	$(PY) -m pytest -q $(XDIST) tests
 
 # The tests that need jax and numpy only, without any optional dependency
 # installed (test_trax_*/test_flax_*/test_equinox_* are not collected,
 # `plots` and `notebook` skipped).
 test-core: install-core
-	$(CORE_PY) -m pytest -q -n $(TEST_WORKERS) tests
+	$(CORE_PY) -m pytest -q $(XDIST) tests
 
 # The complement of test-core: the tests that need an extra
 # (`make test` runs both tiers instead of running the core tests twice).
 test-extras: install
-	$(PY) -m pytest -q -n $(TEST_WORKERS) -m '($(EXTRAS)) and not long' tests \
+	$(PY) -m pytest -q $(XDIST) -m '($(EXTRAS)) and not long' tests \
 	  || test $$? -eq 5  # 5: nothing selected (no such tests): not a failure
 
 # The long hypothesis campaign against the oracle (fixed seed: derandomized;
@@ -79,7 +82,7 @@ test-extras: install
 fuzz: install
 	HYPOTHESIS_PROFILE=fuzz LSH_JAX_TEST_XLA_OPT=1 $(PY) -m pytest -q --hypothesis-show-statistics \
 	  tests/test_core_oracle.py
-	LSH_JAX_TEST_XLA_OPT=1 $(PY) -m pytest -q -n $(TEST_WORKERS) -m long tests || test $$? -eq 5
+	LSH_JAX_TEST_XLA_OPT=1 $(PY) -m pytest -q $(XDIST) -m long tests || test $$? -eq 5
 
 bench: install  # the benchmark table (~25 min, plus tens of minutes for the flax_lm 16K rows); BENCH_ARGS=--quick for a few minutes
 	$(PY) benchmarks/run.py $(BENCH_ARGS)

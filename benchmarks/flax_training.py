@@ -1,6 +1,6 @@
 """One training step: the Flax ReformerLM (optax Adam) against Trax's.
 
-  python benchmarks/flax_training.py flax_lm:1K:2:4 flax_lm:4K:2:1 ...
+  python benchmarks/flax_training.py flax_lm:1K:2:2 flax_lm:4K:2:1 ...
 
 (`make bench` runs the same groups, `training.GROUPS['flax_lm']`.)
 
@@ -11,10 +11,20 @@ A group `flax_lm:L:LAYERS:B` times, interleaved in one process
   lm_trax/train   trax.models.ReformerLM with Trax's own LSHSelfAttention,
                   the same loss, Trax's Adam (`tree_update`), jitted as a
                   Trax trainer jits it;
+  lm_flax_projections/train
+                  the same Flax step with each LSH attention replaced by
+                  its projections alone (`ProjectionsOnly`: queries times
+                  values, elementwise, then the output projection): every
+                  matmul, norm, feed-forward and reversible recomputation
+                  of the step, without the attention's hashing, sorting,
+                  chunked attention and combine;
 at the same configuration (issue 23: d_model 512, d_ff 2048, 8 heads of
 64, 4 rounds, chunk 64, one chunk back, causal, vocabulary 256, dropout 0)
 and batch B. Memory: XLA's temporaries of each compiled step
-(`memory_analysis`). Prints one table row per step and the ratio.
+(`memory_analysis`). Prints one table row per group: the two steps, their
+ratio, and Trax's step over the projections-only step: the most any
+attention kernel could give the Flax step against Trax's (its attention
+taking no time at all).
 """
 import functools
 import os
@@ -34,12 +44,35 @@ def _loss(logits, tokens):
   return -jnp.mean(jnp.take_along_axis(logp, tokens[..., None], -1))
 
 
-def _flax_step(length, n_layers, tokens):
+def _projections_only():
+  """An attention_type with LSHSelfAttention's projections and no attention."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+
+  class ProjectionsOnly(nnx.Module):
+    """out(qk(x) * value(x)): the layer's three matmuls, nothing else."""
+
+    def __init__(self, num_heads, in_features, *, qk_features, v_features,
+                 rngs, **unused):
+      del num_heads, unused
+      self.qk = nnx.Linear(in_features, qk_features, use_bias=False,
+                           rngs=rngs)
+      self.value = nnx.Linear(in_features, v_features, use_bias=False,
+                              rngs=rngs)
+      self.out = nnx.Linear(v_features, in_features, use_bias=False,
+                            rngs=rngs)
+
+    def __call__(self, x, mask=None, **unused):
+      del mask, unused
+      return self.out(self.qk(x) * self.value(x))
+  return ProjectionsOnly
+
+
+def _flax_step(length, n_layers, tokens, attention=None):
   import optax  # pylint: disable=import-outside-toplevel
   from flax import nnx  # pylint: disable=import-outside-toplevel
   from lsh_jax.flax import LSHSelfAttention  # pylint: disable=import-outside-toplevel
   from lsh_jax.flax import ReformerLM  # pylint: disable=import-outside-toplevel
-  attention = functools.partial(
+  attention = attention or functools.partial(
       LSHSelfAttention, n_hashes=training.N_HASHES,
       chunk_len=training.CHUNK_LEN, n_chunks_before=1)
   model = ReformerLM(training.VOCAB, d_model=training.D_MODEL, d_ff=D_FF,
@@ -89,17 +122,21 @@ def _trax_step(length, n_layers, tokens):
 
 
 def flax_lm_group(length, n_layers, batch=1):
-  """{'lm_flax/train': (step, args), 'lm_trax/train': ...} at batch B."""
+  """{'lm_flax/train': (step, args), 'lm_trax/train': ...,
+  'lm_flax_projections/train': ...} at batch B."""
   tokens = jax.random.randint(jax.random.PRNGKey(0), (batch, length), 0,
                               training.VOCAB)
   return {'lm_flax/train': _flax_step(length, n_layers, tokens),
-          'lm_trax/train': _trax_step(length, n_layers, tokens)}
+          'lm_trax/train': _trax_step(length, n_layers, tokens),
+          'lm_flax_projections/train': _flax_step(
+              length, n_layers, tokens, _projections_only())}
 
 
 def main(specs, repeats=5, budget_s=600):
   print('| L | layers | B | Flax step (s) | Trax step (s) | Trax / Flax | '
-        'Flax temp MB | Trax temp MB |')
-  print('|---|---|---|---|---|---|---|---|')
+        'Flax temp MB | Trax temp MB | projections only (s) | '
+        'Trax / projections only |')
+  print('|---|---|---|---|---|---|---|---|---|---|')
   for spec in specs:
     kind, length, layers, options = training.parse_group(spec)
     if kind != 'flax_lm':
@@ -108,12 +145,14 @@ def main(specs, repeats=5, budget_s=600):
     records = {r['impl']: r for r in training.time_group(
         spec, repeats=repeats, budget_s=budget_s)}
     flax, trax = records['lm_flax'], records['lm_trax']
+    floor = records['lm_flax_projections']
     print(f"| {length} | {layers} | {batch} | {flax['median_ms'] / 1e3:.2f} "
           f"| {trax['median_ms'] / 1e3:.2f} | "
           f"{trax['median_ms'] / flax['median_ms']:.2f}x | "
-          f"{flax['xla_temp_mb']:.0f} | {trax['xla_temp_mb']:.0f} |",
-          flush=True)
+          f"{flax['xla_temp_mb']:.0f} | {trax['xla_temp_mb']:.0f} | "
+          f"{floor['median_ms'] / 1e3:.2f} | "
+          f"{trax['median_ms'] / floor['median_ms']:.2f}x |", flush=True)
 
 
 if __name__ == '__main__':
-  main(sys.argv[1:] or ['flax_lm:1K:2:1'])
+  main(sys.argv[1:] or ['flax_lm:1K:2:2'])

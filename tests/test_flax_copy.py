@@ -55,8 +55,9 @@ def test_training_lowers_the_loss_and_parameters_round_trip(tmp_path):
   # trained ones: restore loses nothing.
   assert results == flax_copy.evaluate(model, TINY, (1, 2), n_batches=1)
 
-  # Greedy decoding by recomputation: its first token is the model's
-  # one-pass argmax at the first decoded position (the same prefix).
+  # Greedy decoding with the caches (`generate`): its first token is the
+  # model's one-pass argmax at the first decoded position (the same
+  # prefix; dense attention decodes exactly what the full model computes).
   result = flax_copy.sample(tmp_path, n_examples=3, seed=5, n_hashes=None)
   prefix_len = TINY.length // 2 + 1
   assert result['prefix_len'] == prefix_len

@@ -126,3 +126,50 @@ def test_setup_cfg_lists_every_package():
               packages('configs', 'lsh_jax.configs',
                        lambda f: f.endswith('.gin')))
   assert listed == expected
+
+
+def _top_level_names(tree):
+  """Names a module binds at its top level (defs, classes, assignments,
+  imports), read from its syntax tree: nothing is imported or run."""
+  import ast  # pylint: disable=import-outside-toplevel
+  names = set()
+  for node in tree.body:
+    if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+      names.add(node.name)
+    elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+      targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+      names.update(t.id for t in targets if isinstance(t, ast.Name))
+    elif isinstance(node, (ast.Import, ast.ImportFrom)):
+      names.update((a.asname or a.name).split('.')[0] for a in node.names)
+  return names
+
+
+def test_every_module_with_public_definitions_declares_all():
+  """`__all__` in every module that defines a public function or class
+  (lsh_jax.apps included), each of its names bound in the module."""
+  import ast  # pylint: disable=import-outside-toplevel
+  import pathlib  # pylint: disable=import-outside-toplevel
+  root = pathlib.Path(lsh_jax.__file__).parent
+  problems = []
+  for path in sorted(root.rglob('*.py')):
+    tree = ast.parse(path.read_text())
+    declared = [node.value for node in tree.body
+                if isinstance(node, ast.Assign) and any(
+                    isinstance(t, ast.Name) and t.id == '__all__'
+                    for t in node.targets)]
+    public = [node.name for node in tree.body
+              if isinstance(node, (ast.FunctionDef, ast.ClassDef))
+              and not node.name.startswith('_')]
+    if not declared:
+      if public:
+        problems.append(f'{path.relative_to(root)}: no __all__ ({public})')
+      continue
+    try:
+      names = ast.literal_eval(declared[0])
+    except ValueError:  # computed (lsh_jax.trax's layer list): not checked
+      continue
+    unbound = set(names) - _top_level_names(tree)
+    if unbound:
+      problems.append(f'{path.relative_to(root)}: __all__ names {unbound} '
+                      'it does not define')
+  assert problems == []

@@ -21,6 +21,8 @@ import sys
 
 from lsh_jax.apps.commands import CommandError
 
+__all__ = ['COMMANDS', 'build_parser', 'main']
+
 # name -> module.
 COMMANDS = {
     'train': 'lsh_jax.apps.commands.train',

@@ -5,6 +5,8 @@ second `w`, which it can only predict by attending back to the first.
 """
 import numpy as np
 
+__all__ = ['copy_batch']
+
 
 def copy_batch(rng, vocab_size, length, batch_size):
   """One batch of `0 w 0 w` sequences of exactly `length` tokens.

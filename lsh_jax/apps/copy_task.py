@@ -30,6 +30,12 @@ from trax.supervised import trainer_lib
 from lsh_jax.apps.copy_data import copy_batch
 import lsh_jax.trax  # noqa: F401  (registers lsh_jax.* for the configs)
 
+__all__ = [
+    'ConfigError', 'copy_accuracy', 'copy_task_params',
+    'duplication_inputs', 'evaluate_n_hashes', 'parse_config', 'query',
+    'train'
+]
+
 
 class ConfigError(ValueError):
   """A config file that does not exist or does not parse."""

@@ -43,6 +43,13 @@ from lsh_jax.apps.explain_render import render
 from lsh_jax.core import validation
 from lsh_jax.core import weights as weights_lib
 
+__all__ = [
+    'ChunkView', 'HELP', 'MAX_LENGTH', 'SELF_ONLY_TOLERANCE', 'SWEEP',
+    'Settings', 'TOLERANCE', 'Walkthrough', 'add_arguments', 'candidates',
+    'check_settings', 'compute', 'direct_attention', 'main', 'make_inputs',
+    'run', 'self_only', 'settings_from_args', 'walk'
+]
+
 HELP = 'walk one small example through every step of LSH attention'
 # Printing every chunk is only readable for short sequences.
 MAX_LENGTH = 128

@@ -9,6 +9,8 @@ import numpy as np
 
 from lsh_jax.core import hashing
 
+__all__ = ['render']
+
 
 def _fmt(array, precision=3):
   return np.array2string(np.asarray(array), precision=precision,

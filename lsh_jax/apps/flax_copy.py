@@ -34,6 +34,12 @@ from lsh_jax.apps.copy_data import copy_batch
 from lsh_jax.flax import LSHSelfAttention
 from lsh_jax.flax import ReformerLM
 from lsh_jax.flax import SelfAttention
+from lsh_jax.flax import generate
+
+__all__ = [
+    'CopyConfig', 'copy_accuracy', 'copy_model', 'evaluate', 'restore',
+    'run_demo', 'sample', 'save', 'train', 'train_step'
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -244,29 +250,6 @@ def restore(directory, *, n_hashes=-1):
   return model, config
 
 
-@nnx.jit
-def _greedy_step(model, tokens, position):
-  """The argmax token at `position` from everything before it."""
-  logits = model(tokens, deterministic=True)
-  return jnp.argmax(jax.lax.dynamic_index_in_dim(logits, position, axis=1,
-                                                 keepdims=False), axis=-1)
-
-
-def greedy_continue(model, tokens, prefix_len):
-  """Greedy decoding by recomputation: tokens[:, prefix_len:] regenerated.
-
-  Each new token reruns the model on the whole fixed-length buffer (one
-  compilation; causal, so the not-yet-decoded tail is never attended to).
-
-  Returns:
-    int[B, T - prefix_len], the decoded tokens.
-  """
-  buffer = jnp.asarray(tokens).at[:, prefix_len:].set(0)
-  for position in range(prefix_len, buffer.shape[1]):
-    buffer = buffer.at[:, position].set(_greedy_step(model, buffer, position))
-  return np.asarray(buffer[:, prefix_len:])
-
-
 def sample(directory, *, n_examples=8, seed=0, n_hashes=-1):
   """Greedy copies from a saved model: `0 w 0` given, the second `w` decoded.
 
@@ -279,7 +262,9 @@ def sample(directory, *, n_examples=8, seed=0, n_hashes=-1):
   tokens, _ = copy_batch(np.random.RandomState(seed), config.vocab_size,
                          config.length, n_examples)
   prefix_len = config.length // 2 + 1  # 0 w 0
-  samples = greedy_continue(model, tokens, prefix_len)
+  # Decoding with the caches: the prefix in one call, then a token a call.
+  samples = np.asarray(generate(model, jnp.asarray(tokens[:, :prefix_len]),
+                                config.length - prefix_len))
   accuracy = float(np.mean(samples == tokens[:, prefix_len:]))
   return dict(tokens=tokens, prefix_len=prefix_len, samples=samples,
               accuracy=accuracy)

@@ -2,6 +2,8 @@
 import os
 import platform
 
+__all__ = ['cpu_model', 'describe', 'info']
+
 
 def cpu_model() -> str:
   """The CPU's model name (Linux), else what `platform` knows."""

@@ -9,6 +9,8 @@ import os
 
 import numpy as np
 
+__all__ = ['plot_explain', 'plot_quality']
+
 
 def _figure(width, height):
   from matplotlib.backends.backend_agg import FigureCanvasAgg

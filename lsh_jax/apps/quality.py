@@ -54,6 +54,12 @@ from lsh_jax.apps import commands
 from lsh_jax.apps import machine
 from lsh_jax.core import weights as weights_lib
 
+__all__ = [
+    'HELP', 'RunDirError', 'Sample', 'add_arguments', 'clustered_queries',
+    'format_table', 'full_probabilities', 'main', 'measure', 'measure_grid',
+    'real_samples', 'run'
+]
+
 HELP = 'LSH attention vs full attention: error, covered mass, time'
 
 

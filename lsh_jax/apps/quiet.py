@@ -24,6 +24,11 @@ import re
 import sys
 import tempfile
 
+__all__ = [
+    'NOISE', 'TF_LOG_LEVEL', 'filtered_stderr', 'gym_notice',
+    'import_trax_quietly', 'without_noise'
+]
+
 # TensorFlow C++ log levels: 0 all, 1 no INFO, 2 no WARNING, 3 no ERROR.
 # For the messages that do honour it (after start-up); the user's wins.
 TF_LOG_LEVEL = '2'

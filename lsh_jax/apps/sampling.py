@@ -23,6 +23,8 @@ from trax.supervised import decoding
 
 from lsh_jax.apps import copy_task
 
+__all__ = ['LAYER', 'greedy_copy', 'predict_model', 'run_dir_files']
+
 LAYER = 'lsh_jax.LSHSelfAttention'
 
 

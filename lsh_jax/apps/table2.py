@@ -29,6 +29,13 @@ import warnings
 
 import numpy as np
 
+__all__ = [
+    'DEFAULT', 'EVALUATED', 'EXACT', 'NAMES', 'PAPER', 'PAPER_TABLE',
+    'SIZES', 'Settings', 'TINY', 'TRAINED', 'attention_layer',
+    'build_model', 'evaluate', 'format_table', 'main', 'plot', 'report',
+    'run_table', 'train_model'
+]
+
 # The paper's Table 2 (accuracy on the copied half), rows = trained with,
 # columns = evaluated with.
 PAPER_TABLE = {

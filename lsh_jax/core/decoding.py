@@ -50,7 +50,7 @@ from lsh_jax.core import local
 from lsh_jax.core import masks
 
 __all__ = [
-    'dense_attend', 'lsh_prefix', 'lsh_step', 'n_keys', 'roll_buckets',
+    'lsh_prefix', 'lsh_step', 'n_keys', 'roll_buckets',
     'round_offsets', 'select_keys', 'use_memory',
 ]
 

@@ -4,6 +4,11 @@ import os
 
 from lsh_jax import _extras
 
+__all__ = [
+    'CHECKOUT', 'CONFIG_DIR', 'CommandError', 'add_bindings_argument',
+    'packaged_configs', 'positive_int', 'require_extras', 'resolve_config'
+]
+
 
 class CommandError(Exception):
   """A user error a command reports as one line (no traceback)."""

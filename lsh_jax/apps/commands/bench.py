@@ -15,6 +15,8 @@ import sys
 
 from lsh_jax.apps import commands
 
+__all__ = ['HELP', 'PASSTHROUGH', 'RUN_PY', 'add_arguments', 'run']
+
 PASSTHROUGH = True  # unknown options go to benchmarks/run.py
 HELP = 'benchmark lsh_jax against Trax, PyTorch peers and dense attention'
 RUN_PY = os.path.join(commands.CHECKOUT, 'benchmarks', 'run.py')

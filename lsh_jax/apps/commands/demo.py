@@ -13,6 +13,8 @@ from lsh_jax.apps import machine
 from lsh_jax.apps.commands import evaluate
 from lsh_jax.apps.commands import train
 
+__all__ = ['CONFIG', 'HELP', 'add_arguments', 'run']
+
 HELP = 'train the CPU-sized copy model and print accuracy per n_hashes'
 CONFIG = os.path.join(commands.CONFIG_DIR, 'reformer_copy_cpu.gin')
 

@@ -10,6 +10,8 @@ import os
 from lsh_jax.apps import commands
 from lsh_jax.apps import quiet
 
+__all__ = ['HELP', 'add_arguments', 'evaluate', 'format_table', 'run']
+
 HELP = 'copy accuracy of a checkpoint for several n_hashes'
 
 

@@ -13,6 +13,8 @@ import time
 from lsh_jax.apps import commands
 from lsh_jax.apps import quiet
 
+__all__ = ['HELP', 'add_arguments', 'format_sample', 'run']
+
 HELP = 'greedy samples of a trained copy model (fast decoding)'
 
 

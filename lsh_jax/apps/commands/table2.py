@@ -13,6 +13,8 @@ import time
 
 from lsh_jax.apps import commands
 
+__all__ = ['HELP', 'add_arguments', 'run']
+
 HELP = "the Reformer paper's Table 2 (duplication task), trained and evaluated"
 
 

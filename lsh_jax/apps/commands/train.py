@@ -11,6 +11,8 @@ import time
 from lsh_jax.apps import commands
 from lsh_jax.apps import quiet
 
+__all__ = ['HELP', 'add_arguments', 'default_output_dir', 'run', 'train']
+
 HELP = 'train a gin config (a file, or a packaged config name) with Trax'
 
 
