@@ -10,8 +10,6 @@ than the sequence sees a chunk more than once, as in Trax).
 Shapes: Lq queries, Lk keys, D = d_qk, Dv = d_v, C = chunk_len, M = Lq / C
 chunks, W = 1 + before + after chunks per window.
 """
-from typing import Optional
-
 import jax
 import jax.numpy as jnp
 
@@ -39,10 +37,10 @@ def look_adjacent(x: jax.Array, n_chunks_before: int,
 
 def attend(q: jax.Array, keys: jax.Array, v: jax.Array, *,
            q_pos: jax.Array, kv_pos: jax.Array,
-           kv_valid: Optional[jax.Array], causal: bool, exclude_self: bool,
-           chunk_len: Optional[int] = None, n_chunks_before: int = 0,
+           kv_valid: jax.Array | None, causal: bool, exclude_self: bool,
+           chunk_len: int | None = None, n_chunks_before: int = 0,
            n_chunks_after: int = 0, dropout_rate: float = 0.0,
-           dropout_key: Optional[jax.Array] = None) -> jax.Array:
+           dropout_key: jax.Array | None = None) -> jax.Array:
   """Softmax attention of q [Lq, D] over keys [Lk, D] (already scaled).
 
   Masks (subtracted, in Trax's order; `lsh_jax.core.masks`): causal

@@ -23,7 +23,7 @@ devices, see docs/scaling.md ("Fewer pairs than devices").
 Runs on JAX's own runtime: `jax.shard_map` and `jax.lax.all_to_all`, on one
 process or across `jax.distributed` processes alike.
 """
-from typing import NamedTuple, Optional, Tuple, Union
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -38,7 +38,7 @@ __all__ = [
     'head_exchange_attention', 'Layout', 'resolve_layout',
 ]
 
-AxisName = Union[str, Tuple[str, ...], None]
+AxisName = str | tuple[str, ...] | None
 
 
 class Layout(NamedTuple):
@@ -69,7 +69,7 @@ def _input_sharding(x):
 
 
 def resolve_layout(query, *, mesh=None, sequence_axis=None, batch_axis=None,
-                   batched=True) -> Optional[Layout]:
+                   batched=True) -> Layout | None:
   """The head-exchange layout of `lsh_self_attention`'s call, or None.
 
   `mesh` and `sequence_axis` come from the arguments or, when not given,
