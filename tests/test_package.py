@@ -1,9 +1,11 @@
 """The package's public surface: every name in `__all__` resolves, the
 re-exports are the functions their modules define, the CLI dispatches, and
 the core imports and runs without any optional dependency loaded."""
+import ast
 import configparser
 import json
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -131,7 +133,6 @@ def test_setup_cfg_lists_every_package():
 def _top_level_names(tree):
   """Names a module binds at its top level (defs, classes, assignments,
   imports), read from its syntax tree: nothing is imported or run."""
-  import ast  # pylint: disable=import-outside-toplevel
   names = set()
   for node in tree.body:
     if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
@@ -147,8 +148,6 @@ def _top_level_names(tree):
 def test_every_module_with_public_definitions_declares_all():
   """`__all__` in every module that defines a public function or class
   (lsh_jax.apps included), each of its names bound in the module."""
-  import ast  # pylint: disable=import-outside-toplevel
-  import pathlib  # pylint: disable=import-outside-toplevel
   root = pathlib.Path(lsh_jax.__file__).parent
   problems = []
   for path in sorted(root.rglob('*.py')):
