@@ -174,8 +174,8 @@ def test_self_only_queries_match_oracle_at_float32_resolution(s):
 FD_EPS = 1e-3
 
 
-# At least 20 settings in `make test` (~1 s each), a tenth of the campaign
-# in `make fuzz`.
+# At least 20 settings in `make test` (~2 s each: 43 s on the quiet 2-core
+# machine, 2026-12-03), a tenth of the campaign in `make fuzz`.
 @hypothesis.settings(
     max_examples=max(20, hypothesis.settings().max_examples // 10))
 # All-padding settings have no output to differentiate: not generated
