@@ -50,7 +50,7 @@ from lsh_jax.core import local
 from lsh_jax.core import masks
 
 __all__ = [
-    'lsh_prefix', 'lsh_step', 'n_keys', 'roll_buckets',
+    'dense_decode', 'lsh_prefix', 'lsh_step', 'n_keys', 'roll_buckets',
     'round_offsets', 'select_keys', 'use_memory',
 ]
 
