@@ -15,7 +15,8 @@ import numpy as np
 __all__ = [
     'check_attention_args', 'check_buckets', 'check_chunking',
     'check_dense_args', 'check_dense_size', 'check_dropout', 'check_flag',
-    'check_head_features', 'check_key', 'check_mask', 'check_matrix',
+    'check_head_features', 'check_key', 'check_lsh_settings', 'check_mask',
+    'check_matrix',
     'check_n_buckets', 'check_n_buckets_given', 'check_non_negative_int',
     'check_positive_int', 'check_rate',
 ]
@@ -112,6 +113,27 @@ def check_chunking(chunk_len, n_chunks_before, n_chunks_after):
   check_positive_int('chunk_len', chunk_len)
   check_non_negative_int('n_chunks_before', n_chunks_before)
   check_non_negative_int('n_chunks_after', n_chunks_after)
+
+
+def check_lsh_settings(*, n_hashes, n_buckets, chunk_len, n_chunks_before,
+                       n_chunks_after, allow_duplicate_attention,
+                       attend_across_buckets, n_parallel_heads):
+  """An LSH attention module's settings (the Flax and Equinox modules'),
+  checked: a dict of them by name, normalised (ints, bools; n_buckets and
+  n_parallel_heads may stay None)."""
+  check_chunking(chunk_len, n_chunks_before, n_chunks_after)
+  return dict(
+      n_hashes=check_positive_int('n_hashes', n_hashes),
+      n_buckets=None if n_buckets is None else check_n_buckets(n_buckets),
+      chunk_len=chunk_len, n_chunks_before=n_chunks_before,
+      n_chunks_after=n_chunks_after,
+      allow_duplicate_attention=check_flag('allow_duplicate_attention',
+                                           allow_duplicate_attention),
+      attend_across_buckets=check_flag('attend_across_buckets',
+                                       attend_across_buckets),
+      n_parallel_heads=(None if n_parallel_heads is None else
+                        check_positive_int('n_parallel_heads',
+                                           n_parallel_heads)))
 
 
 def check_key(name, key):

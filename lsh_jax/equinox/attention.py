@@ -90,20 +90,16 @@ class LSHSelfAttention(eqx.Module):
     (num_heads, in_features, qk_features, v_features, out_features, _,
      _) = validation.check_head_features(
          num_heads, in_features, qk_features, v_features, out_features)
-    validation.check_chunking(chunk_len, n_chunks_before, n_chunks_after)
     self.attention_dropout = validation.check_rate('attention_dropout',
                                                    attention_dropout)
     self.dropout_rate = validation.check_rate('dropout_rate', dropout_rate)
-    self.n_hashes = validation.check_positive_int('n_hashes', n_hashes)
-    self.n_buckets = (None if n_buckets is None
-                      else validation.check_n_buckets(n_buckets))
-    self.allow_duplicate_attention = validation.check_flag(
-        'allow_duplicate_attention', allow_duplicate_attention)
-    self.attend_across_buckets = validation.check_flag(
-        'attend_across_buckets', attend_across_buckets)
-    self.n_parallel_heads = (None if n_parallel_heads is None else
-                             validation.check_positive_int(
-                                 'n_parallel_heads', n_parallel_heads))
+    for name, value in validation.check_lsh_settings(
+        n_hashes=n_hashes, n_buckets=n_buckets, chunk_len=chunk_len,
+        n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
+        allow_duplicate_attention=allow_duplicate_attention,
+        attend_across_buckets=attend_across_buckets,
+        n_parallel_heads=n_parallel_heads).items():
+      setattr(self, name, value)
     qk_key, v_key, out_key, self.hash_key = jax.random.split(key, 4)
     linear = lambda n_in, n_out, k: eqx.nn.Linear(
         n_in, n_out, use_bias=use_bias, dtype=dtype, key=k)
@@ -113,8 +109,6 @@ class LSHSelfAttention(eqx.Module):
     self.num_heads, self.in_features = num_heads, in_features
     self.qk_features, self.v_features = qk_features, v_features
     self.out_features, self.causal = out_features, bool(causal)
-    self.chunk_len = chunk_len
-    self.n_chunks_before, self.n_chunks_after = n_chunks_before, n_chunks_after
     self.inference = inference
 
   def __call__(self, x: Float[Array, 'T F'],

@@ -106,15 +106,12 @@ class SelfAttention(nnx.Module):
     (num_heads, in_features, qk_features, v_features, out_features, depth,
      v_depth) = validation.check_head_features(
          num_heads, in_features, qk_features, v_features, out_features)
-    for name, rate in (('attention_dropout', attention_dropout),
-                       ('dropout_rate', dropout_rate)):
-      if not 0.0 <= float(rate) < 1.0:
-        raise ValueError(f'{name} must be in [0, 1), got {rate}')
     self.num_heads, self.in_features = num_heads, in_features
     self.qk_features, self.v_features = qk_features, v_features
     self.out_features, self.causal = out_features, bool(causal)
-    self.attention_dropout = float(attention_dropout)
-    self.dropout_rate = float(dropout_rate)
+    self.attention_dropout = validation.check_rate('attention_dropout',
+                                                   attention_dropout)
+    self.dropout_rate = validation.check_rate('dropout_rate', dropout_rate)
     self.deterministic, self.decode = deterministic, decode
     self.dtype = dtype
     self.cache = nnx.data(None)  # init_cache makes it
@@ -287,19 +284,13 @@ class LSHSelfAttention(SelfAttention):
     # Static configuration, not state: a Mesh is not an array.
     self.layout = nnx.static(dict(mesh=mesh, sequence_axis=sequence_axis,
                                   batch_axis=batch_axis))
-    self.n_parallel_heads = (None if n_parallel_heads is None else
-                             validation.check_positive_int(
-                                 'n_parallel_heads', n_parallel_heads))
-    self.allow_duplicate_attention = validation.check_flag(
-        'allow_duplicate_attention', allow_duplicate_attention)
-    self.attend_across_buckets = validation.check_flag(
-        'attend_across_buckets', attend_across_buckets)
-    self.n_hashes = validation.check_positive_int('n_hashes', n_hashes)
-    self.n_buckets = (None if n_buckets is None
-                      else validation.check_n_buckets(n_buckets))
-    validation.check_chunking(chunk_len, n_chunks_before, n_chunks_after)
-    self.chunk_len = chunk_len
-    self.n_chunks_before, self.n_chunks_after = n_chunks_before, n_chunks_after
+    for name, value in validation.check_lsh_settings(
+        n_hashes=n_hashes, n_buckets=n_buckets, chunk_len=chunk_len,
+        n_chunks_before=n_chunks_before, n_chunks_after=n_chunks_after,
+        allow_duplicate_attention=allow_duplicate_attention,
+        attend_across_buckets=attend_across_buckets,
+        n_parallel_heads=n_parallel_heads).items():
+      setattr(self, name, value)
     stream = rngs['hash']  # 'default' when the Rngs has no 'hash' stream
     self.hash_key = nnx.Variable(stream())  # evaluation's fixed key
     self.hash_rngs = stream.fork()  # training's fresh keys

@@ -227,8 +227,7 @@ class ReformerLM(nnx.Module):
                         ('n_layers', n_layers), ('n_heads', n_heads),
                         ('max_len', max_len)):
       validation.check_positive_int(name, value)
-    if not 0.0 <= float(dropout) < 1.0:
-      raise ValueError(f'dropout must be in [0, 1), got {dropout}')
+    dropout = validation.check_rate('dropout', dropout)
     if pos_type not in POS_TYPES:
       raise ValueError(f'pos_type must be one of {POS_TYPES}, got '
                        f'{pos_type!r} (Trax\'s fixed-base, infinite and '
