@@ -61,9 +61,8 @@ def decode(model, tokens: jax.Array, mask=None) -> jax.Array:
   if model.positional is not None:
     x = model.positional(x, start=position)
   x1 = x2 = x
-  for block in model.blocks:  # DecoderBlock's two halves, in evaluation
-    x1 = x1 + block.attention(block.attention_norm(x2), decode=True)
-    x2 = x2 + block.ff_half(x1, None)
+  for block in model.blocks:  # in evaluation: no keys, no dropout
+    x1, x2 = block(x1, x2, decode=True)
   model.cache[...] = position + tokens.shape[1]
   return model.logits(model.final_norm(jnp.concatenate([x1, x2], axis=-1)))
 

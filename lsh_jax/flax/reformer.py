@@ -91,8 +91,11 @@ class DecoderBlock(nnx.Module):
         d_model, d_ff, activation=ff_activation, dropout=dropout,
         chunk_size=ff_chunk_size, rngs=rngs)
 
-  def attention_half(self, x, mask, keys):
-    """f(x2): attention of the normed stream; keys None: evaluation."""
+  def attention_half(self, x, mask, keys, decode=False):
+    """f(x2): attention of the normed stream; keys None: evaluation;
+    decode: with the attention's cache (lsh_jax.flax.generation)."""
+    if decode:
+      return self.attention(self.attention_norm(x), mask, decode=True)
     if keys is None:
       return self.attention(self.attention_norm(x), mask, deterministic=True)
     hash_key, dropout_key = keys
@@ -106,9 +109,9 @@ class DecoderBlock(nnx.Module):
     key = None if keys is None else jax.random.fold_in(keys[1], 1)
     return self.ff(self.ff_norm(x), key=key)
 
-  def __call__(self, x1, x2, mask=None, keys=None):
+  def __call__(self, x1, x2, mask=None, keys=None, decode=False):
     """(x1, x2) -> (y1, y2), the block without the reversible stack."""
-    y1 = x1 + self.attention_half(x2, mask, keys)
+    y1 = x1 + self.attention_half(x2, mask, keys, decode)
     return y1, x2 + self.ff_half(y1, keys)
 
 
